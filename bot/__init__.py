@@ -1,0 +1,1 @@
+"""threadwork's core: the task domain, its use cases and the ports it needs."""

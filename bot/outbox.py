@@ -1,0 +1,60 @@
+"""Outbox messages: the chat side effects of a state change, written in the same transaction."""
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class OutboxKind(StrEnum):
+    """What a delivery worker must do in the chat platform."""
+
+    #: Post the task card; its thread becomes the task's conversation.
+    CARD_POST = "card_post"
+    #: Re-render the card from the task's current state.
+    CARD_UPDATE = "card_update"
+    #: Wake the assignee with a directive in the thread, on behalf of the assigner.
+    DIRECTIVE = "directive"
+    #: Tell the assigner the task is blocked and why.
+    ESCALATION = "escalation"
+
+
+class OutboxState(StrEnum):
+    """Where an outbox row stands in delivery."""
+
+    #: Written, waiting for a worker (possibly after a back-off).
+    PENDING = "pending"
+    #: Claimed by a worker until its claim expires.
+    IN_FLIGHT = "in_flight"
+    #: The platform accepted it; the result (e.g. the posted ts) is recorded.
+    DELIVERED = "delivered"
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    """A side effect about to be enqueued. ``key`` is its stable id across retries."""
+
+    key: str
+    task_id: int
+    kind: OutboxKind
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """An enqueued side effect as a worker sees it."""
+
+    id: int
+    key: str
+    task_id: int
+    kind: OutboxKind
+    payload: dict[str, Any]
+    state: OutboxState
+    attempts: int
+    available_at: datetime
+    created_at: datetime
+    claimed_by: str | None = None
+    claim_expires_at: datetime | None = None
+    delivered_at: datetime | None = None
+    result: dict[str, Any] | None = None
+    last_error: str | None = None

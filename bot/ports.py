@@ -1,0 +1,145 @@
+"""The storage port the core needs. ``store/`` implements it on SQLAlchemy.
+
+Reads happen through a ``Reader``; every state change happens inside one ``Unit``, a single
+database transaction, so a task update, its events and its outbox rows commit together or not
+at all.
+"""
+
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
+from typing import Protocol, TypedDict
+
+from bot.agents import Agent, AgentKind, AgentSettings
+from bot.outbox import OutboxMessage, OutboxRow
+from bot.status import TaskStatus
+from bot.task import NewEvent, Task, TaskEvent, TaskRef, ThreadMessage
+
+
+class TaskFields(TypedDict, total=False):
+    """Columns of a task that a compare-and-set may test or write."""
+
+    status: TaskStatus
+    assignee: str | None
+    assigned_by: str | None
+    claimed_by: str | None
+    attempts: int
+    lease_epoch: int
+    last_progress_at: datetime | None
+    thread_ts: str | None
+
+
+class NewTask(TypedDict):
+    """What creating a task needs; the store assigns the id and the channel number."""
+
+    channel_id: str
+    title: str
+    description: str
+    created_by: str
+    thread_ts: str | None
+    at: datetime
+
+
+class Reader(Protocol):
+    """Read-only queries, served by one transaction."""
+
+    async def get_task(self, ref: TaskRef) -> Task | None: ...
+
+    async def get_task_by_id(self, task_id: int) -> Task | None: ...
+
+    async def get_task_by_thread(self, channel_id: str, thread_ts: str) -> Task | None: ...
+
+    async def list_tasks(
+        self, *, status: TaskStatus | None = None, channel_id: str | None = None
+    ) -> list[Task]: ...
+
+    async def list_events(self, task_id: int) -> list[TaskEvent]: ...
+
+    async def list_messages(self, task_id: int) -> list[ThreadMessage]: ...
+
+    async def get_stale_tasks(self, cutoff: datetime, limit: int) -> list[Task]:
+        """Leased tasks whose last progress is strictly before ``cutoff``, oldest first."""
+        ...
+
+    async def get_agent(self, name: str) -> Agent | None: ...
+
+    async def list_agents(self) -> list[Agent]: ...
+
+    async def get_agent_secret(self, name: str, secret: str) -> bytes | None: ...
+
+
+class Unit(Reader, Protocol):
+    """One write transaction. Every method that changes a task is a compare-and-set."""
+
+    async def insert_task(self, new: NewTask) -> Task: ...
+
+    async def compare_and_set(
+        self, task_id: int, expect: TaskFields, changes: TaskFields, at: datetime
+    ) -> Task | None:
+        """Writes ``changes`` only if every column in ``expect`` still holds; else None."""
+        ...
+
+    async def renew_lease(self, task_id: int, agent: str, at: datetime) -> bool:
+        """Moves last_progress_at to ``at`` only while ``agent`` holds the claim."""
+        ...
+
+    async def redispatch_stale(
+        self, tasks: Sequence[Task], cutoff: datetime, at: datetime
+    ) -> list[Task]:
+        """Re-dispatches those of ``tasks`` unchanged since read and still stale; returns them."""
+        ...
+
+    async def block_stale(self, tasks: Sequence[Task], cutoff: datetime, at: datetime) -> list[Task]:
+        """Blocks those of ``tasks`` unchanged since read and still stale; returns them."""
+        ...
+
+    async def append_events(self, events: Sequence[NewEvent]) -> None: ...
+
+    async def enqueue(self, messages: Sequence[OutboxMessage], at: datetime) -> None: ...
+
+    async def record_message(self, message: ThreadMessage) -> bool:
+        """Stores a thread message; False when (channel, ts) was already stored."""
+        ...
+
+    async def upsert_agent(
+        self,
+        name: str,
+        kind: AgentKind,
+        display_name: str,
+        slack_user_id: str | None,
+        slack_bot_id: str | None,
+        settings: AgentSettings,
+        at: datetime,
+    ) -> Agent: ...
+
+    async def set_agent_enabled(self, name: str, enabled: bool, at: datetime) -> bool: ...
+
+    async def delete_agent(self, name: str) -> bool: ...
+
+    async def set_agent_secret(self, name: str, secret: str, ciphertext: bytes, at: datetime) -> bool: ...
+
+
+class OutboxQueue(Protocol):
+    """Delivery's side of the outbox: claim, then settle, each its own transaction."""
+
+    async def claim_outbox(
+        self, worker: str, now: datetime, claim_until: datetime, limit: int
+    ) -> list[OutboxRow]:
+        """Claims the head row of up to ``limit`` threads; never two rows of one thread."""
+        ...
+
+    async def mark_delivered(
+        self, row_id: int, worker: str, result: dict[str, object], at: datetime
+    ) -> bool: ...
+
+    async def release_for_retry(
+        self, row_id: int, worker: str, available_at: datetime, error: str
+    ) -> bool: ...
+
+
+class Store(Protocol):
+    """Opens units of work. One per use case; never shared between concurrent tasks."""
+
+    def transaction(self) -> AbstractAsyncContextManager[Unit]: ...
+
+    def read(self) -> AbstractAsyncContextManager[Reader]: ...

@@ -1,0 +1,162 @@
+"""The task as the domain sees it: its ref, its state, its events and its thread messages."""
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, Literal
+
+from bot.errors import InvalidInput
+from bot.status import LEASED_STATUSES, TaskStatus
+
+_REF = re.compile(r"^\s*(?P<channel>[A-Z0-9]+)\s*#\s*(?P<number>\d+)\s*$")
+
+
+@dataclass(frozen=True, order=True)
+class TaskRef:
+    """A task's human handle: its channel and its number there, written ``C123#7``."""
+
+    channel_id: str
+    number: int
+
+    def __str__(self) -> str:
+        return f"{self.channel_id}#{self.number}"
+
+    @classmethod
+    def parse(cls, text: str) -> "TaskRef":
+        """Reads ``C123#7``; raises InvalidInput naming the expected form otherwise."""
+        match = _REF.match(text)
+        if match is None:
+            raise InvalidInput(f"`{text}` is not a task ref; write it as CHANNEL#NUMBER, e.g. C123#7.")
+        return cls(match["channel"], int(match["number"]))
+
+
+ActorKind = Literal["user", "agent", "system"]
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who caused a change: a Slack user, an agent (by name) or the service itself."""
+
+    kind: ActorKind
+    id: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.id}"
+
+    @classmethod
+    def user(cls, user_id: str) -> "Actor":
+        return cls("user", user_id)
+
+    @classmethod
+    def agent(cls, name: str) -> "Actor":
+        return cls("agent", name)
+
+    @classmethod
+    def system(cls, name: str) -> "Actor":
+        return cls("system", name)
+
+    @classmethod
+    def parse(cls, text: str) -> "Actor":
+        """Reads the ``kind:id`` form that events store."""
+        kind, _, ident = text.partition(":")
+        if kind not in ("user", "agent", "system") or not ident:
+            raise InvalidInput(f"`{text}` is not an actor.")
+        return cls(kind, ident)  # type: ignore[arg-type]  # narrowed by the membership test above
+
+
+@dataclass(frozen=True)
+class LeasePolicy:
+    """How long a claim may go without progress, and how many dispatches a task gets."""
+
+    lease_ttl: timedelta
+    max_dispatch_attempts: int
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task row as read; never mutated in Python, only replaced by a compare-and-set."""
+
+    id: int
+    channel_id: str
+    number: int
+    title: str
+    description: str
+    status: TaskStatus
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+    thread_ts: str | None = None
+    assignee: str | None = None
+    assigned_by: str | None = None
+    claimed_by: str | None = None
+    attempts: int = 0
+    lease_epoch: int = 0
+    last_progress_at: datetime | None = None
+
+    @property
+    def ref(self) -> TaskRef:
+        return TaskRef(self.channel_id, self.number)
+
+    @property
+    def leased(self) -> bool:
+        """True when a claim is held in a status the reconcile watches."""
+        return self.claimed_by is not None and self.status in LEASED_STATUSES
+
+
+def is_stale(task: Task, now: datetime, lease_ttl: timedelta) -> bool:
+    """True when a leased task has gone strictly longer than ``lease_ttl`` without progress.
+
+    The SQL of ``get_stale_tasks`` is the same predicate: ``last_progress_at < now - ttl``.
+    """
+    if not task.leased or task.last_progress_at is None:
+        return False
+    return task.last_progress_at < now - lease_ttl
+
+
+class EventKind(StrEnum):
+    """What a task event records; one event per state change."""
+
+    CREATED = "created"
+    ASSIGNED = "assigned"
+    DISPATCHED = "dispatched"
+    REDISPATCHED = "redispatched"
+    STATUS_CHANGED = "status_changed"
+    BLOCKED = "blocked"
+    CANCELED = "canceled"
+    REOPENED = "reopened"
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event about to be appended."""
+
+    task_id: int
+    kind: EventKind
+    actor: Actor
+    at: datetime
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TaskEvent:
+    """An appended event; its id orders the task's history."""
+
+    id: int
+    task_id: int
+    kind: EventKind
+    actor: Actor
+    at: datetime
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ThreadMessage:
+    """A message seen in a task's thread, unique on (channel, ts)."""
+
+    task_id: int
+    channel_id: str
+    ts: str
+    author: str
+    text: str
+    at: datetime

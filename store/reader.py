@@ -1,0 +1,153 @@
+"""Read queries over one connection, mapping rows to domain values once."""
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Row, and_, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bot.agents import Agent, AgentKind, AgentSettings
+from bot.status import TaskStatus
+from bot.task import Actor, EventKind, Task, TaskEvent, TaskRef, ThreadMessage
+from store.schema import LEASED_SQL, agent_secrets, agents, task_events, task_messages, tasks
+
+
+def task_from_row(row: Row[Any]) -> Task:
+    """Maps a ``tasks`` row to a Task."""
+    m = row._mapping
+    return Task(
+        id=m["id"],
+        channel_id=m["channel_id"],
+        number=m["number"],
+        title=m["title"],
+        description=m["description"],
+        status=TaskStatus(m["status"]),
+        created_by=m["created_by"],
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+        thread_ts=m["thread_ts"],
+        assignee=m["assignee"],
+        assigned_by=m["assigned_by"],
+        claimed_by=m["claimed_by"],
+        attempts=m["attempts"],
+        lease_epoch=m["lease_epoch"],
+        last_progress_at=m["last_progress_at"],
+    )
+
+
+def agent_from_row(row: Row[Any], api_key_configured: bool) -> Agent:
+    """Maps an ``agents`` row to an Agent; the key itself never leaves the store this way."""
+    m = row._mapping
+    settings = m["settings"] or {}
+    return Agent(
+        name=m["name"],
+        kind=AgentKind(m["kind"]),
+        display_name=m["display_name"],
+        enabled=bool(m["enabled"]),
+        slack_user_id=m["slack_user_id"],
+        slack_bot_id=m["slack_bot_id"],
+        settings=AgentSettings(
+            model=settings.get("model"), system_prompt=settings.get("system_prompt")
+        ),
+        api_key_configured=api_key_configured,
+    )
+
+
+#: ``api_key_configured`` as a column, so listing agents is one query.
+_HAS_KEY = (
+    select(agent_secrets.c.agent_id)
+    .where(and_(agent_secrets.c.agent_id == agents.c.id, agent_secrets.c.name == "api_key"))
+    .exists()
+    .label("api_key_configured")
+)
+
+
+class SqlReader:
+    """Implements ``bot.ports.Reader`` over one open connection."""
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._db = connection
+
+    async def get_task(self, ref: TaskRef) -> Task | None:
+        query = select(tasks).where(
+            tasks.c.channel_id == ref.channel_id, tasks.c.number == ref.number
+        )
+        row = (await self._db.execute(query)).first()
+        return task_from_row(row) if row else None
+
+    async def get_task_by_id(self, task_id: int) -> Task | None:
+        row = (await self._db.execute(select(tasks).where(tasks.c.id == task_id))).first()
+        return task_from_row(row) if row else None
+
+    async def get_task_by_thread(self, channel_id: str, thread_ts: str) -> Task | None:
+        query = select(tasks).where(tasks.c.channel_id == channel_id, tasks.c.thread_ts == thread_ts)
+        row = (await self._db.execute(query)).first()
+        return task_from_row(row) if row else None
+
+    async def list_tasks(
+        self, *, status: TaskStatus | None = None, channel_id: str | None = None
+    ) -> list[Task]:
+        query = select(tasks).order_by(tasks.c.channel_id, tasks.c.number)
+        if status is not None:
+            query = query.where(tasks.c.status == status.value)
+        if channel_id is not None:
+            query = query.where(tasks.c.channel_id == channel_id)
+        return [task_from_row(row) for row in await self._db.execute(query)]
+
+    async def list_events(self, task_id: int) -> list[TaskEvent]:
+        query = select(task_events).where(task_events.c.task_id == task_id).order_by(task_events.c.id)
+        return [
+            TaskEvent(
+                id=row.id,
+                task_id=row.task_id,
+                kind=EventKind(row.kind),
+                actor=Actor.parse(row.actor),
+                at=row.at,
+                data=row.data,
+            )
+            for row in await self._db.execute(query)
+        ]
+
+    async def list_messages(self, task_id: int) -> list[ThreadMessage]:
+        query = (
+            select(task_messages)
+            .where(task_messages.c.task_id == task_id)
+            .order_by(task_messages.c.ts)
+        )
+        return [
+            ThreadMessage(
+                task_id=row.task_id,
+                channel_id=row.channel_id,
+                ts=row.ts,
+                author=row.author,
+                text=row.text,
+                at=row.at,
+            )
+            for row in await self._db.execute(query)
+        ]
+
+    async def get_stale_tasks(self, cutoff: datetime, limit: int) -> list[Task]:
+        query = (
+            select(tasks)
+            .where(text(LEASED_SQL), tasks.c.last_progress_at < cutoff)
+            .order_by(tasks.c.last_progress_at)
+            .limit(limit)
+        )
+        return [task_from_row(row) for row in await self._db.execute(query)]
+
+    async def get_agent(self, name: str) -> Agent | None:
+        row = (await self._db.execute(select(agents, _HAS_KEY).where(agents.c.name == name))).first()
+        return agent_from_row(row, bool(row.api_key_configured)) if row else None
+
+    async def list_agents(self) -> list[Agent]:
+        rows = await self._db.execute(select(agents, _HAS_KEY).order_by(agents.c.name))
+        return [agent_from_row(row, bool(row.api_key_configured)) for row in rows]
+
+    async def get_agent_secret(self, name: str, secret: str) -> bytes | None:
+        query = (
+            select(agent_secrets.c.ciphertext)
+            .join(agents, agents.c.id == agent_secrets.c.agent_id)
+            .where(agents.c.name == name, agent_secrets.c.name == secret)
+        )
+        value = (await self._db.execute(query)).scalar_one_or_none()
+        return bytes(value) if value is not None else None

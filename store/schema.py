@@ -1,0 +1,151 @@
+"""Table definitions for queries. Alembic migrations, not this module, create the schema."""
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+from store.types import UTCDateTime
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+#: Integer primary keys: 64-bit on PostgreSQL, SQLite's rowid alias on SQLite.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+Json = JSON().with_variant(JSONB(), "postgresql")
+
+#: The stale predicate's fixed half, spelled with literals so that SQLite's planner can prove a
+#: query implies it and use the partial index (it cannot with bound parameters).
+LEASED_SQL = "claimed_by IS NOT NULL AND status IN ('todo', 'in_progress')"
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("channel_id", String(32), nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("title", Text, nullable=False),
+    Column("description", Text, nullable=False, server_default=""),
+    Column("thread_ts", String(32)),
+    Column("status", String(16), nullable=False),
+    Column("assignee", String(64)),
+    Column("assigned_by", String(32)),
+    Column("claimed_by", String(64)),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("lease_epoch", Integer, nullable=False, server_default="0"),
+    Column("last_progress_at", UTCDateTime()),
+    Column("created_by", String(64), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("channel_id", "number"),
+    Index(
+        "ix_tasks_leased_progress",
+        "last_progress_at",
+        sqlite_where=text(LEASED_SQL),
+        postgresql_where=text(LEASED_SQL),
+    ),
+    Index("ix_tasks_status", "status"),
+    Index("ix_tasks_channel_thread", "channel_id", "thread_ts"),
+)
+
+channel_counters = Table(
+    "channel_counters",
+    metadata,
+    Column("channel_id", String(32), primary_key=True),
+    Column("last_number", Integer, nullable=False),
+)
+
+task_events = Table(
+    "task_events",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("task_id", Id, ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("actor", String(100), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("data", Json, nullable=False),
+    Index("ix_task_events_task_id_id", "task_id", "id"),
+)
+
+task_messages = Table(
+    "task_messages",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("task_id", Id, ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False),
+    Column("channel_id", String(32), nullable=False),
+    Column("ts", String(32), nullable=False),
+    Column("author", String(64), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    UniqueConstraint("channel_id", "ts"),
+    Index("ix_task_messages_task_id_ts", "task_id", "ts"),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("key", String(64), nullable=False, unique=True),
+    Column("task_id", Id, ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("payload", Json, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("available_at", UTCDateTime(), nullable=False),
+    Column("claimed_by", String(64)),
+    Column("claim_expires_at", UTCDateTime()),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("delivered_at", UTCDateTime()),
+    Column("result", Json),
+    Column("last_error", Text),
+    Index(
+        "ix_outbox_undelivered_task",
+        "task_id",
+        "id",
+        sqlite_where=text("state != 'delivered'"),
+        postgresql_where=text("state != 'delivered'"),
+    ),
+)
+
+agents = Table(
+    "agents",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("kind", String(16), nullable=False),
+    Column("display_name", String(128), nullable=False),
+    Column("slack_user_id", String(32)),
+    Column("slack_bot_id", String(32)),
+    Column("enabled", Boolean, nullable=False, server_default=text("true")),
+    Column("settings", Json, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+agent_secrets = Table(
+    "agent_secrets",
+    metadata,
+    Column("agent_id", Id, ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True),
+    Column("name", String(32), primary_key=True),
+    Column("ciphertext", LargeBinary, nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)

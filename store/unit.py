@@ -1,0 +1,238 @@
+"""Writes inside one transaction: every task change is a compare-and-set with RETURNING."""
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Table, and_, delete, or_, select, text, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.dml import Insert
+
+from bot.agents import Agent, AgentKind, AgentSettings
+from bot.outbox import OutboxMessage, OutboxState
+from bot.ports import NewTask, TaskFields
+from bot.status import TaskStatus
+from bot.task import NewEvent, Task, ThreadMessage
+from store.reader import SqlReader, task_from_row
+from store.schema import (
+    LEASED_SQL,
+    agent_secrets,
+    agents,
+    channel_counters,
+    outbox,
+    task_events,
+    task_messages,
+    tasks,
+)
+
+
+def dialect_insert(connection: AsyncConnection, table: Table) -> Any:
+    """Returns the dialect's INSERT, which knows ON CONFLICT, for ``table``."""
+    if connection.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+def _column_values(fields: TaskFields) -> dict[str, Any]:
+    return {name: (value.value if isinstance(value, TaskStatus) else value) for name, value in fields.items()}
+
+
+class SqlUnit(SqlReader):
+    """Implements ``bot.ports.Unit`` over a connection inside a write transaction."""
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        super().__init__(connection)
+        self._db = connection
+
+    async def insert_task(self, new: NewTask) -> Task:
+        number = await self._next_number(new["channel_id"])
+        query = (
+            tasks.insert()
+            .values(
+                channel_id=new["channel_id"],
+                number=number,
+                title=new["title"],
+                description=new["description"],
+                thread_ts=new["thread_ts"],
+                status=TaskStatus.TODO.value,
+                created_by=new["created_by"],
+                created_at=new["at"],
+                updated_at=new["at"],
+            )
+            .returning(*tasks.c)
+        )
+        return task_from_row((await self._db.execute(query)).one())
+
+    async def _next_number(self, channel_id: str) -> int:
+        """Allocates the channel's next task number atomically, safe against racing creators."""
+        insert: Insert = dialect_insert(self._db, channel_counters)
+        query = (
+            insert.values(channel_id=channel_id, last_number=1)
+            .on_conflict_do_update(
+                index_elements=[channel_counters.c.channel_id],
+                set_={"last_number": channel_counters.c.last_number + 1},
+            )
+            .returning(channel_counters.c.last_number)
+        )
+        return int((await self._db.execute(query)).scalar_one())
+
+    async def compare_and_set(
+        self, task_id: int, expect: TaskFields, changes: TaskFields, at: datetime
+    ) -> Task | None:
+        guards = [tasks.c.id == task_id]
+        for name, value in _column_values(expect).items():
+            column = tasks.c[name]
+            guards.append(column.is_(None) if value is None else column == value)
+        query = (
+            update(tasks)
+            .where(and_(*guards))
+            .values(**_column_values(changes), updated_at=at)
+            .returning(*tasks.c)
+        )
+        row = (await self._db.execute(query)).first()
+        return task_from_row(row) if row else None
+
+    async def renew_lease(self, task_id: int, agent: str, at: datetime) -> bool:
+        query = (
+            update(tasks)
+            .where(
+                tasks.c.id == task_id,
+                tasks.c.claimed_by == agent,
+                or_(tasks.c.last_progress_at.is_(None), tasks.c.last_progress_at < at),
+            )
+            .values(last_progress_at=at)
+        )
+        return (await self._db.execute(query)).rowcount == 1
+
+    async def redispatch_stale(
+        self, stale: Sequence[Task], cutoff: datetime, at: datetime
+    ) -> list[Task]:
+        changes = {
+            "attempts": tasks.c.attempts + 1,
+            "lease_epoch": tasks.c.lease_epoch + 1,
+            "last_progress_at": at,
+            "updated_at": at,
+        }
+        return await self._act_on_stale(stale, cutoff, changes)
+
+    async def block_stale(self, stale: Sequence[Task], cutoff: datetime, at: datetime) -> list[Task]:
+        changes = {"status": TaskStatus.BLOCKED.value, "claimed_by": None, "updated_at": at}
+        return await self._act_on_stale(stale, cutoff, changes)
+
+    async def _act_on_stale(
+        self, stale: Sequence[Task], cutoff: datetime, changes: dict[str, Any]
+    ) -> list[Task]:
+        """Applies ``changes`` to each task whose id, attempts and progress are as read.
+
+        One statement for the batch; the row-value IN is the per-row compare-and-set, and the
+        stale predicate is repeated so a task renewed since it was read is left alone.
+        """
+        if not stale:
+            return []
+        read = [(t.id, t.attempts, t.last_progress_at) for t in stale]
+        query = (
+            update(tasks)
+            .where(
+                tuple_(tasks.c.id, tasks.c.attempts, tasks.c.last_progress_at).in_(read),
+                text(LEASED_SQL),
+                tasks.c.last_progress_at < cutoff,
+            )
+            .values(**changes)
+            .returning(*tasks.c)
+        )
+        return [task_from_row(row) for row in await self._db.execute(query)]
+
+    async def append_events(self, events: Sequence[NewEvent]) -> None:
+        if not events:
+            return
+        rows = [
+            {"task_id": e.task_id, "kind": e.kind.value, "actor": str(e.actor), "at": e.at, "data": e.data}
+            for e in events
+        ]
+        await self._db.execute(task_events.insert(), rows)
+
+    async def enqueue(self, messages: Sequence[OutboxMessage], at: datetime) -> None:
+        if not messages:
+            return
+        rows = [
+            {
+                "key": m.key,
+                "task_id": m.task_id,
+                "kind": m.kind.value,
+                "payload": m.payload,
+                "state": OutboxState.PENDING.value,
+                "available_at": at,
+                "created_at": at,
+            }
+            for m in messages
+        ]
+        await self._db.execute(outbox.insert(), rows)
+
+    async def record_message(self, message: ThreadMessage) -> bool:
+        query = (
+            dialect_insert(self._db, task_messages)
+            .values(
+                task_id=message.task_id,
+                channel_id=message.channel_id,
+                ts=message.ts,
+                author=message.author,
+                text=message.text,
+                at=message.at,
+            )
+            .on_conflict_do_nothing(index_elements=["channel_id", "ts"])
+        )
+        return bool((await self._db.execute(query)).rowcount == 1)
+
+    async def upsert_agent(
+        self,
+        name: str,
+        kind: AgentKind,
+        display_name: str,
+        slack_user_id: str | None,
+        slack_bot_id: str | None,
+        settings: AgentSettings,
+        at: datetime,
+    ) -> Agent:
+        values = {
+            "kind": kind.value,
+            "display_name": display_name,
+            "slack_user_id": slack_user_id,
+            "slack_bot_id": slack_bot_id,
+            "settings": {"model": settings.model, "system_prompt": settings.system_prompt},
+            "enabled": True,
+            "updated_at": at,
+        }
+        query = (
+            dialect_insert(self._db, agents)
+            .values(name=name, created_at=at, **values)
+            .on_conflict_do_update(index_elements=["name"], set_=values)
+        )
+        await self._db.execute(query)
+        agent = await self.get_agent(name)
+        assert agent is not None  # just written in this transaction
+        return agent
+
+    async def set_agent_enabled(self, name: str, enabled: bool, at: datetime) -> bool:
+        query = update(agents).where(agents.c.name == name).values(enabled=enabled, updated_at=at)
+        return (await self._db.execute(query)).rowcount == 1
+
+    async def delete_agent(self, name: str) -> bool:
+        return (await self._db.execute(delete(agents).where(agents.c.name == name))).rowcount == 1
+
+    async def set_agent_secret(self, name: str, secret: str, ciphertext: bytes, at: datetime) -> bool:
+        agent_id = (
+            await self._db.execute(select(agents.c.id).where(agents.c.name == name))
+        ).scalar_one_or_none()
+        if agent_id is None:
+            return False
+        query = (
+            dialect_insert(self._db, agent_secrets)
+            .values(agent_id=agent_id, name=secret, ciphertext=ciphertext, updated_at=at)
+            .on_conflict_do_update(
+                index_elements=["agent_id", "name"],
+                set_={"ciphertext": ciphertext, "updated_at": at},
+            )
+        )
+        await self._db.execute(query)
+        return True
