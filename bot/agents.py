@@ -1,8 +1,8 @@
 """Agents: who can be assigned work, and their settings."""
 
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
-import re
 
 from bot.errors import InvalidInput
 

@@ -5,6 +5,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from bot.task import LeasePolicy, Task
+
 
 class OutboxKind(StrEnum):
     """What a delivery worker must do in the chat platform."""
@@ -58,3 +60,41 @@ class OutboxRow:
     delivered_at: datetime | None = None
     result: dict[str, Any] | None = None
     last_error: str | None = None
+
+
+def card_post(task: Task, key: str) -> OutboxMessage:
+    """Posts the task's card; when the task was made from a thread, the card goes there."""
+    return OutboxMessage(key, task.id, OutboxKind.CARD_POST, {"ref": str(task.ref)})
+
+
+def card_update(task: Task, key: str) -> OutboxMessage:
+    """Re-renders the card from the task's state at delivery time."""
+    return OutboxMessage(key, task.id, OutboxKind.CARD_UPDATE, {"ref": str(task.ref)})
+
+
+def directive(task: Task, policy: LeasePolicy, key: str, *, redispatch: bool) -> OutboxMessage:
+    """Wakes ``task``'s assignee for its current attempt, on behalf of whoever assigned it."""
+    payload = {
+        "ref": str(task.ref),
+        "agent": task.assignee,
+        "on_behalf_of": task.assigned_by,
+        "attempt": task.attempts,
+        "max_attempts": policy.max_dispatch_attempts,
+        "epoch": task.lease_epoch,
+        "lease_ttl_s": int(policy.lease_ttl.total_seconds()),
+        "status": task.status.value,
+        "redispatch": redispatch,
+    }
+    return OutboxMessage(key, task.id, OutboxKind.DIRECTIVE, payload)
+
+
+def escalation(task: Task, reason: str, key: str) -> OutboxMessage:
+    """Tells the assigner that ``task`` is blocked, and why."""
+    payload = {
+        "ref": str(task.ref),
+        "agent": task.assignee,
+        "assigned_by": task.assigned_by,
+        "attempts": task.attempts,
+        "reason": reason,
+    }
+    return OutboxMessage(key, task.id, OutboxKind.ESCALATION, payload)

@@ -89,7 +89,9 @@ class Unit(Reader, Protocol):
         """Re-dispatches those of ``tasks`` unchanged since read and still stale; returns them."""
         ...
 
-    async def block_stale(self, tasks: Sequence[Task], cutoff: datetime, at: datetime) -> list[Task]:
+    async def block_stale(
+        self, tasks: Sequence[Task], cutoff: datetime, at: datetime
+    ) -> list[Task]:
         """Blocks those of ``tasks`` unchanged since read and still stale; returns them."""
         ...
 
@@ -116,7 +118,9 @@ class Unit(Reader, Protocol):
 
     async def delete_agent(self, name: str) -> bool: ...
 
-    async def set_agent_secret(self, name: str, secret: str, ciphertext: bytes, at: datetime) -> bool: ...
+    async def set_agent_secret(
+        self, name: str, secret: str, ciphertext: bytes, at: datetime
+    ) -> bool: ...
 
 
 class OutboxQueue(Protocol):

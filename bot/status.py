@@ -79,4 +79,6 @@ def check_transition(current: TaskStatus, target: TaskStatus) -> None:
 def check_reopen(current: TaskStatus) -> None:
     """Raises IllegalTransition unless ``current`` is terminal, the only state reopen applies to."""
     if current not in TERMINAL_STATUSES:
-        raise IllegalTransition(f"Only done or canceled tasks can be reopened; this one is {current}.")
+        raise IllegalTransition(
+            f"Only done or canceled tasks can be reopened; this one is {current}."
+        )

@@ -27,7 +27,9 @@ class TaskRef:
         """Reads ``C123#7``; raises InvalidInput naming the expected form otherwise."""
         match = _REF.match(text)
         if match is None:
-            raise InvalidInput(f"`{text}` is not a task ref; write it as CHANNEL#NUMBER, e.g. C123#7.")
+            raise InvalidInput(
+                f"`{text}` is not a task ref; write it as CHANNEL#NUMBER, e.g. C123#7."
+            )
         return cls(match["channel"], int(match["number"]))
 
 

@@ -80,7 +80,9 @@ class SqlReader:
         return task_from_row(row) if row else None
 
     async def get_task_by_thread(self, channel_id: str, thread_ts: str) -> Task | None:
-        query = select(tasks).where(tasks.c.channel_id == channel_id, tasks.c.thread_ts == thread_ts)
+        query = select(tasks).where(
+            tasks.c.channel_id == channel_id, tasks.c.thread_ts == thread_ts
+        )
         row = (await self._db.execute(query)).first()
         return task_from_row(row) if row else None
 
@@ -95,7 +97,9 @@ class SqlReader:
         return [task_from_row(row) for row in await self._db.execute(query)]
 
     async def list_events(self, task_id: int) -> list[TaskEvent]:
-        query = select(task_events).where(task_events.c.task_id == task_id).order_by(task_events.c.id)
+        query = (
+            select(task_events).where(task_events.c.task_id == task_id).order_by(task_events.c.id)
+        )
         return [
             TaskEvent(
                 id=row.id,
@@ -136,7 +140,9 @@ class SqlReader:
         return [task_from_row(row) for row in await self._db.execute(query)]
 
     async def get_agent(self, name: str) -> Agent | None:
-        row = (await self._db.execute(select(agents, _HAS_KEY).where(agents.c.name == name))).first()
+        row = (
+            await self._db.execute(select(agents, _HAS_KEY).where(agents.c.name == name))
+        ).first()
         return agent_from_row(row, bool(row.api_key_configured)) if row else None
 
     async def list_agents(self) -> list[Agent]:

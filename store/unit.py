@@ -7,7 +7,6 @@ from typing import Any
 from sqlalchemy import Table, and_, delete, or_, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql.dml import Insert
 
 from bot.agents import Agent, AgentKind, AgentSettings
 from bot.outbox import OutboxMessage, OutboxState
@@ -35,7 +34,10 @@ def dialect_insert(connection: AsyncConnection, table: Table) -> Any:
 
 
 def _column_values(fields: TaskFields) -> dict[str, Any]:
-    return {name: (value.value if isinstance(value, TaskStatus) else value) for name, value in fields.items()}
+    return {
+        name: (value.value if isinstance(value, TaskStatus) else value)
+        for name, value in fields.items()
+    }
 
 
 class SqlUnit(SqlReader):
@@ -66,7 +68,7 @@ class SqlUnit(SqlReader):
 
     async def _next_number(self, channel_id: str) -> int:
         """Allocates the channel's next task number atomically, safe against racing creators."""
-        insert: Insert = dialect_insert(self._db, channel_counters)
+        insert = dialect_insert(self._db, channel_counters)
         query = (
             insert.values(channel_id=channel_id, last_number=1)
             .on_conflict_do_update(
@@ -116,7 +118,9 @@ class SqlUnit(SqlReader):
         }
         return await self._act_on_stale(stale, cutoff, changes)
 
-    async def block_stale(self, stale: Sequence[Task], cutoff: datetime, at: datetime) -> list[Task]:
+    async def block_stale(
+        self, stale: Sequence[Task], cutoff: datetime, at: datetime
+    ) -> list[Task]:
         changes = {"status": TaskStatus.BLOCKED.value, "claimed_by": None, "updated_at": at}
         return await self._act_on_stale(stale, cutoff, changes)
 
@@ -147,7 +151,13 @@ class SqlUnit(SqlReader):
         if not events:
             return
         rows = [
-            {"task_id": e.task_id, "kind": e.kind.value, "actor": str(e.actor), "at": e.at, "data": e.data}
+            {
+                "task_id": e.task_id,
+                "kind": e.kind.value,
+                "actor": str(e.actor),
+                "at": e.at,
+                "data": e.data,
+            }
             for e in events
         ]
         await self._db.execute(task_events.insert(), rows)
@@ -220,7 +230,9 @@ class SqlUnit(SqlReader):
     async def delete_agent(self, name: str) -> bool:
         return (await self._db.execute(delete(agents).where(agents.c.name == name))).rowcount == 1
 
-    async def set_agent_secret(self, name: str, secret: str, ciphertext: bytes, at: datetime) -> bool:
+    async def set_agent_secret(
+        self, name: str, secret: str, ciphertext: bytes, at: datetime
+    ) -> bool:
         agent_id = (
             await self._db.execute(select(agents.c.id).where(agents.c.name == name))
         ).scalar_one_or_none()

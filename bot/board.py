@@ -1,0 +1,250 @@
+"""The task loop's use cases: create, assign, renew, change status, cancel, reopen.
+
+Each use case is one transaction: it reads the task, checks the rules, writes the change as a
+compare-and-set, appends one event per state change and enqueues the chat side effects.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from uuid import uuid4
+
+from bot import outbox
+from bot.agents import Agent
+from bot.clock import Clock
+from bot.errors import (
+    Conflict,
+    IllegalTransition,
+    InvalidInput,
+    NotClaimHolder,
+    NotFound,
+    Superseded,
+)
+from bot.ports import Reader, Store, TaskFields, Unit
+from bot.status import (
+    LEASED_STATUSES,
+    TERMINAL_STATUSES,
+    TaskStatus,
+    check_reopen,
+    check_transition,
+)
+from bot.task import Actor, EventKind, LeasePolicy, NewEvent, Task, TaskRef, ThreadMessage
+
+MAX_TITLE_LENGTH = 300
+
+
+def new_key() -> str:
+    """A fresh, random outbox key."""
+    return uuid4().hex
+
+
+@dataclass(frozen=True)
+class Change:
+    """What a use case decided: the columns to write and the events and effects that follow."""
+
+    fields: TaskFields
+    events: list[tuple[EventKind, dict[str, Any]]]
+    #: Claim the task for its assignee afresh: attempt 1, a new epoch, a directive.
+    dispatch: bool = False
+    #: The change counts as progress on the lease, if a claim remains.
+    progress: bool = False
+
+
+async def require_task(reader: Reader, ref: TaskRef) -> Task:
+    """Returns the task ``ref`` names or raises NotFound."""
+    task = await reader.get_task(ref)
+    if task is None:
+        raise NotFound(f"There is no task {ref}.")
+    return task
+
+
+async def require_agent(reader: Reader, name: str) -> Agent:
+    """Returns the enabled agent called ``name`` or raises saying why it cannot take work."""
+    agent = await reader.get_agent(name)
+    if agent is None:
+        raise NotFound(f"There is no agent named `{name}`; `/task-admin agent list` shows them.")
+    if not agent.enabled:
+        raise InvalidInput(f"Agent `{name}` is disabled and cannot take tasks.")
+    return agent
+
+
+class Board:
+    """Runs the use cases against a store, with an injected clock and key source."""
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        policy: LeasePolicy,
+        new_key: Callable[[], str] = new_key,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._policy = policy
+        self._new_key = new_key
+
+    async def create_task(
+        self,
+        channel_id: str,
+        title: str,
+        created_by: Actor,
+        description: str = "",
+        thread_ts: str | None = None,
+    ) -> Task:
+        """Creates a todo task in ``channel_id`` and enqueues its card."""
+        title = " ".join(title.split())
+        if not title:
+            raise InvalidInput("A task needs a title.")
+        if len(title) > MAX_TITLE_LENGTH:
+            raise InvalidInput(f"A title can be at most {MAX_TITLE_LENGTH} characters.")
+        now = self._clock()
+        async with self._store.transaction() as unit:
+            task = await unit.insert_task(
+                {
+                    "channel_id": channel_id,
+                    "title": title,
+                    "description": description.strip(),
+                    "created_by": str(created_by),
+                    "thread_ts": thread_ts,
+                    "at": now,
+                }
+            )
+            event = NewEvent(task.id, EventKind.CREATED, created_by, now, {"title": title})
+            await unit.append_events([event])
+            await unit.enqueue([outbox.card_post(task, self._new_key())], now)
+        return task
+
+    async def assign_task(self, ref: TaskRef, agent_name: str, by: str) -> Task:
+        """Assigns ``ref`` to an agent on behalf of Slack user ``by`` and dispatches it."""
+        async with self._store.transaction() as unit:
+            task = await require_task(unit, ref)
+            agent = await require_agent(unit, agent_name)
+            if task.status in TERMINAL_STATUSES:
+                raise IllegalTransition(f"{ref} is {task.status}; reopen it before assigning it.")
+            status = TaskStatus.TODO if task.status == TaskStatus.BLOCKED else task.status
+            data = {"agent": agent.name, "previous": task.assignee, "by": by}
+            if status != task.status:
+                data |= {"from": task.status.value, "to": status.value}
+            change = Change(
+                fields={"status": status, "assignee": agent.name, "assigned_by": by},
+                events=[(EventKind.ASSIGNED, data)],
+                dispatch=True,
+            )
+            return await self._apply(unit, task, change, Actor.user(by))
+
+    async def update_task_status(
+        self,
+        ref: TaskRef,
+        status: TaskStatus,
+        actor: Actor,
+        epoch: int | None = None,
+        note: str | None = None,
+    ) -> Task:
+        """Moves ``ref`` to ``status`` if the table allows it and ``actor`` may act.
+
+        An agent must hold the claim and, when it passes ``epoch``, the current one. The change
+        counts as progress. Moving a blocked task with an assignee back to work re-dispatches it.
+        """
+        async with self._store.transaction() as unit:
+            task = await require_task(unit, ref)
+            if actor.kind == "agent":
+                _check_claim(task, actor.id, epoch)
+            check_transition(task.status, status)
+            data = {"from": task.status.value, "to": status.value, "note": note}
+            kind = {
+                TaskStatus.BLOCKED: EventKind.BLOCKED,
+                TaskStatus.CANCELED: EventKind.CANCELED,
+            }.get(status, EventKind.STATUS_CHANGED)
+            fields: TaskFields = {"status": status}
+            redispatch = (
+                task.status == TaskStatus.BLOCKED
+                and status in LEASED_STATUSES
+                and task.assignee is not None
+            )
+            if status in TERMINAL_STATUSES or status == TaskStatus.BLOCKED:
+                fields["claimed_by"] = None
+            change = Change(fields, [(kind, data)], dispatch=redispatch, progress=True)
+            return await self._apply(unit, task, change, actor)
+
+    async def cancel_task(self, ref: TaskRef, by: Actor, reason: str | None = None) -> Task:
+        """Cancels ``ref``: the claim is cleared and the assignee kept for the record."""
+        return await self.update_task_status(ref, TaskStatus.CANCELED, by, note=reason)
+
+    async def reopen_task(self, ref: TaskRef, by: Actor) -> Task:
+        """Reopens a done or canceled task to todo, re-dispatching it to its assignee if any."""
+        async with self._store.transaction() as unit:
+            task = await require_task(unit, ref)
+            check_reopen(task.status)
+            data = {"from": task.status.value, "to": TaskStatus.TODO.value}
+            change = Change(
+                fields={"status": TaskStatus.TODO},
+                events=[(EventKind.REOPENED, data)],
+                dispatch=task.assignee is not None,
+            )
+            return await self._apply(unit, task, change, by)
+
+    async def renew_lease(self, task_id: int, author: str) -> bool:
+        """Counts a post by ``author`` as progress if it holds the claim; else does nothing."""
+        async with self._store.transaction() as unit:
+            return await unit.renew_lease(task_id, author, self._clock())
+
+    async def record_thread_message(self, message: ThreadMessage, agent: str | None) -> bool:
+        """Stores a thread message once, renewing the lease when its author holds the claim.
+
+        Returns False for a message already stored, which is then not counted again.
+        """
+        async with self._store.transaction() as unit:
+            if not await unit.record_message(message):
+                return False
+            if agent is not None:
+                await unit.renew_lease(message.task_id, agent, self._clock())
+            return True
+
+    async def _apply(self, unit: Unit, task: Task, change: Change, actor: Actor) -> Task:
+        """Writes ``change`` as a compare-and-set on what was read, with events and effects."""
+        now = self._clock()
+        fields = change.fields.copy()
+        if change.dispatch:
+            fields["claimed_by"] = fields.get("assignee", task.assignee)
+            fields["attempts"] = 1
+            fields["lease_epoch"] = task.lease_epoch + 1
+            fields["last_progress_at"] = now
+        elif change.progress and fields.get("claimed_by", task.claimed_by) is not None:
+            fields["last_progress_at"] = now
+        expect: TaskFields = {
+            "status": task.status,
+            "lease_epoch": task.lease_epoch,
+            "claimed_by": task.claimed_by,
+        }
+        updated = await unit.compare_and_set(task.id, expect, fields, now)
+        if updated is None:
+            raise Conflict(f"{task.ref} changed while this was being done; please try again.")
+        events = [NewEvent(task.id, kind, actor, now, data) for kind, data in change.events]
+        effects = [outbox.card_update(updated, self._new_key())]
+        if change.dispatch:
+            dispatched = {"attempt": 1, "epoch": updated.lease_epoch, "agent": updated.assignee}
+            events.append(NewEvent(task.id, EventKind.DISPATCHED, actor, now, dispatched))
+            effects.insert(
+                0, outbox.directive(updated, self._policy, self._new_key(), redispatch=False)
+            )
+        await unit.append_events(events)
+        await unit.enqueue(effects, now)
+        return updated
+
+
+def _check_claim(task: Task, agent: str, epoch: int | None) -> None:
+    """Raises unless ``agent`` holds the claim on ``task`` at ``epoch`` (when given)."""
+    if task.claimed_by != agent:
+        if task.assignee == agent:
+            raise NotClaimHolder(
+                f"{task.ref} is {task.status} and its claim was cleared; "
+                "a person must reassign or unblock it before you can change it."
+            )
+        raise NotClaimHolder(
+            f"{task.ref} is not claimed by `{agent}`; only its assignee can change it."
+        )
+    if epoch is not None and epoch != task.lease_epoch:
+        raise Superseded(
+            f"superseded: epoch {epoch} of {task.ref} was replaced by epoch {task.lease_epoch}; "
+            "this run no longer holds the task."
+        )

@@ -1,0 +1,149 @@
+"""The reconcile: finds leases with no progress for the TTL, then re-dispatches or blocks them.
+
+Detect, then act. Detection is one indexed query for leased tasks whose last progress is older
+than the cutoff. Acting happens in batches, each one transaction whose UPDATE matches a task
+only if its id, attempts and last progress are still what detection read, so two replicas
+reconciling at once act exactly once per task, and a task renewed meanwhile is left alone.
+"""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+import structlog
+
+from bot import outbox
+from bot.board import new_key
+from bot.clock import Clock
+from bot.ports import Store, Unit
+from bot.task import Actor, EventKind, LeasePolicy, NewEvent, Task, TaskRef
+
+logger = structlog.get_logger(__name__)
+
+RECONCILER = Actor.system("reconcile")
+
+
+class ProgressProbe(Protocol):
+    """Looks for progress the service missed (e.g. undelivered chat events) before acting."""
+
+    async def find_progress(self, tasks: Sequence[Task]) -> dict[int, datetime]:
+        """Returns, per task id, the time of the latest assignee post found but not recorded."""
+        ...
+
+
+@dataclass
+class ReconcileReport:
+    """What one reconcile tick did."""
+
+    redispatched: list[TaskRef] = field(default_factory=list)
+    blocked: list[TaskRef] = field(default_factory=list)
+    #: Stale tasks where the probe found progress, so they were renewed instead.
+    renewed: list[TaskRef] = field(default_factory=list)
+    #: Stale tasks that changed between detection and action (another replica, a late post).
+    skipped: int = 0
+
+    @property
+    def acted(self) -> int:
+        return len(self.redispatched) + len(self.blocked)
+
+
+class Reconciler:
+    """Runs ``reconcile_stale_tasks`` with an injected clock; the scheduler calls it."""
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        policy: LeasePolicy,
+        new_key: Callable[[], str] = new_key,
+        probe: ProgressProbe | None = None,
+        batch_size: int = 500,
+        max_per_tick: int = 100_000,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._policy = policy
+        self._new_key = new_key
+        self._probe = probe
+        self._batch_size = batch_size
+        self._max_per_tick = max_per_tick
+
+    async def reconcile_stale_tasks(self) -> ReconcileReport:
+        """Re-dispatches or blocks every task whose lease lapsed; returns what it did."""
+        now = self._clock()
+        cutoff = now - self._policy.lease_ttl
+        async with self._store.read() as reader:
+            stale = await reader.get_stale_tasks(cutoff, self._max_per_tick)
+        report = ReconcileReport()
+        for start in range(0, len(stale), self._batch_size):
+            batch = stale[start : start + self._batch_size]
+            await self._act(batch, cutoff, now, report)
+        if stale:
+            logger.info(
+                "reconcile.tick",
+                stale=len(stale),
+                redispatched=len(report.redispatched),
+                blocked=len(report.blocked),
+                renewed=len(report.renewed),
+                skipped=report.skipped,
+            )
+        return report
+
+    async def _act(
+        self, batch: list[Task], cutoff: datetime, now: datetime, report: ReconcileReport
+    ) -> None:
+        found = await self._probe.find_progress(batch) if self._probe else {}
+        async with self._store.transaction() as unit:
+            for task in batch:
+                holder = task.claimed_by
+                if (
+                    task.id in found
+                    and holder
+                    and await unit.renew_lease(task.id, holder, found[task.id])
+                ):
+                    report.renewed.append(task.ref)
+            live = [t for t in batch if t.id not in found]
+            retry = [t for t in live if t.attempts < self._policy.max_dispatch_attempts]
+            give_up = [t for t in live if t.attempts >= self._policy.max_dispatch_attempts]
+            redispatched = await unit.redispatch_stale(retry, cutoff, now)
+            blocked = await unit.block_stale(give_up, cutoff, now)
+            read = {t.id: t for t in batch}
+            await self._record(unit, redispatched, blocked, read, now)
+        report.redispatched += [t.ref for t in redispatched]
+        report.blocked += [t.ref for t in blocked]
+        report.skipped += len(live) - len(redispatched) - len(blocked)
+
+    async def _record(
+        self,
+        unit: Unit,
+        redispatched: list[Task],
+        blocked: list[Task],
+        read: dict[int, Task],
+        now: datetime,
+    ) -> None:
+        """Appends the events and enqueues the directives, escalations and card updates."""
+        ttl_s = int(self._policy.lease_ttl.total_seconds())
+        events: list[NewEvent] = []
+        effects: list[outbox.OutboxMessage] = []
+        for task in redispatched:
+            lapsed = read[task.id].last_progress_at
+            data = {
+                "attempt": task.attempts,
+                "max_attempts": self._policy.max_dispatch_attempts,
+                "epoch": task.lease_epoch,
+                "agent": task.assignee,
+                "last_progress_at": lapsed.isoformat() if lapsed else None,
+                "reason": f"no progress for {ttl_s}s; lease lapsed",
+            }
+            events.append(NewEvent(task.id, EventKind.REDISPATCHED, RECONCILER, now, data))
+            effects.append(outbox.directive(task, self._policy, self._new_key(), redispatch=True))
+            effects.append(outbox.card_update(task, self._new_key()))
+        for task in blocked:
+            reason = f"no progress for {ttl_s}s after {task.attempts} attempt(s)"
+            data = {"reason": reason, "attempts": task.attempts, "agent": task.assignee}
+            events.append(NewEvent(task.id, EventKind.BLOCKED, RECONCILER, now, data))
+            effects.append(outbox.escalation(task, reason, self._new_key()))
+            effects.append(outbox.card_update(task, self._new_key()))
+        await unit.append_events(events)
+        await unit.enqueue(effects, now)

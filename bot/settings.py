@@ -1,0 +1,67 @@
+"""Configuration from the environment, validated once at start."""
+
+from datetime import timedelta
+from typing import Annotated
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from bot.task import LeasePolicy
+
+DEFAULT_SLACK_API_URL = "https://slack.com/api/"
+
+
+class Settings(BaseSettings):
+    """Every setting threadwork reads. Durations are seconds; any positive value is accepted."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+
+    database_url: str = Field("sqlite:///threadwork.db", alias="DATABASE_URL")
+    host: str = Field("127.0.0.1", alias="HOST")
+    port: int = Field(3000, alias="PORT", ge=1, le=65535)
+    slack_bot_token: SecretStr | None = Field(None, alias="SLACK_BOT_TOKEN")
+    slack_signing_secret: SecretStr | None = Field(None, alias="SLACK_SIGNING_SECRET")
+    slack_app_token: SecretStr | None = Field(None, alias="SLACK_APP_TOKEN")
+    slack_api_url: str = Field(DEFAULT_SLACK_API_URL, alias="SLACK_API_URL")
+    lease_ttl: float = Field(600, alias="THREADWORK_LEASE_TTL", gt=0)
+    reconcile_interval: float = Field(60, alias="THREADWORK_RECONCILE_INTERVAL", gt=0)
+    max_dispatch_attempts: int = Field(2, alias="THREADWORK_MAX_DISPATCH_ATTEMPTS", ge=1)
+    admins: Annotated[tuple[str, ...], NoDecode] = Field((), alias="THREADWORK_ADMINS")
+    secret_key: SecretStr | None = Field(None, alias="THREADWORK_SECRET_KEY")
+    anthropic_api_key: SecretStr | None = Field(None, alias="ANTHROPIC_API_KEY")
+    anthropic_base_url: str | None = Field(None, alias="ANTHROPIC_BASE_URL")
+
+    @field_validator("admins", mode="before")
+    @classmethod
+    def _split_admins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("slack_api_url")
+    @classmethod
+    def _api_url_is_http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return value if value.endswith("/") else value + "/"
+
+    @property
+    def lease_policy(self) -> LeasePolicy:
+        return LeasePolicy(
+            lease_ttl=timedelta(seconds=self.lease_ttl),
+            max_dispatch_attempts=self.max_dispatch_attempts,
+        )
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed; the message is one line naming the variable."""
+
+
+def load_settings() -> Settings:
+    """Reads the environment, or raises SettingsError naming the first bad variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        variable = str(error["loc"][0]) if error["loc"] else "configuration"
+        raise SettingsError(f"{variable}: {error['msg']}") from None
