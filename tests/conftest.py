@@ -1,0 +1,183 @@
+"""Fixtures shared by the suite: a fixed clock, and a migrated database on each backend.
+
+Store-facing tests take ``database_url``, which runs them once on SQLite and once on
+PostgreSQL (THREADWORK_TEST_PG_URL, default the machine's server). Where no PostgreSQL answers,
+the PostgreSQL half skips with the reason; with THREADWORK_REQUIRE_PG=1 (CI) it fails instead.
+"""
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.board import Board
+from bot.reconcile import Reconciler
+from bot.registry import AgentRegistry
+from bot.secrets import SecretBox
+from bot.task import LeasePolicy
+from store.database import create_engine
+from store.migrate import upgrade
+from store.repository import SqlStore
+
+PG_URL = os.environ.get("THREADWORK_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+TABLES = "agent_secrets, agents, outbox, task_messages, task_events, tasks, channel_counters"
+START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+
+
+class FakeClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self, start: datetime = START) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> datetime:
+        self.now += timedelta(seconds=seconds)
+        return self.now
+
+
+class SequentialKeys:
+    """Deterministic outbox keys: k1, k2, ..."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self) -> str:
+        self.count += 1
+        return f"k{self.count}"
+
+
+async def _create_pg_database() -> str:
+    """Creates and migrates a scratch database beside PG_URL's; returns its URL."""
+    admin = make_url(PG_URL)
+    name = f"threadwork_test_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(
+        host=admin.host, port=admin.port, user=admin.username, database=admin.database, timeout=5
+    )
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    url = admin.set(database=name).render_as_string(hide_password=False)
+    engine = create_engine(url)
+    try:
+        await upgrade(engine)
+    finally:
+        await engine.dispose()
+    return url
+
+
+async def _drop_pg_database(url: str) -> None:
+    admin = make_url(PG_URL)
+    conn = await asyncpg.connect(
+        host=admin.host, port=admin.port, user=admin.username, database=admin.database, timeout=5
+    )
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str | None]:
+    """A migrated scratch PostgreSQL database for the session, or None when none answers."""
+    try:
+        url = asyncio.run(_create_pg_database())
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        if os.environ.get("THREADWORK_REQUIRE_PG") == "1":
+            pytest.fail(f"PostgreSQL is required but {PG_URL} did not answer: {exc}")
+        yield None
+        return
+    yield url
+    asyncio.run(_drop_pg_database(url))
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file that each test copies, so migrations run once."""
+    path = tmp_path_factory.mktemp("template") / "threadwork.db"
+
+    async def migrate() -> None:
+        engine = create_engine(f"sqlite:///{path}")
+        try:
+            await upgrade(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(migrate())
+    return path
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def database_url(
+    request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path, pg_url: str | None
+) -> str:
+    """A migrated, empty database on each backend in turn."""
+    if request.param == "sqlite":
+        path = tmp_path / "threadwork.db"
+        shutil.copy(sqlite_template, path)
+        return f"sqlite:///{path}"
+    if pg_url is None:
+        pytest.skip(f"PostgreSQL at {PG_URL} did not answer")
+    engine = create_engine(pg_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+    finally:
+        await engine.dispose()
+    return pg_url
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(database_url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def store(engine: AsyncEngine) -> SqlStore:
+    return SqlStore(engine)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def keys() -> SequentialKeys:
+    return SequentialKeys()
+
+
+@pytest.fixture
+def policy() -> LeasePolicy:
+    return LeasePolicy(lease_ttl=timedelta(seconds=600), max_dispatch_attempts=2)
+
+
+@pytest.fixture
+def board(store: SqlStore, clock: FakeClock, policy: LeasePolicy, keys: SequentialKeys) -> Board:
+    return Board(store, clock, policy, keys)
+
+
+@pytest.fixture
+def reconciler(
+    store: SqlStore, clock: FakeClock, policy: LeasePolicy, keys: SequentialKeys
+) -> Reconciler:
+    return Reconciler(store, clock, policy, keys)
+
+
+@pytest.fixture
+def registry(store: SqlStore, clock: FakeClock) -> AgentRegistry:
+    return AgentRegistry(store, clock, SecretBox("test-secret-key"))

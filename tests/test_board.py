@@ -1,0 +1,270 @@
+"""The loop's use cases on both backends: each one transaction, with events and outbox rows."""
+
+import pytest
+
+from bot.board import Board
+from bot.errors import IllegalTransition, InvalidInput, NotClaimHolder, NotFound, Superseded
+from bot.outbox import OutboxKind
+from bot.registry import AgentRegistry
+from bot.status import TaskStatus
+from bot.task import Actor, EventKind, Task, TaskRef, ThreadMessage
+from store.repository import SqlStore
+from tests.conftest import FakeClock
+
+ALICE = "U_ALICE"
+CODER = Actor.agent("coder")
+
+
+async def snapshot(store: SqlStore, task: Task) -> tuple[object, ...]:
+    """Everything a refused call must leave untouched."""
+    async with store.read() as reader:
+        row = await reader.get_task_by_id(task.id)
+        events = await reader.list_events(task.id)
+    return row, events, await store.list_outbox(task.id)
+
+
+async def kinds(store: SqlStore, task: Task) -> list[EventKind]:
+    async with store.read() as reader:
+        return [e.kind for e in await reader.list_events(task.id)]
+
+
+@pytest.fixture
+async def task(board: Board, registry: AgentRegistry) -> Task:
+    await registry.add_agent("coder", slack_user_id="U_CODER")
+    await registry.add_agent("reviewer")
+    return await board.create_task("C1", "Fix  the login   bug", Actor.user(ALICE))
+
+
+async def test_creating_a_task_numbers_it_per_channel_and_enqueues_its_card(
+    board: Board, store: SqlStore
+) -> None:
+    first = await board.create_task("C1", "one", Actor.user(ALICE))
+    second = await board.create_task("C1", "two", Actor.user(ALICE))
+    other = await board.create_task("C2", "three", Actor.user(ALICE))
+    assert [str(first.ref), str(second.ref), str(other.ref)] == ["C1#1", "C1#2", "C2#1"]
+    assert first.status == TaskStatus.TODO
+    assert [row.kind for row in await store.list_outbox(first.id)] == [OutboxKind.CARD_POST]
+    assert await kinds(store, first) == [EventKind.CREATED]
+
+
+async def test_a_title_is_required_and_its_whitespace_collapsed(board: Board, task: Task) -> None:
+    assert task.title == "Fix the login bug"
+    with pytest.raises(InvalidInput, match="needs a title"):
+        await board.create_task("C1", "   ", Actor.user(ALICE))
+
+
+async def test_assigning_claims_the_task_and_enqueues_a_directive_on_behalf_of_the_assigner(
+    board: Board, store: SqlStore, task: Task, clock: FakeClock
+) -> None:
+    assigned = await board.assign_task(task.ref, "coder", ALICE)
+    assert (assigned.assignee, assigned.claimed_by, assigned.assigned_by) == (
+        "coder",
+        "coder",
+        ALICE,
+    )
+    assert (assigned.attempts, assigned.lease_epoch) == (1, 1)
+    assert assigned.last_progress_at == clock.now
+    async with store.read() as reader:
+        events = await reader.list_events(task.id)
+    assert [e.kind for e in events] == [EventKind.CREATED, EventKind.ASSIGNED, EventKind.DISPATCHED]
+    assert events[1].actor == Actor.user(ALICE)
+    assert events[1].data["agent"] == "coder"
+    rows = await store.list_outbox(task.id)
+    assert [r.kind for r in rows] == [
+        OutboxKind.CARD_POST,
+        OutboxKind.DIRECTIVE,
+        OutboxKind.CARD_UPDATE,
+    ]
+    directive = rows[1].payload
+    assert directive["on_behalf_of"] == ALICE
+    assert directive["agent"] == "coder"
+    assert (directive["attempt"], directive["max_attempts"], directive["epoch"]) == (1, 2, 1)
+    assert directive["ref"] == "C1#1"
+
+
+async def test_reassigning_to_another_agent_bumps_the_epoch(board: Board, task: Task) -> None:
+    first = await board.assign_task(task.ref, "coder", ALICE)
+    second = await board.assign_task(task.ref, "reviewer", "U_BOB")
+    assert second.lease_epoch == first.lease_epoch + 1
+    assert (second.assignee, second.claimed_by, second.assigned_by) == (
+        "reviewer",
+        "reviewer",
+        "U_BOB",
+    )
+    assert second.attempts == 1
+
+
+async def test_assigning_to_an_unknown_or_disabled_agent_changes_nothing(
+    board: Board, store: SqlStore, task: Task
+) -> None:
+    before = await snapshot(store, task)
+    with pytest.raises(NotFound, match="no agent named `ghost`"):
+        await board.assign_task(task.ref, "ghost", ALICE)
+    async with store.transaction() as unit:
+        await unit.set_agent_enabled("reviewer", False, task.created_at)
+    with pytest.raises(InvalidInput, match="disabled"):
+        await board.assign_task(task.ref, "reviewer", ALICE)
+    with pytest.raises(NotFound, match="no task C1#99"):
+        await board.assign_task(TaskRef("C1", 99), "coder", ALICE)
+    assert await snapshot(store, task) == before
+
+
+async def test_only_the_claim_holders_post_renews_the_lease(
+    board: Board, store: SqlStore, task: Task, clock: FakeClock
+) -> None:
+    assigned = await board.assign_task(task.ref, "coder", ALICE)
+    clock.advance(120)
+    assert await board.renew_lease(task.id, "reviewer") is False
+    async with store.read() as reader:
+        unchanged = await reader.get_task_by_id(task.id)
+    assert unchanged is not None
+    assert unchanged.last_progress_at == assigned.last_progress_at
+    assert await board.renew_lease(task.id, "coder") is True
+    async with store.read() as reader:
+        renewed = await reader.get_task_by_id(task.id)
+    assert renewed is not None
+    assert renewed.last_progress_at == clock.now
+
+
+async def test_a_thread_message_is_stored_once_and_renews_only_for_the_assignee(
+    board: Board, store: SqlStore, task: Task, clock: FakeClock
+) -> None:
+    await board.assign_task(task.ref, "coder", ALICE)
+    clock.advance(60)
+    human = ThreadMessage(task.id, "C1", "100.1", "U_BOB", "how is it going?", clock.now)
+    assert await board.record_thread_message(human, agent=None) is True
+    clock.advance(60)
+    agent_post = ThreadMessage(task.id, "C1", "100.2", "U_CODER", "halfway there", clock.now)
+    assert await board.record_thread_message(agent_post, agent="coder") is True
+    renewed_at = clock.now
+    clock.advance(60)
+    assert await board.record_thread_message(agent_post, agent="coder") is False
+    async with store.read() as reader:
+        current = await reader.get_task_by_id(task.id)
+        messages = await reader.list_messages(task.id)
+    assert current is not None
+    assert current.last_progress_at == renewed_at
+    assert [(m.ts, m.author) for m in messages] == [("100.1", "U_BOB"), ("100.2", "U_CODER")]
+
+
+async def test_an_agent_holding_the_claim_moves_the_status_and_that_counts_as_progress(
+    board: Board, store: SqlStore, task: Task, clock: FakeClock
+) -> None:
+    assigned = await board.assign_task(task.ref, "coder", ALICE)
+    clock.advance(300)
+    working = await board.update_task_status(
+        task.ref, TaskStatus.IN_PROGRESS, CODER, epoch=assigned.lease_epoch
+    )
+    assert working.status == TaskStatus.IN_PROGRESS
+    assert working.last_progress_at == clock.now
+    review = await board.update_task_status(task.ref, TaskStatus.IN_REVIEW, CODER, note="PR #12")
+    assert (review.status, review.claimed_by) == (TaskStatus.IN_REVIEW, "coder")
+    async with store.read() as reader:
+        events = await reader.list_events(task.id)
+    assert events[-1].kind == EventKind.STATUS_CHANGED
+    assert events[-1].data == {"from": "in_progress", "to": "in_review", "note": "PR #12"}
+    assert events[-1].actor == CODER
+
+
+async def test_a_late_write_from_a_superseded_run_is_refused_and_changes_nothing(
+    board: Board, store: SqlStore, task: Task
+) -> None:
+    old = await board.assign_task(task.ref, "coder", ALICE)
+    await board.assign_task(task.ref, "coder", ALICE)
+    before = await snapshot(store, task)
+    with pytest.raises(Superseded) as refused:
+        await board.update_task_status(
+            task.ref, TaskStatus.IN_PROGRESS, CODER, epoch=old.lease_epoch
+        )
+    assert refused.value.code == "superseded"
+    assert await snapshot(store, task) == before
+
+
+async def test_an_agent_without_the_claim_cannot_move_the_status(
+    board: Board, store: SqlStore, task: Task
+) -> None:
+    await board.assign_task(task.ref, "coder", ALICE)
+    before = await snapshot(store, task)
+    with pytest.raises(NotClaimHolder, match="not claimed by `reviewer`"):
+        await board.update_task_status(task.ref, TaskStatus.IN_PROGRESS, Actor.agent("reviewer"))
+    assert await snapshot(store, task) == before
+
+
+async def test_an_illegal_transition_is_refused_and_changes_nothing(
+    board: Board, store: SqlStore, task: Task
+) -> None:
+    await board.update_task_status(task.ref, TaskStatus.DONE, Actor.user(ALICE))
+    before = await snapshot(store, task)
+    with pytest.raises(IllegalTransition, match="reopen it first"):
+        await board.update_task_status(task.ref, TaskStatus.IN_PROGRESS, Actor.user(ALICE))
+    with pytest.raises(IllegalTransition, match="reopen it before assigning"):
+        await board.assign_task(task.ref, "coder", ALICE)
+    assert await snapshot(store, task) == before
+
+
+async def test_cancel_clears_the_claim_keeps_the_assignee_and_reopen_redispatches(
+    board: Board, store: SqlStore, task: Task
+) -> None:
+    assigned = await board.assign_task(task.ref, "coder", ALICE)
+    canceled = await board.cancel_task(task.ref, Actor.user(ALICE), reason="not needed")
+    assert (canceled.status, canceled.claimed_by, canceled.assignee) == (
+        TaskStatus.CANCELED,
+        None,
+        "coder",
+    )
+    reopened = await board.reopen_task(task.ref, Actor.user("U_BOB"))
+    assert (reopened.status, reopened.claimed_by) == (TaskStatus.TODO, "coder")
+    assert reopened.lease_epoch == assigned.lease_epoch + 1
+    assert (await kinds(store, task))[-3:] == [
+        EventKind.CANCELED,
+        EventKind.REOPENED,
+        EventKind.DISPATCHED,
+    ]
+    with pytest.raises(IllegalTransition, match="Only done or canceled"):
+        await board.reopen_task(task.ref, Actor.user(ALICE))
+
+
+async def test_an_agent_blocking_itself_clears_the_claim_and_a_person_unblocking_redispatches(
+    board: Board, store: SqlStore, task: Task
+) -> None:
+    await board.assign_task(task.ref, "coder", ALICE)
+    blocked = await board.update_task_status(
+        task.ref, TaskStatus.BLOCKED, CODER, note="need database credentials"
+    )
+    assert (blocked.claimed_by, blocked.assignee) == (None, "coder")
+    with pytest.raises(NotClaimHolder, match="claim was cleared"):
+        await board.update_task_status(task.ref, TaskStatus.IN_PROGRESS, CODER)
+    unblocked = await board.update_task_status(task.ref, TaskStatus.IN_PROGRESS, Actor.user(ALICE))
+    assert (unblocked.status, unblocked.claimed_by, unblocked.attempts) == (
+        TaskStatus.IN_PROGRESS,
+        "coder",
+        1,
+    )
+    directives = [r for r in await store.list_outbox(task.id) if r.kind == OutboxKind.DIRECTIVE]
+    assert len(directives) == 2
+
+
+async def test_assigning_a_blocked_task_puts_it_back_to_todo(board: Board, task: Task) -> None:
+    await board.assign_task(task.ref, "coder", ALICE)
+    await board.update_task_status(task.ref, TaskStatus.BLOCKED, CODER, note="stuck")
+    reassigned = await board.assign_task(task.ref, "reviewer", ALICE)
+    assert (reassigned.status, reassigned.claimed_by) == (TaskStatus.TODO, "reviewer")
+
+
+async def test_a_compare_and_set_on_a_stale_read_matches_nothing(
+    board: Board, store: SqlStore, task: Task, clock: FakeClock
+) -> None:
+    assigned = await board.assign_task(task.ref, "coder", ALICE)
+    async with store.transaction() as unit:
+        won = await unit.compare_and_set(
+            task.id, {"lease_epoch": assigned.lease_epoch}, {"lease_epoch": 9}, clock.now
+        )
+        lost = await unit.compare_and_set(
+            task.id,
+            {"lease_epoch": assigned.lease_epoch, "claimed_by": "coder"},
+            {"attempts": 2},
+            clock.now,
+        )
+    assert won is not None
+    assert won.lease_epoch == 9
+    assert lost is None
