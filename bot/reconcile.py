@@ -7,7 +7,7 @@ reconciling at once act exactly once per task, and a task renewed meanwhile is l
 """
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Protocol
 
@@ -95,24 +95,35 @@ class Reconciler:
     ) -> None:
         found = await self._probe.find_progress(batch) if self._probe else {}
         async with self._store.transaction() as unit:
-            for task in batch:
-                holder = task.claimed_by
-                if (
-                    task.id in found
-                    and holder
-                    and await unit.renew_lease(task.id, holder, found[task.id])
-                ):
-                    report.renewed.append(task.ref)
-            live = [t for t in batch if t.id not in found]
+            live = await self._count_found_progress(unit, batch, found, cutoff, report)
             retry = [t for t in live if t.attempts < self._policy.max_dispatch_attempts]
             give_up = [t for t in live if t.attempts >= self._policy.max_dispatch_attempts]
             redispatched = await unit.redispatch_stale(retry, cutoff, now)
             blocked = await unit.block_stale(give_up, cutoff, now)
-            read = {t.id: t for t in batch}
-            await self._record(unit, redispatched, blocked, read, now)
+            await self._record(unit, redispatched, blocked, {t.id: t for t in live}, now)
         report.redispatched += [t.ref for t in redispatched]
         report.blocked += [t.ref for t in blocked]
         report.skipped += len(live) - len(redispatched) - len(blocked)
+
+    async def _count_found_progress(
+        self,
+        unit: Unit,
+        batch: list[Task],
+        found: dict[int, datetime],
+        cutoff: datetime,
+        report: ReconcileReport,
+    ) -> list[Task]:
+        """Renews leases for progress the probe found; returns the tasks still stale."""
+        live = []
+        for task in batch:
+            seen, holder = found.get(task.id), task.claimed_by
+            if seen and holder and await unit.renew_lease(task.id, holder, seen):
+                if seen >= cutoff:
+                    report.renewed.append(task.ref)
+                    continue
+                task = replace(task, last_progress_at=seen)
+            live.append(task)
+        return live
 
     async def _record(
         self,

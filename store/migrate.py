@@ -4,6 +4,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -24,10 +25,14 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
         await connection.run_sync(lambda sync: command.upgrade(alembic_config(sync), revision))
 
 
+async def downgrade(engine: AsyncEngine, revision: str) -> None:
+    """Rolls the database behind ``engine`` back to ``revision`` (``base`` empties it)."""
+    async with engine.begin() as connection:
+        await connection.run_sync(lambda sync: command.downgrade(alembic_config(sync), revision))
+
+
 async def current_revision(engine: AsyncEngine) -> str | None:
     """Returns the revision the database is at, or None before the first migration."""
-    from alembic.runtime.migration import MigrationContext
-
     async with engine.connect() as connection:
         return await connection.run_sync(
             lambda sync: MigrationContext.configure(sync).get_current_revision()
