@@ -1,10 +1,16 @@
 """Migrations from empty on both backends produce exactly the schema the code queries."""
 
+from pathlib import Path
+
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, inspect, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bot.board import Board
+from bot.task import Actor
 from store.database import create_engine
 from store.migrate import current_revision, downgrade, upgrade
 from store.schema import metadata
@@ -39,7 +45,7 @@ async def test_the_schema_can_be_rolled_back_to_empty_and_rebuilt(engine: AsyncE
     assert await current_revision(engine) == "0001"
 
 
-async def test_a_brand_new_sqlite_file_is_created_and_migrated(tmp_path: object) -> None:
+async def test_a_brand_new_sqlite_file_is_created_and_migrated(tmp_path: Path) -> None:
     engine = create_engine(f"sqlite:///{tmp_path}/fresh.db")
     try:
         assert await current_revision(engine) is None
@@ -50,3 +56,17 @@ async def test_a_brand_new_sqlite_file_is_created_and_migrated(tmp_path: object)
         assert (journal, foreign_keys) == ("wal", 1)
     finally:
         await engine.dispose()
+
+
+async def test_the_database_refuses_to_rewrite_or_delete_a_task_event(
+    engine: AsyncEngine, board: Board
+) -> None:
+    task = await board.create_task("C1", "t", Actor.user("U1"))
+    for statement in ("UPDATE task_events SET kind = 'forged'", "DELETE FROM task_events"):
+        with pytest.raises(DBAPIError, match="append-only"):
+            async with engine.begin() as conn:
+                await conn.execute(text(statement))
+    async with engine.connect() as conn:
+        kinds = (await conn.execute(text("SELECT kind FROM task_events"))).scalars().all()
+    assert kinds == ["created"]
+    assert task.id == 1

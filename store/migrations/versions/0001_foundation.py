@@ -77,6 +77,7 @@ def upgrade() -> None:
         ),
     )
     op.create_index("ix_task_events_task_id_id", "task_events", ["task_id", "id"])
+    _forbid_event_rewrites()
 
     op.create_table(
         "task_messages",
@@ -154,8 +155,29 @@ def upgrade() -> None:
     )
 
 
+def _forbid_event_rewrites() -> None:
+    """Makes the database itself refuse any UPDATE or DELETE of a task event."""
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(
+            "CREATE FUNCTION task_events_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'task events are append-only'; END $$"
+        )
+        op.execute(
+            "CREATE TRIGGER task_events_append_only BEFORE UPDATE OR DELETE ON task_events "
+            "FOR EACH ROW EXECUTE FUNCTION task_events_append_only()"
+        )
+        return
+    for action in ("UPDATE", "DELETE"):
+        op.execute(
+            f"CREATE TRIGGER task_events_no_{action.lower()} BEFORE {action} ON task_events "
+            "BEGIN SELECT RAISE(ABORT, 'task events are append-only'); END"
+        )
+
+
 def downgrade() -> None:
     for table in ("agent_secrets", "agents", "outbox", "task_messages", "task_events"):
         op.drop_table(table)
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP FUNCTION task_events_append_only()")
     op.drop_table("channel_counters")
     op.drop_table("tasks")
