@@ -20,6 +20,7 @@ from bot.errors import (
     NotFound,
     Superseded,
 )
+from bot.policy import ChannelPolicy, PolicyBook, load_policy_book
 from bot.ports import Reader, Store, TaskFields, Unit
 from bot.status import (
     LEASED_STATUSES,
@@ -200,6 +201,30 @@ class Board:
                 await unit.renew_lease(message.task_id, agent, self._clock())
             return True
 
+    async def policies(self) -> PolicyBook:
+        """The global lease policy and every channel's overrides."""
+        async with self._store.read() as reader:
+            return await load_policy_book(reader, self._policy)
+
+    async def set_channel_policy(
+        self, channel_id: str, by: str, lease_ttl_s: float | None, max_attempts: int | None
+    ) -> PolicyBook:
+        """Overrides the TTL and/or attempts in ``channel_id``; None leaves a value as it is."""
+        if lease_ttl_s is not None and lease_ttl_s <= 0:
+            raise InvalidInput("The TTL must be a positive number of seconds.")
+        if max_attempts is not None and max_attempts < 1:
+            raise InvalidInput("Attempts must be at least 1.")
+        async with self._store.transaction() as unit:
+            book = await load_policy_book(unit, self._policy)
+            current = book.channels.get(channel_id, ChannelPolicy(channel_id))
+            merged = ChannelPolicy(
+                channel_id,
+                current.lease_ttl_s if lease_ttl_s is None else lease_ttl_s,
+                current.max_dispatch_attempts if max_attempts is None else max_attempts,
+            )
+            await unit.set_channel_policy(merged, by, self._clock())
+            return await load_policy_book(unit, self._policy)
+
     async def _apply(self, unit: Unit, task: Task, change: Change, actor: Actor) -> Task:
         """Writes ``change`` as a compare-and-set on what was read, with events and effects."""
         now = self._clock()
@@ -222,11 +247,10 @@ class Board:
         events = [NewEvent(task.id, kind, actor, now, data) for kind, data in change.events]
         effects = [outbox.card_update(updated, self._new_key())]
         if change.dispatch:
+            policy = (await load_policy_book(unit, self._policy)).for_channel(task.channel_id)
             dispatched = {"attempt": 1, "epoch": updated.lease_epoch, "agent": updated.assignee}
             events.append(NewEvent(task.id, EventKind.DISPATCHED, actor, now, dispatched))
-            effects.insert(
-                0, outbox.directive(updated, self._policy, self._new_key(), redispatch=False)
-            )
+            effects.insert(0, outbox.directive(updated, policy, self._new_key(), redispatch=False))
         await unit.append_events(events)
         await unit.enqueue(effects, now)
         return updated

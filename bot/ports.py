@@ -12,6 +12,7 @@ from typing import Protocol, TypedDict
 
 from bot.agents import Agent, AgentKind, AgentSettings
 from bot.outbox import OutboxMessage, OutboxRow
+from bot.policy import ChannelPolicy
 from bot.status import TaskStatus
 from bot.task import NewEvent, Task, TaskEvent, TaskRef, ThreadMessage
 
@@ -40,6 +41,13 @@ class NewTask(TypedDict):
     at: datetime
 
 
+class BoardStats(TypedDict):
+    """Counts for the admin's ``stats``."""
+
+    by_status: dict[str, int]
+    outbox_backlog: int
+
+
 class Reader(Protocol):
     """Read-only queries, served by one transaction."""
 
@@ -53,6 +61,12 @@ class Reader(Protocol):
         self, *, status: TaskStatus | None = None, channel_id: str | None = None
     ) -> list[Task]: ...
 
+    async def list_tasks_for_viewer(
+        self, user_id: str, channel_ids: Sequence[str], limit: int
+    ) -> list[Task]:
+        """Open and recent tasks assigned or created by ``user_id`` or in ``channel_ids``."""
+        ...
+
     async def list_events(self, task_id: int) -> list[TaskEvent]: ...
 
     async def list_messages(self, task_id: int) -> list[ThreadMessage]: ...
@@ -61,7 +75,17 @@ class Reader(Protocol):
         """Leased tasks whose last progress is strictly before ``cutoff``, oldest first."""
         ...
 
+    async def count_stale_tasks(self, cutoff: datetime) -> int: ...
+
+    async def board_stats(self) -> BoardStats: ...
+
     async def get_agent(self, name: str) -> Agent | None: ...
+
+    async def find_agent_by_slack_id(self, user_id: str | None, bot_id: str | None) -> Agent | None:
+        """The agent whose Slack user id or bot id matches, if any."""
+        ...
+
+    async def list_channel_policies(self) -> list[ChannelPolicy]: ...
 
     async def list_agents(self) -> list[Agent]: ...
 
@@ -98,6 +122,18 @@ class Unit(Reader, Protocol):
     async def append_events(self, events: Sequence[NewEvent]) -> None: ...
 
     async def enqueue(self, messages: Sequence[OutboxMessage], at: datetime) -> None: ...
+
+    async def record_card(self, task_id: int, card_ts: str) -> None:
+        """Records where the card was posted; a card posted in a channel starts the thread."""
+        ...
+
+    async def set_channel_policy(self, policy: ChannelPolicy, by: str, at: datetime) -> None: ...
+
+    async def mark_delivered_once(self, key: str, at: datetime) -> bool:
+        """Remembers an inbound delivery key; False when it was seen before."""
+        ...
+
+    async def prune_deliveries(self, before: datetime) -> int: ...
 
     async def record_message(self, message: ThreadMessage) -> bool:
         """Stores a thread message; False when (channel, ts) was already stored."""

@@ -16,8 +16,9 @@ import structlog
 from bot import outbox
 from bot.board import new_key
 from bot.clock import Clock
+from bot.policy import load_policy_book
 from bot.ports import Store, Unit
-from bot.task import Actor, EventKind, LeasePolicy, NewEvent, Task, TaskRef
+from bot.task import Actor, EventKind, LeasePolicy, NewEvent, Task, TaskRef, is_stale
 
 logger = structlog.get_logger(__name__)
 
@@ -72,13 +73,18 @@ class Reconciler:
     async def reconcile_stale_tasks(self) -> ReconcileReport:
         """Re-dispatches or blocks every task whose lease lapsed; returns what it did."""
         now = self._clock()
-        cutoff = now - self._policy.lease_ttl
         async with self._store.read() as reader:
-            stale = await reader.get_stale_tasks(cutoff, self._max_per_tick)
+            book = await load_policy_book(reader, self._policy)
+            widest = await reader.get_stale_tasks(now - book.shortest_ttl, self._max_per_tick)
+        stale = [t for t in widest if is_stale(t, now, book.for_channel(t.channel_id).lease_ttl)]
         report = ReconcileReport()
-        for start in range(0, len(stale), self._batch_size):
-            batch = stale[start : start + self._batch_size]
-            await self._act(batch, cutoff, now, report)
+        by_policy: dict[LeasePolicy, list[Task]] = {}
+        for task in stale:
+            by_policy.setdefault(book.for_channel(task.channel_id), []).append(task)
+        for policy, tasks in by_policy.items():
+            for start in range(0, len(tasks), self._batch_size):
+                batch = tasks[start : start + self._batch_size]
+                await self._act(batch, policy, now, report)
         if stale:
             logger.info(
                 "reconcile.tick",
@@ -91,16 +97,18 @@ class Reconciler:
         return report
 
     async def _act(
-        self, batch: list[Task], cutoff: datetime, now: datetime, report: ReconcileReport
+        self, batch: list[Task], policy: LeasePolicy, now: datetime, report: ReconcileReport
     ) -> None:
+        cutoff = now - policy.lease_ttl
         found = await self._probe.find_progress(batch) if self._probe else {}
         async with self._store.transaction() as unit:
             live = await self._count_found_progress(unit, batch, found, cutoff, report)
-            retry = [t for t in live if t.attempts < self._policy.max_dispatch_attempts]
-            give_up = [t for t in live if t.attempts >= self._policy.max_dispatch_attempts]
+            retry = [t for t in live if t.attempts < policy.max_dispatch_attempts]
+            give_up = [t for t in live if t.attempts >= policy.max_dispatch_attempts]
             redispatched = await unit.redispatch_stale(retry, cutoff, now)
             blocked = await unit.block_stale(give_up, cutoff, now)
-            await self._record(unit, redispatched, blocked, {t.id: t for t in live}, now)
+            read = {t.id: t for t in live}
+            await self._record(unit, policy, redispatched, blocked, read, now)
         report.redispatched += [t.ref for t in redispatched]
         report.blocked += [t.ref for t in blocked]
         report.skipped += len(live) - len(redispatched) - len(blocked)
@@ -128,27 +136,28 @@ class Reconciler:
     async def _record(
         self,
         unit: Unit,
+        policy: LeasePolicy,
         redispatched: list[Task],
         blocked: list[Task],
         read: dict[int, Task],
         now: datetime,
     ) -> None:
         """Appends the events and enqueues the directives, escalations and card updates."""
-        ttl_s = int(self._policy.lease_ttl.total_seconds())
+        ttl_s = int(policy.lease_ttl.total_seconds())
         events: list[NewEvent] = []
         effects: list[outbox.OutboxMessage] = []
         for task in redispatched:
             lapsed = read[task.id].last_progress_at
             data = {
                 "attempt": task.attempts,
-                "max_attempts": self._policy.max_dispatch_attempts,
+                "max_attempts": policy.max_dispatch_attempts,
                 "epoch": task.lease_epoch,
                 "agent": task.assignee,
                 "last_progress_at": lapsed.isoformat() if lapsed else None,
                 "reason": f"no progress for {ttl_s}s; lease lapsed",
             }
             events.append(NewEvent(task.id, EventKind.REDISPATCHED, RECONCILER, now, data))
-            effects.append(outbox.directive(task, self._policy, self._new_key(), redispatch=True))
+            effects.append(outbox.directive(task, policy, self._new_key(), redispatch=True))
             effects.append(outbox.card_update(task, self._new_key()))
         for task in blocked:
             reason = f"no progress for {ttl_s}s after {task.attempts} attempt(s)"

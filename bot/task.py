@@ -89,6 +89,7 @@ class Task:
     created_at: datetime
     updated_at: datetime
     thread_ts: str | None = None
+    card_ts: str | None = None
     assignee: str | None = None
     assigned_by: str | None = None
     claimed_by: str | None = None

@@ -1,15 +1,28 @@
 """Read queries over one connection, mapping rows to domain values once."""
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, select, text
+from sqlalchemy import Row, and_, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.agents import Agent, AgentKind, AgentSettings
-from bot.status import TaskStatus
+from bot.outbox import OutboxState
+from bot.policy import ChannelPolicy
+from bot.ports import BoardStats
+from bot.status import TERMINAL_STATUSES, TaskStatus
 from bot.task import Actor, EventKind, Task, TaskEvent, TaskRef, ThreadMessage
-from store.schema import LEASED_SQL, agent_secrets, agents, task_events, task_messages, tasks
+from store.schema import (
+    LEASED_SQL,
+    agent_secrets,
+    agents,
+    channel_policies,
+    outbox,
+    task_events,
+    task_messages,
+    tasks,
+)
 
 
 def task_from_row(row: Row[Any]) -> Task:
@@ -26,6 +39,7 @@ def task_from_row(row: Row[Any]) -> Task:
         created_at=m["created_at"],
         updated_at=m["updated_at"],
         thread_ts=m["thread_ts"],
+        card_ts=m["card_ts"],
         assignee=m["assignee"],
         assigned_by=m["assigned_by"],
         claimed_by=m["claimed_by"],
@@ -96,6 +110,22 @@ class SqlReader:
             query = query.where(tasks.c.channel_id == channel_id)
         return [task_from_row(row) for row in await self._db.execute(query)]
 
+    async def list_tasks_for_viewer(
+        self, user_id: str, channel_ids: Sequence[str], limit: int
+    ) -> list[Task]:
+        mine = or_(
+            tasks.c.assigned_by == user_id,
+            tasks.c.created_by == f"user:{user_id}",
+            tasks.c.channel_id.in_(list(channel_ids)),
+        )
+        query = (
+            select(tasks)
+            .where(mine, tasks.c.status.not_in([s.value for s in TERMINAL_STATUSES]))
+            .order_by(tasks.c.updated_at.desc())
+            .limit(limit)
+        )
+        return [task_from_row(row) for row in await self._db.execute(query)]
+
     async def list_events(self, task_id: int) -> list[TaskEvent]:
         query = (
             select(task_events).where(task_events.c.task_id == task_id).order_by(task_events.c.id)
@@ -138,6 +168,43 @@ class SqlReader:
             .limit(limit)
         )
         return [task_from_row(row) for row in await self._db.execute(query)]
+
+    async def count_stale_tasks(self, cutoff: datetime) -> int:
+        query = select(func.count()).where(text(LEASED_SQL), tasks.c.last_progress_at < cutoff)
+        return int((await self._db.execute(query.select_from(tasks))).scalar_one())
+
+    async def board_stats(self) -> BoardStats:
+        counts = await self._db.execute(
+            select(tasks.c.status, func.count()).group_by(tasks.c.status)
+        )
+        backlog = await self._db.execute(
+            select(func.count())
+            .select_from(outbox)
+            .where(outbox.c.state != OutboxState.DELIVERED.value)
+        )
+        return {
+            "by_status": {status: int(n) for status, n in counts},
+            "outbox_backlog": int(backlog.scalar_one()),
+        }
+
+    async def find_agent_by_slack_id(self, user_id: str | None, bot_id: str | None) -> Agent | None:
+        matches = []
+        if user_id:
+            matches.append(agents.c.slack_user_id == user_id)
+        if bot_id:
+            matches.append(agents.c.slack_bot_id == bot_id)
+        if not matches:
+            return None
+        query = select(agents, _HAS_KEY).where(or_(*matches)).order_by(agents.c.id).limit(1)
+        row = (await self._db.execute(query)).first()
+        return agent_from_row(row, bool(row.api_key_configured)) if row else None
+
+    async def list_channel_policies(self) -> list[ChannelPolicy]:
+        rows = await self._db.execute(select(channel_policies))
+        return [
+            ChannelPolicy(row.channel_id, row.lease_ttl_s, row.max_dispatch_attempts)
+            for row in rows
+        ]
 
     async def get_agent(self, name: str) -> Agent | None:
         row = (

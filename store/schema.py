@@ -5,6 +5,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -46,6 +47,7 @@ tasks = Table(
     Column("title", Text, nullable=False),
     Column("description", Text, nullable=False, server_default=""),
     Column("thread_ts", String(32)),
+    Column("card_ts", String(32)),
     Column("status", String(16), nullable=False),
     Column("assignee", String(64)),
     Column("assigned_by", String(32)),
@@ -65,6 +67,7 @@ tasks = Table(
     ),
     Index("ix_tasks_status", "status"),
     Index("ix_tasks_channel_thread", "channel_id", "thread_ts"),
+    Index("ix_tasks_assigned_by", "assigned_by"),
 )
 
 channel_counters = Table(
@@ -133,8 +136,8 @@ agents = Table(
     Column("name", String(64), nullable=False, unique=True),
     Column("kind", String(16), nullable=False),
     Column("display_name", String(128), nullable=False),
-    Column("slack_user_id", String(32)),
-    Column("slack_bot_id", String(32)),
+    Column("slack_user_id", String(32), index=True),
+    Column("slack_bot_id", String(32), index=True),
     Column("enabled", Boolean, nullable=False, server_default=text("true")),
     Column("settings", Json, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
@@ -148,4 +151,22 @@ agent_secrets = Table(
     Column("name", String(32), primary_key=True),
     Column("ciphertext", LargeBinary, nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+channel_policies = Table(
+    "channel_policies",
+    metadata,
+    Column("channel_id", String(32), primary_key=True),
+    Column("lease_ttl_s", Float),
+    Column("max_dispatch_attempts", Integer),
+    Column("updated_by", String(32), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+#: Keys of inbound deliveries already processed (Slack event ids, message (channel, ts)).
+inbound_deliveries = Table(
+    "inbound_deliveries",
+    metadata,
+    Column("key", String(128), primary_key=True),
+    Column("received_at", UTCDateTime(), nullable=False, index=True),
 )

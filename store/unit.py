@@ -4,12 +4,13 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, and_, delete, or_, select, text, tuple_, update
+from sqlalchemy import Table, and_, delete, func, or_, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.agents import Agent, AgentKind, AgentSettings
 from bot.outbox import OutboxMessage, OutboxState
+from bot.policy import ChannelPolicy
 from bot.ports import NewTask, TaskFields
 from bot.status import TaskStatus
 from bot.task import NewEvent, Task, ThreadMessage
@@ -19,6 +20,8 @@ from store.schema import (
     agent_secrets,
     agents,
     channel_counters,
+    channel_policies,
+    inbound_deliveries,
     outbox,
     task_events,
     task_messages,
@@ -178,6 +181,40 @@ class SqlUnit(SqlReader):
             for m in messages
         ]
         await self._db.execute(outbox.insert(), rows)
+
+    async def record_card(self, task_id: int, card_ts: str) -> None:
+        query = (
+            update(tasks)
+            .where(tasks.c.id == task_id)
+            .values(card_ts=card_ts, thread_ts=func.coalesce(tasks.c.thread_ts, card_ts))
+        )
+        await self._db.execute(query)
+
+    async def set_channel_policy(self, policy: ChannelPolicy, by: str, at: datetime) -> None:
+        values = {
+            "lease_ttl_s": policy.lease_ttl_s,
+            "max_dispatch_attempts": policy.max_dispatch_attempts,
+            "updated_by": by,
+            "updated_at": at,
+        }
+        query = (
+            dialect_insert(self._db, channel_policies)
+            .values(channel_id=policy.channel_id, **values)
+            .on_conflict_do_update(index_elements=["channel_id"], set_=values)
+        )
+        await self._db.execute(query)
+
+    async def mark_delivered_once(self, key: str, at: datetime) -> bool:
+        query = (
+            dialect_insert(self._db, inbound_deliveries)
+            .values(key=key, received_at=at)
+            .on_conflict_do_nothing(index_elements=["key"])
+        )
+        return bool((await self._db.execute(query)).rowcount == 1)
+
+    async def prune_deliveries(self, before: datetime) -> int:
+        query = delete(inbound_deliveries).where(inbound_deliveries.c.received_at < before)
+        return int((await self._db.execute(query)).rowcount)
 
     async def record_message(self, message: ThreadMessage) -> bool:
         query = (

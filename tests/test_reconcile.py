@@ -207,3 +207,25 @@ async def test_two_replicas_reconciling_at_once_act_exactly_once_per_task(
             assert [e.kind for e in events].count(EventKind.REDISPATCHED) == 1
     directives = [r for r in await store.list_outbox() if r.payload.get("redispatch") is True]
     assert len(directives) == len(refs)
+
+
+async def test_a_channels_own_ttl_and_attempts_override_the_global_policy(
+    board: Board, registry: AgentRegistry, reconciler: Reconciler, store: SqlStore, clock: FakeClock
+) -> None:
+    await registry.add_agent("coder")
+    await board.set_channel_policy("C_FAST", "U_ADMIN", lease_ttl_s=60, max_attempts=1)
+    fast = await board.create_task("C_FAST", "quick one", Actor.user(ALICE))
+    slow = await board.create_task("C_SLOW", "slow one", Actor.user(ALICE))
+    fast = await board.assign_task(fast.ref, "coder", ALICE)
+    await board.assign_task(slow.ref, "coder", ALICE)
+    [directive] = [r for r in await store.list_outbox(fast.id) if r.kind == OutboxKind.DIRECTIVE]
+    assert (directive.payload["lease_ttl_s"], directive.payload["max_attempts"]) == (60, 1)
+
+    clock.advance(61)
+    report = await reconciler.reconcile_stale_tasks()
+    assert (report.blocked, report.redispatched) == ([fast.ref], [])
+
+    book = await board.set_channel_policy("C_FAST", "U_ADMIN", lease_ttl_s=None, max_attempts=3)
+    assert book.for_channel("C_FAST").max_dispatch_attempts == 3
+    assert book.for_channel("C_FAST").lease_ttl.total_seconds() == 60
+    assert book.for_channel("C_SLOW") == book.default
