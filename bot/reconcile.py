@@ -25,12 +25,19 @@ logger = structlog.get_logger(__name__)
 RECONCILER = Actor.system("reconcile")
 
 
+@dataclass(frozen=True)
+class FoundProgress:
+    """What a probe found: the latest missed assignee post per task, and what it could not read."""
+
+    found: dict[int, datetime] = field(default_factory=dict)
+    #: Tasks the probe could not check this tick (rate limited): they wait for the next tick.
+    unchecked: frozenset[int] = frozenset()
+
+
 class ProgressProbe(Protocol):
     """Looks for progress the service missed (e.g. undelivered chat events) before acting."""
 
-    async def find_progress(self, tasks: Sequence[Task]) -> dict[int, datetime]:
-        """Returns, per task id, the time of the latest assignee post found but not recorded."""
-        ...
+    async def find_progress(self, tasks: Sequence[Task]) -> FoundProgress: ...
 
 
 @dataclass
@@ -43,6 +50,8 @@ class ReconcileReport:
     renewed: list[TaskRef] = field(default_factory=list)
     #: Stale tasks that changed between detection and action (another replica, a late post).
     skipped: int = 0
+    #: Stale tasks left for the next tick because the probe could not check them.
+    deferred: int = 0
 
     @property
     def acted(self) -> int:
@@ -100,9 +109,11 @@ class Reconciler:
         self, batch: list[Task], policy: LeasePolicy, now: datetime, report: ReconcileReport
     ) -> None:
         cutoff = now - policy.lease_ttl
-        found = await self._probe.find_progress(batch) if self._probe else {}
+        progress = await self._probe.find_progress(batch) if self._probe else FoundProgress()
+        report.deferred += len(progress.unchecked)
+        checked = [t for t in batch if t.id not in progress.unchecked]
         async with self._store.transaction() as unit:
-            live = await self._count_found_progress(unit, batch, found, cutoff, report)
+            live = await self._count_found_progress(unit, checked, progress.found, cutoff, report)
             retry = [t for t in live if t.attempts < policy.max_dispatch_attempts]
             give_up = [t for t in live if t.attempts >= policy.max_dispatch_attempts]
             redispatched = await unit.redispatch_stale(retry, cutoff, now)

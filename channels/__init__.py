@@ -1,0 +1,1 @@
+"""Chat-platform adapters. Each turns platform payloads into use-case calls and renders results."""

@@ -9,7 +9,7 @@ import pytest
 from bot.board import Board
 from bot.errors import Superseded
 from bot.outbox import OutboxKind
-from bot.reconcile import Reconciler
+from bot.reconcile import FoundProgress, Reconciler
 from bot.registry import AgentRegistry
 from bot.status import TaskStatus
 from bot.task import Actor, EventKind, LeasePolicy, Task, TaskRef
@@ -129,9 +129,9 @@ class FoundPost:
         self.at = at
         self.asked: list[TaskRef] = []
 
-    async def find_progress(self, tasks: Sequence[Task]) -> dict[int, datetime]:
+    async def find_progress(self, tasks: Sequence[Task]) -> FoundProgress:
         self.asked += [t.ref for t in tasks]
-        return {t.id: self.at for t in tasks}
+        return FoundProgress({t.id: self.at for t in tasks})
 
 
 async def test_progress_the_probe_finds_is_counted_before_redispatching(
@@ -161,10 +161,10 @@ class Barrier:
     def __init__(self, parties: int) -> None:
         self.barrier = asyncio.Barrier(parties)
 
-    async def find_progress(self, tasks: Sequence[Task]) -> dict[int, datetime]:
+    async def find_progress(self, tasks: Sequence[Task]) -> FoundProgress:
         async with asyncio.timeout(10):
             await self.barrier.wait()
-        return {}
+        return FoundProgress()
 
 
 async def test_two_replicas_reconciling_at_once_act_exactly_once_per_task(
@@ -229,3 +229,20 @@ async def test_a_channels_own_ttl_and_attempts_override_the_global_policy(
     assert book.for_channel("C_FAST").max_dispatch_attempts == 3
     assert book.for_channel("C_FAST").lease_ttl.total_seconds() == 60
     assert book.for_channel("C_SLOW") == book.default
+
+
+class RateLimited:
+    """A probe that could not read any thread this tick."""
+
+    async def find_progress(self, tasks: Sequence[Task]) -> FoundProgress:
+        return FoundProgress(unchecked=frozenset(t.id for t in tasks))
+
+
+async def test_a_task_the_probe_could_not_check_waits_for_the_next_tick(
+    store: SqlStore, policy: LeasePolicy, keys: SequentialKeys, assigned: Task, clock: FakeClock
+) -> None:
+    clock.advance(TTL_S + 1)
+    blind = Reconciler(store, clock, policy, keys, probe=RateLimited())
+    report = await blind.reconcile_stale_tasks()
+    assert (report.deferred, report.acted) == (1, 0)
+    assert await load(store, assigned.ref) == assigned

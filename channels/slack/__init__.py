@@ -1,0 +1,1 @@
+"""The Slack adapter: Bolt app, listeners, rendering and outbox delivery."""

@@ -1,0 +1,220 @@
+"""``/task-admin``: agents, channel policy, a reconcile on demand, and stats. Admins only."""
+
+import json
+from collections.abc import Awaitable, Callable
+
+from slack_sdk.errors import SlackApiError
+
+from bot.agents import AgentKind, normalize_agent_name
+from bot.errors import DomainError, InvalidInput
+from bot.reconcile import ReconcileReport
+from channels.slack.parsing import SlashCommand, parse_user_mention, split_args, split_options
+from channels.slack.replies import ADMIN_USAGE
+from channels.slack.services import SlackServices
+
+USAGE = {
+    "agent add": "/task-admin agent add <@user | name> [external] [display=<name>] [name=<handle>]",
+    "agent list": "/task-admin agent list",
+    "agent remove": "/task-admin agent remove <name>",
+    "agent key": "/task-admin agent key <name>",
+    "policy": "/task-admin policy [show | ttl <seconds> | attempts <n>]",
+    "reconcile": "/task-admin reconcile",
+    "stats": "/task-admin stats",
+}
+AGENT_KEY_VIEW = "agent_key_modal"
+
+Handler = Callable[[SlashCommand, list[str], SlackServices], Awaitable[str]]
+
+
+async def handle_admin_command(command: SlashCommand, services: SlackServices) -> str:
+    """Runs one ``/task-admin`` invocation for an admin; refuses everyone else."""
+    if not await services.admins.is_admin(command.user_id):
+        return (
+            ":no_entry: `/task-admin` is for threadwork admins (THREADWORK_ADMINS) and workspace "
+            "admins and owners. Nothing was changed."
+        )
+    try:
+        words = split_args(command.text)
+    except DomainError as exc:
+        return f":warning: {exc.message}\n{ADMIN_USAGE}"
+    if not words or words[0].lower() == "help":
+        return ADMIN_USAGE
+    key = (
+        " ".join(w.lower() for w in words[:2]) if words[0].lower() == "agent" else words[0].lower()
+    )
+    handler = HANDLERS.get(key)
+    if handler is None:
+        return f":warning: `{' '.join(words[:2])}` is not a `/task-admin` command.\n{ADMIN_USAGE}"
+    args = words[2:] if key.startswith("agent") else words[1:]
+    try:
+        return await handler(command, args, services)
+    except DomainError as exc:
+        return f":warning: {exc.message}\nUsage: `{USAGE[key]}`"
+
+
+async def _agent_add(command: SlashCommand, args: list[str], services: SlackServices) -> str:
+    positional, options = split_options(args)
+    if not positional or len(positional) > 2:
+        raise InvalidInput("`agent add` needs one agent: a @mention of its Slack user or a name.")
+    kind = AgentKind.EXTERNAL
+    if len(positional) == 2:
+        try:
+            kind = AgentKind(positional[1].lower())
+        except ValueError:
+            raise InvalidInput(f"`{positional[1]}` is not an agent kind; use `external`.") from None
+    if kind != AgentKind.EXTERNAL:
+        raise InvalidInput(f"Built-in `{kind.value}` agents are not available yet; use `external`.")
+    mention = parse_user_mention(positional[0])
+    user_id = mention.user_id if mention else None
+    handle = options.get("name") or (mention.label if mention else positional[0])
+    if handle is None and user_id:
+        handle = await _slack_handle(services, user_id)
+    name = normalize_agent_name(handle or "")
+    agent = await services.registry.add_agent(
+        name,
+        kind,
+        display_name=options.get("display"),
+        slack_user_id=user_id,
+        slack_bot_id=options.get("bot"),
+    )
+    who = f" (<@{agent.slack_user_id}>)" if agent.slack_user_id else ""
+    return f"Agent `{agent.name}`{who} is registered as `{agent.kind.value}`."
+
+
+async def _slack_handle(services: SlackServices, user_id: str) -> str | None:
+    """The user's Slack handle, to name an agent added by mention alone."""
+    try:
+        response = await services.admins.client.users_info(user=user_id)
+    except SlackApiError:
+        return None
+    user = response.get("user") or {}
+    return str(user.get("name") or "") or None
+
+
+async def _agent_list(command: SlashCommand, args: list[str], services: SlackServices) -> str:
+    agents = await services.registry.list_agents()
+    if not agents:
+        return "No agents yet. Add one with `/task-admin agent add <@user>`."
+    lines = ["*Agents*"]
+    for a in agents:
+        slack = f" · <@{a.slack_user_id}>" if a.slack_user_id else ""
+        key = " · API key set" if a.api_key_configured else ""
+        state = "" if a.enabled else " · disabled"
+        lines.append(f"• `{a.name}` ({a.kind.value}) {a.display_name}{slack}{key}{state}")
+    return "\n".join(lines)
+
+
+async def _agent_remove(command: SlashCommand, args: list[str], services: SlackServices) -> str:
+    if len(args) != 1:
+        raise InvalidInput("`agent remove` needs the agent's name.")
+    await services.registry.remove_agent(args[0])
+    return f"Agent `{normalize_agent_name(args[0])}` is removed; its tasks keep their history."
+
+
+async def _agent_key(command: SlashCommand, args: list[str], services: SlackServices) -> str:
+    if len(args) != 1:
+        raise InvalidInput("`agent key` needs the agent's name.")
+    name = normalize_agent_name(args[0])
+    async with services.store.read() as reader:
+        if await reader.get_agent(name) is None:
+            raise InvalidInput(f"There is no agent named `{name}`.")
+    await services.admins.client.views_open(
+        trigger_id=command.trigger_id, view=agent_key_view(name)
+    )
+    return f"Enter `{name}`'s API key in the form; it is stored encrypted and never shown again."
+
+
+def agent_key_view(name: str) -> dict[str, object]:
+    """A modal so an API key never lands in channel history."""
+    return {
+        "type": "modal",
+        "callback_id": AGENT_KEY_VIEW,
+        "private_metadata": json.dumps({"agent": name}),
+        "title": {"type": "plain_text", "text": "Agent API key"},
+        "submit": {"type": "plain_text", "text": "Save key"},
+        "close": {"type": "plain_text", "text": "Cancel"},
+        "blocks": [
+            {
+                "type": "input",
+                "block_id": "api_key",
+                "label": {"type": "plain_text", "text": f"API key for {name}"},
+                "element": {"type": "plain_text_input", "action_id": "value"},
+                "hint": {
+                    "type": "plain_text",
+                    "text": "Stored encrypted; only admins can replace it.",
+                },
+            }
+        ],
+    }
+
+
+async def _policy(command: SlashCommand, args: list[str], services: SlackServices) -> str:
+    channel = command.channel_id
+    if args and args[0].lower() in ("ttl", "attempts"):
+        if len(args) != 2:
+            raise InvalidInput(f"`policy {args[0]}` needs one number.")
+        value = _number(args[1])
+        if args[0].lower() == "ttl":
+            await services.board.set_channel_policy(channel, command.user_id, value, None)
+        elif value != int(value):
+            raise InvalidInput("Attempts must be a whole number.")
+        else:
+            await services.board.set_channel_policy(channel, command.user_id, None, int(value))
+    elif (args and args[0].lower() != "show") or len(args) > 1:
+        raise InvalidInput(f"`policy {' '.join(args)}` is not understood.")
+    book = await services.board.policies()
+    policy, own = book.for_channel(channel), book.channels.get(channel)
+    source = "this channel's own" if own else "the global defaults"
+    return (
+        f"Lease policy in <#{channel}> ({source}): TTL {policy.lease_ttl.total_seconds():g}s, "
+        f"{policy.max_dispatch_attempts} dispatch attempt(s) before a silent task is blocked."
+    )
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise InvalidInput(f"`{text}` is not a number.") from None
+
+
+async def _reconcile(command: SlashCommand, args: list[str], services: SlackServices) -> str:
+    report = await services.reconciler.reconcile_stale_tasks()
+    services.wake_delivery()
+    return report_text(report)
+
+
+def report_text(report: ReconcileReport) -> str:
+    def refs(items: list[object]) -> str:
+        return ", ".join(f"*{r}*" for r in items) or "none"
+
+    return (
+        f"Reconcile tick: re-dispatched {refs(list(report.redispatched))}; "
+        f"blocked {refs(list(report.blocked))}; renewed from missed posts {refs(list(report.renewed))}; "
+        f"{report.skipped} changed meanwhile, {report.deferred} deferred."
+    )
+
+
+async def _stats(command: SlashCommand, args: list[str], services: SlackServices) -> str:
+    book = await services.board.policies()
+    now = services.clock()
+    async with services.store.read() as reader:
+        stats = await reader.board_stats()
+        stale = await reader.count_stale_tasks(now - book.default.lease_ttl)
+    by_status = ", ".join(f"{s} {n}" for s, n in sorted(stats["by_status"].items())) or "no tasks"
+    blocked = stats["by_status"].get("blocked", 0)
+    return (
+        f"*Tasks*: {by_status}\n*Stale leases* (global TTL): {stale}\n*Blocked*: {blocked}\n"
+        f"*Outbox backlog*: {stats['outbox_backlog']} undelivered"
+    )
+
+
+HANDLERS: dict[str, Handler] = {
+    "agent add": _agent_add,
+    "agent list": _agent_list,
+    "agent remove": _agent_remove,
+    "agent key": _agent_key,
+    "policy": _policy,
+    "reconcile": _reconcile,
+    "stats": _stats,
+}

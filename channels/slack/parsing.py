@@ -1,0 +1,108 @@
+"""Slack payloads become typed values here, once; nothing past this module reads raw dicts."""
+
+import re
+import shlex
+from dataclasses import dataclass
+from typing import Any
+
+from bot.errors import InvalidInput
+from bot.task import TaskRef
+
+_USER_MENTION = re.compile(r"^<@(?P<id>[UW][A-Z0-9]+)(?:\|(?P<label>[^>]*))?>$")
+_NUMBER = re.compile(r"^#?(?P<n>\d+)$")
+
+
+@dataclass(frozen=True)
+class SlashCommand:
+    """A slash command invocation."""
+
+    command: str
+    text: str
+    user_id: str
+    channel_id: str
+    trigger_id: str
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> "SlashCommand":
+        return cls(
+            command=str(body.get("command", "")),
+            text=str(body.get("text", "")).strip(),
+            user_id=str(body.get("user_id", "")),
+            channel_id=str(body.get("channel_id", "")),
+            trigger_id=str(body.get("trigger_id", "")),
+        )
+
+
+@dataclass(frozen=True)
+class MessageEvent:
+    """A message posted in a channel, possibly in a thread."""
+
+    channel_id: str
+    ts: str
+    thread_ts: str | None
+    user_id: str | None
+    bot_id: str | None
+    text: str
+    subtype: str | None
+
+    @property
+    def author(self) -> str:
+        return self.user_id or self.bot_id or "unknown"
+
+    @classmethod
+    def from_event(cls, event: dict[str, Any]) -> "MessageEvent":
+        return cls(
+            channel_id=str(event.get("channel", "")),
+            ts=str(event.get("ts", "")),
+            thread_ts=event.get("thread_ts"),
+            user_id=event.get("user"),
+            bot_id=event.get("bot_id"),
+            text=str(event.get("text", "")),
+            subtype=event.get("subtype"),
+        )
+
+
+@dataclass(frozen=True)
+class UserMention:
+    """``<@U123>`` or ``<@U123|label>`` as Slack escapes a mention in a slash command."""
+
+    user_id: str
+    label: str | None
+
+
+def parse_user_mention(token: str) -> UserMention | None:
+    """Returns the mention ``token`` holds, or None when it is not a user mention."""
+    match = _USER_MENTION.match(token.strip())
+    if match is None:
+        return None
+    return UserMention(match["id"], match["label"] or None)
+
+
+def parse_task_ref(token: str, channel_id: str) -> TaskRef:
+    """Reads ``7``, ``#7`` (in this channel) or a full ``C123#7``."""
+    match = _NUMBER.match(token.strip())
+    if match:
+        return TaskRef(channel_id, int(match["n"]))
+    if "#" in token:
+        return TaskRef.parse(token)
+    raise InvalidInput(f"`{token}` is not a task number; write it as 7 or #7.")
+
+
+def split_args(text: str) -> list[str]:
+    """Splits command text into words, honouring quotes; unbalanced quotes are an error."""
+    try:
+        return shlex.split(text)
+    except ValueError:
+        raise InvalidInput("A quote is not closed.") from None
+
+
+def split_options(words: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Separates ``key=value`` options from positional words."""
+    positional, options = [], {}
+    for word in words:
+        key, sep, value = word.partition("=")
+        if sep and key.isidentifier():
+            options[key.lower()] = value
+        else:
+            positional.append(word)
+    return positional, options

@@ -1,0 +1,62 @@
+"""What the Slack listeners need, bundled once by the composition root."""
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.board import Board
+from bot.clock import Clock
+from bot.reconcile import Reconciler
+from bot.registry import AgentRegistry
+from bot.supervisor import Supervisor
+from store.repository import SqlStore
+
+logger = structlog.get_logger(__name__)
+
+ADMIN_CACHE_SECONDS = 300.0
+
+
+@dataclass
+class AdminCheck:
+    """Admins are THREADWORK_ADMINS plus the workspace's admins and owners (users.info)."""
+
+    client: AsyncWebClient
+    configured: frozenset[str]
+    monotonic: Callable[[], float] = time.monotonic
+    _cache: dict[str, tuple[float, bool]] = field(default_factory=dict)
+
+    async def is_admin(self, user_id: str) -> bool:
+        if user_id in self.configured:
+            return True
+        cached = self._cache.get(user_id)
+        if cached and self.monotonic() - cached[0] < ADMIN_CACHE_SECONDS:
+            return cached[1]
+        try:
+            response = await self.client.users_info(user=user_id)
+        except SlackApiError as exc:
+            logger.warning(
+                "admin_check.users_info_failed", user=user_id, error=exc.response.get("error")
+            )
+            return False
+        user = response.get("user") or {}
+        allowed = bool(user.get("is_admin") or user.get("is_owner") or user.get("is_primary_owner"))
+        self._cache[user_id] = (self.monotonic(), allowed)
+        return allowed
+
+
+@dataclass
+class SlackServices:
+    """The use cases and helpers the listeners call."""
+
+    board: Board
+    registry: AgentRegistry
+    reconciler: Reconciler
+    store: SqlStore
+    clock: Clock
+    admins: AdminCheck
+    supervisor: Supervisor
+    wake_delivery: Callable[[], None]
