@@ -60,6 +60,8 @@ class OutboxRow:
     delivered_at: datetime | None = None
     result: dict[str, Any] | None = None
     last_error: str | None = None
+    #: An earlier attempt may have been delivered (a crash or a lost answer): check first.
+    uncertain: bool = False
 
 
 def card_post(task: Task, key: str) -> OutboxMessage:

@@ -169,11 +169,16 @@ class OutboxQueue(Protocol):
         ...
 
     async def mark_delivered(
-        self, row_id: int, worker: str, result: dict[str, object], at: datetime
+        self,
+        row_id: int,
+        worker: str,
+        result: dict[str, object],
+        at: datetime,
+        card: tuple[int, str] | None = None,
     ) -> bool: ...
 
     async def release_for_retry(
-        self, row_id: int, worker: str, available_at: datetime, error: str
+        self, row_id: int, worker: str, available_at: datetime, error: str, uncertain: bool = False
     ) -> bool: ...
 
 

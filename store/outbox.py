@@ -3,7 +3,7 @@
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, or_, select, update
+from sqlalchemy import Row, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.outbox import OutboxKind, OutboxRow, OutboxState
@@ -30,6 +30,7 @@ def outbox_from_row(row: Row[Any]) -> OutboxRow:
         delivered_at=m["delivered_at"],
         result=m["result"],
         last_error=m["last_error"],
+        uncertain=bool(m["uncertain"]),
     )
 
 
@@ -75,6 +76,8 @@ async def claim_outbox(
             claimed_by=worker,
             claim_expires_at=claim_until,
             attempts=outbox.c.attempts + 1,
+            # A row still in flight when its claim expired may have been delivered.
+            uncertain=or_(outbox.c.uncertain, outbox.c.state == OutboxState.IN_FLIGHT.value),
         )
         .returning(*outbox.c)
     )
@@ -97,15 +100,25 @@ async def mark_delivered(
     query = (
         update(outbox)
         .where(_held_by(row_id, worker))
-        .values(state=_DELIVERED, delivered_at=at, result=result, claim_expires_at=None)
+        .values(
+            state=_DELIVERED, delivered_at=at, result=result, claim_expires_at=None, uncertain=False
+        )
     )
     return (await db.execute(query)).rowcount == 1
 
 
 async def release_for_retry(
-    db: AsyncConnection, row_id: int, worker: str, available_at: datetime, error: str
+    db: AsyncConnection,
+    row_id: int,
+    worker: str,
+    available_at: datetime,
+    error: str,
+    uncertain: bool = False,
 ) -> bool:
-    """Hands the row back for another try at ``available_at``; it is never dropped."""
+    """Hands the row back for another try at ``available_at``; it is never dropped.
+
+    ``uncertain`` marks a failure after which the platform may have acted anyway.
+    """
     query = (
         update(outbox)
         .where(_held_by(row_id, worker))
@@ -115,6 +128,7 @@ async def release_for_retry(
             claimed_by=None,
             claim_expires_at=None,
             last_error=error[:2000],
+            uncertain=or_(outbox.c.uncertain, literal(uncertain)),
         )
     )
     return (await db.execute(query)).rowcount == 1

@@ -42,16 +42,27 @@ class SqlStore:
             return await outbox.claim_outbox(connection, worker, now, claim_until, limit)
 
     async def mark_delivered(
-        self, row_id: int, worker: str, result: dict[str, object], at: datetime
+        self,
+        row_id: int,
+        worker: str,
+        result: dict[str, object],
+        at: datetime,
+        card: tuple[int, str] | None = None,
     ) -> bool:
+        """Settles a delivered row; ``card`` (task id, ts) also records where a card landed."""
         async with write_transaction(self.engine) as connection:
-            return await outbox.mark_delivered(connection, row_id, worker, result, at)
+            settled = await outbox.mark_delivered(connection, row_id, worker, result, at)
+            if settled and card is not None:
+                await SqlUnit(connection).record_card(*card)
+            return settled
 
     async def release_for_retry(
-        self, row_id: int, worker: str, available_at: datetime, error: str
+        self, row_id: int, worker: str, available_at: datetime, error: str, uncertain: bool = False
     ) -> bool:
         async with write_transaction(self.engine) as connection:
-            return await outbox.release_for_retry(connection, row_id, worker, available_at, error)
+            return await outbox.release_for_retry(
+                connection, row_id, worker, available_at, error, uncertain
+            )
 
     async def list_outbox(self, task_id: int | None = None) -> list[OutboxRow]:
         async with read_transaction(self.engine) as connection:

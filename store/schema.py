@@ -15,6 +15,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -120,6 +121,8 @@ outbox = Table(
     Column("delivered_at", UTCDateTime()),
     Column("result", Json),
     Column("last_error", Text),
+    #: The last attempt may have reached the platform: look for it before sending again.
+    Column("uncertain", Boolean, nullable=False, server_default=false()),
     Index(
         "ix_outbox_undelivered_task",
         "task_id",

@@ -95,3 +95,35 @@ async def test_concurrent_workers_never_claim_two_rows_of_one_thread_or_one_row_
         per_thread = [row_id for _, t, row_id in delivered if t == task_id]
         assert per_thread == sorted(per_thread)
     assert all(r.state == OutboxState.DELIVERED for r in await store.list_outbox())
+
+
+async def test_a_row_whose_claim_expired_mid_flight_comes_back_marked_uncertain(
+    board: Board, registry: AgentRegistry, store: SqlStore, clock: FakeClock
+) -> None:
+    await seed(board, registry, tasks=1)
+    [head] = await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=1)
+    assert head.uncertain is False
+    clock.advance(CLAIM.total_seconds() + 1)
+    [again] = await store.claim_outbox("w2", clock.now, clock.now + CLAIM, limit=1)
+    assert (again.id, again.uncertain) == (head.id, True)
+    assert await store.release_for_retry(again.id, "w2", clock.now, "500")
+    [third] = await store.claim_outbox("w3", clock.now, clock.now + CLAIM, limit=1)
+    assert third.uncertain is True
+    assert await store.mark_delivered(third.id, "w3", {"ts": "9.9"}, clock.now, card=(1, "9.9"))
+    async with store.read() as reader:
+        task = await reader.get_task_by_id(1)
+    assert task is not None
+    assert (task.card_ts, task.thread_ts) == ("9.9", "9.9")
+
+
+async def test_a_definite_refusal_does_not_make_a_row_uncertain(
+    board: Board, registry: AgentRegistry, store: SqlStore, clock: FakeClock
+) -> None:
+    await seed(board, registry, tasks=1)
+    [head] = await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=1)
+    assert await store.release_for_retry(head.id, "w1", clock.now, "ratelimited", uncertain=False)
+    [again] = await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=1)
+    assert again.uncertain is False
+    assert await store.release_for_retry(again.id, "w1", clock.now, "dropped", uncertain=True)
+    [third] = await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=1)
+    assert third.uncertain is True

@@ -22,6 +22,10 @@ def upgrade() -> None:
     with op.batch_alter_table("tasks") as batch:
         batch.add_column(sa.Column("card_ts", sa.String(32)))
     op.create_index("ix_tasks_assigned_by", "tasks", ["assigned_by"])
+    with op.batch_alter_table("outbox") as batch:
+        batch.add_column(
+            sa.Column("uncertain", sa.Boolean, nullable=False, server_default=sa.false())
+        )
     op.create_index("ix_agents_slack_user_id", "agents", ["slack_user_id"])
     op.create_index("ix_agents_slack_bot_id", "agents", ["slack_bot_id"])
 
@@ -50,5 +54,7 @@ def downgrade() -> None:
     op.drop_index("ix_agents_slack_bot_id", "agents")
     op.drop_index("ix_agents_slack_user_id", "agents")
     op.drop_index("ix_tasks_assigned_by", "tasks")
+    with op.batch_alter_table("outbox") as batch:
+        batch.drop_column("uncertain")
     with op.batch_alter_table("tasks") as batch:
         batch.drop_column("card_ts")

@@ -1,0 +1,106 @@
+"""Events: thread messages feed the lease; a mention can turn a thread into an assigned task."""
+
+import re
+from typing import Any
+
+import structlog
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.errors import DomainError
+from bot.task import Actor, Task, ThreadMessage
+from channels.slack.parsing import MessageEvent
+from channels.slack.services import SlackServices
+from channels.slack.task_command import resolve_agent
+
+logger = structlog.get_logger(__name__)
+
+#: Message subtypes that are not someone saying something in the thread.
+IGNORED_SUBTYPES = frozenset(
+    {"message_changed", "message_deleted", "channel_join", "channel_leave", "message_replied"}
+)
+_ASSIGN = re.compile(r"\bassign\s+(?:this\s+)?to\s+(?P<agent><@[A-Z0-9|._-]+>|@?[\w.-]+)", re.I)
+MENTION_USAGE = (
+    "Say `@threadwork assign this to @agent` in a thread to make it a task for that agent."
+)
+
+
+async def on_thread_message(event: MessageEvent, services: SlackServices) -> None:
+    """Stores a reply in a task's thread; the assignee's reply renews the lease."""
+    if event.subtype in IGNORED_SUBTYPES or not event.thread_ts or event.thread_ts == event.ts:
+        return
+    async with services.store.read() as reader:
+        task = await reader.get_task_by_thread(event.channel_id, event.thread_ts)
+        if task is None:
+            return
+        agent = await reader.find_agent_by_slack_id(event.user_id, event.bot_id)
+    message = ThreadMessage(
+        task.id, event.channel_id, event.ts, event.author, event.text, services.clock()
+    )
+    renewing = agent.name if agent and agent.name == task.claimed_by else None
+    stored = await services.board.record_thread_message(message, agent=renewing)
+    logger.info(
+        "thread.message",
+        task=str(task.ref),
+        author=event.author,
+        stored=stored,
+        renews=renewing is not None,
+    )
+
+
+async def on_mention(event: MessageEvent, services: SlackServices, client: AsyncWebClient) -> None:
+    """Handles ``@threadwork assign this to @agent``: the thread becomes a task, assigned."""
+    match = _ASSIGN.search(event.text)
+    thread_ts = event.thread_ts or event.ts
+    if match is None:
+        await _tell(client, event, MENTION_USAGE)
+        return
+    try:
+        async with services.store.read() as reader:
+            agent = await resolve_agent(reader, match["agent"])
+            task = await reader.get_task_by_thread(event.channel_id, thread_ts)
+        if task is None:
+            title = await _thread_title(client, event.channel_id, thread_ts)
+            task = await _create_from_thread(services, event, thread_ts, title)
+        await services.board.assign_task(task.ref, agent.name, event.author)
+    except DomainError as exc:
+        await _tell(client, event, f":warning: {exc.message}\n{MENTION_USAGE}")
+        return
+    finally:
+        services.wake_delivery()
+
+
+async def _create_from_thread(
+    services: SlackServices, event: MessageEvent, thread_ts: str, title: str
+) -> Task:
+    return await services.board.create_task(
+        event.channel_id, title, Actor.user(event.author), thread_ts=thread_ts
+    )
+
+
+async def _thread_title(client: AsyncWebClient, channel_id: str, thread_ts: str) -> str:
+    """The first line of the thread's first message, as a title."""
+    try:
+        response = await client.conversations_replies(channel=channel_id, ts=thread_ts, limit=1)
+    except SlackApiError:
+        return "Task from a thread"
+    messages: list[dict[str, Any]] = response.get("messages") or []
+    text = str(messages[0].get("text", "")) if messages else ""
+    text = re.sub(r"<@[A-Z0-9]+(\|[^>]*)?>", "", text).strip()
+    first = text.splitlines()[0].strip() if text else ""
+    return (first[:120] + "…") if len(first) > 120 else (first or "Task from a thread")
+
+
+async def _tell(client: AsyncWebClient, event: MessageEvent, text: str) -> None:
+    """An ephemeral note to whoever mentioned the app, in the thread they used."""
+    if not event.user_id:
+        return
+    try:
+        await client.chat_postEphemeral(
+            channel=event.channel_id,
+            user=event.user_id,
+            text=text,
+            thread_ts=event.thread_ts or event.ts,
+        )
+    except SlackApiError as exc:
+        logger.warning("mention.reply_failed", error=exc.response.get("error"))

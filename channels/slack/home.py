@@ -1,0 +1,96 @@
+"""App Home: the viewer's board, stale and blocked first."""
+
+from datetime import datetime
+
+import structlog
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.agents import Agent
+from bot.policy import PolicyBook
+from bot.status import TaskStatus
+from bot.task import Task, is_stale
+from channels.slack.render import STATUS_EMOJI, Block, age, agent_label, task_heading
+from channels.slack.services import SlackServices
+
+logger = structlog.get_logger(__name__)
+
+GROUPS = [
+    ("stale", ":hourglass: Lease lapsed"),
+    (TaskStatus.BLOCKED, ":red_circle: Blocked"),
+    (TaskStatus.IN_PROGRESS, ":large_blue_circle: In progress"),
+    (TaskStatus.TODO, ":white_circle: To do"),
+    (TaskStatus.IN_REVIEW, ":eyes: In review"),
+]
+
+
+async def publish_home(client: AsyncWebClient, services: SlackServices, user_id: str) -> None:
+    """Renders and publishes ``user_id``'s board to their App Home."""
+    channels = await _member_channels(client, user_id)
+    async with services.store.read() as reader:
+        tasks = await reader.list_tasks_for_viewer(user_id, channels, limit=200)
+        agents = {a.name: a for a in await reader.list_agents()}
+    book = await services.board.policies()
+    view = {"type": "home", "blocks": home_blocks(tasks, book, agents, services.clock())}
+    await client.views_publish(user_id=user_id, view=view)
+
+
+async def _member_channels(client: AsyncWebClient, user_id: str) -> list[str]:
+    try:
+        response = await client.users_conversations(
+            user=user_id, types="public_channel,private_channel", limit=200
+        )
+    except SlackApiError as exc:
+        logger.warning("home.channels_unavailable", error=exc.response.get("error"))
+        return []
+    return [str(c["id"]) for c in response.get("channels") or []]
+
+
+def group_of(task: Task, book: PolicyBook, now: datetime) -> str:
+    if is_stale(task, now, book.for_channel(task.channel_id).lease_ttl):
+        return "stale"
+    return task.status.value
+
+
+def home_blocks(
+    tasks: list[Task], book: PolicyBook, agents: dict[str, Agent], now: datetime
+) -> list[Block]:
+    """The board: one section per group, newest activity first within a group."""
+    blocks: list[Block] = [
+        {"type": "header", "text": {"type": "plain_text", "text": "Your threadwork board"}},
+        {
+            "type": "context",
+            "elements": [
+                {
+                    "type": "mrkdwn",
+                    "text": "Tasks you assigned or created, and tasks in your channels.",
+                }
+            ],
+        },
+    ]
+    if not tasks:
+        blocks.append(
+            {
+                "type": "section",
+                "text": {"type": "mrkdwn", "text": "Nothing open. `/task new <title>` starts one."},
+            }
+        )
+        return blocks
+    for key, title in GROUPS:
+        members = [t for t in tasks if group_of(t, book, now) == key]
+        if not members:
+            continue
+        lines = [
+            f"{STATUS_EMOJI[t.status]} {task_heading(t)} · {agent_label(t.assignee, agents)}"
+            f" · attempt {t.attempts}/{book.for_channel(t.channel_id).max_dispatch_attempts}"
+            f" · {age(t.created_at, now).replace(' ago', ' old')}"
+            for t in members[:15]
+        ]
+        blocks.append(
+            {
+                "type": "section",
+                "text": {"type": "mrkdwn", "text": f"*{title}*\n" + "\n".join(lines)},
+            }
+        )
+        blocks.append({"type": "divider"})
+    return blocks[:100]

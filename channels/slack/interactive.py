@@ -1,0 +1,172 @@
+"""Interactivity: the card's menu and buttons, the message shortcut and the modals."""
+
+import json
+from typing import Any
+
+import structlog
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.errors import DomainError
+from bot.status import parse_status
+from bot.task import Actor, TaskRef
+from channels.slack.services import SlackServices
+
+logger = structlog.get_logger(__name__)
+
+CREATE_TASK_SHORTCUT = "create_task_from_message"
+CREATE_TASK_VIEW = "create_task_modal"
+NO_ASSIGNEE = "-"
+
+
+async def on_card_action(
+    body: dict[str, Any], services: SlackServices, client: AsyncWebClient
+) -> None:
+    """Runs the card control a person used; a refusal comes back to them alone."""
+    action = body["actions"][0]
+    user_id = str(body["user"]["id"])
+    actor = Actor.user(user_id)
+    action_id = str(action["action_id"])
+    try:
+        if action_id == "task_assign":
+            ref_text, _, agent = str(action["selected_option"]["value"]).partition(" ")
+            await services.board.assign_task(TaskRef.parse(ref_text), agent, user_id)
+        elif action_id == "task_cancel":
+            await services.board.cancel_task(TaskRef.parse(str(action["value"])), actor)
+        elif action_id == "task_status_reopen":
+            await services.board.reopen_task(TaskRef.parse(str(action["value"])), actor)
+        else:
+            target = parse_status(action_id.removeprefix("task_status_"))
+            await services.board.update_task_status(
+                TaskRef.parse(str(action["value"])), target, actor
+            )
+    except DomainError as exc:
+        channel = (body.get("channel") or {}).get("id")
+        await _tell(client, channel, user_id, f":warning: {exc.message}")
+    finally:
+        services.wake_delivery()
+
+
+async def _tell(client: AsyncWebClient, channel: str | None, user_id: str, text: str) -> None:
+    if channel is None:
+        return
+    try:
+        await client.chat_postEphemeral(channel=channel, user=user_id, text=text)
+    except SlackApiError as exc:
+        logger.warning("interactive.reply_failed", error=exc.response.get("error"))
+
+
+async def open_create_task(
+    body: dict[str, Any], services: SlackServices, client: AsyncWebClient
+) -> None:
+    """Opens the "Create task from message" form, prefilled from the message."""
+    message = body.get("message") or {}
+    text = str(message.get("text", "")).strip()
+    meta = {
+        "channel": body["channel"]["id"],
+        "thread_ts": message.get("thread_ts") or message.get("ts"),
+    }
+    agents = [a for a in await services.registry.list_agents() if a.enabled][:99]
+    options = [{"text": {"type": "plain_text", "text": "Nobody yet"}, "value": NO_ASSIGNEE}] + [
+        {"text": {"type": "plain_text", "text": a.display_name[:75]}, "value": a.name}
+        for a in agents
+    ]
+    title = (text.splitlines()[0] if text else "")[:150]
+    view = {
+        "type": "modal",
+        "callback_id": CREATE_TASK_VIEW,
+        "private_metadata": json.dumps(meta),
+        "title": {"type": "plain_text", "text": "Create task"},
+        "submit": {"type": "plain_text", "text": "Create"},
+        "blocks": [
+            _input(
+                "title",
+                "Title",
+                {"type": "plain_text_input", "action_id": "value", "initial_value": title},
+            ),
+            _input(
+                "description",
+                "Description",
+                {
+                    "type": "plain_text_input",
+                    "action_id": "value",
+                    "multiline": True,
+                    "initial_value": text[:2900],
+                },
+                optional=True,
+            ),
+            _input(
+                "assignee",
+                "Assign to",
+                {
+                    "type": "static_select",
+                    "action_id": "value",
+                    "options": options,
+                    "initial_option": options[0],
+                },
+            ),
+        ],
+    }
+    await client.views_open(trigger_id=body["trigger_id"], view=view)
+
+
+def _input(
+    block_id: str, label: str, element: dict[str, Any], optional: bool = False
+) -> dict[str, Any]:
+    return {
+        "type": "input",
+        "block_id": block_id,
+        "label": {"type": "plain_text", "text": label},
+        "element": element,
+        "optional": optional,
+    }
+
+
+def view_value(view: dict[str, Any], block_id: str) -> str:
+    """The submitted value of an input block, for text inputs and selects alike."""
+    state = view["state"]["values"].get(block_id, {}).get("value", {})
+    if state.get("selected_option"):
+        return str(state["selected_option"]["value"])
+    return str(state.get("value") or "")
+
+
+async def submit_create_task(
+    body: dict[str, Any], services: SlackServices
+) -> dict[str, Any] | None:
+    """Creates (and maybe assigns) the task; returns field errors for the form, else None."""
+    view = body["view"]
+    meta = json.loads(view["private_metadata"])
+    user_id = str(body["user"]["id"])
+    agent = view_value(view, "assignee")
+    try:
+        task = await services.board.create_task(
+            meta["channel"],
+            view_value(view, "title"),
+            Actor.user(user_id),
+            description=view_value(view, "description"),
+            thread_ts=meta["thread_ts"],
+        )
+    except DomainError as exc:
+        return {"response_action": "errors", "errors": {"title": exc.message}}
+    try:
+        if agent != NO_ASSIGNEE:
+            await services.board.assign_task(task.ref, agent, user_id)
+    except DomainError as exc:
+        logger.warning("create_task.assign_refused", task=str(task.ref), error=exc.message)
+    finally:
+        services.wake_delivery()
+    return None
+
+
+async def submit_agent_key(body: dict[str, Any], services: SlackServices) -> dict[str, Any] | None:
+    """Stores the key typed into the admin's form, for admins only. Never logs it."""
+    user_id = str(body["user"]["id"])
+    if not await services.admins.is_admin(user_id):
+        return {"response_action": "errors", "errors": {"api_key": "Only admins can set keys."}}
+    name = json.loads(body["view"]["private_metadata"])["agent"]
+    try:
+        await services.registry.set_api_key(name, view_value(body["view"], "api_key"))
+    except DomainError as exc:
+        return {"response_action": "errors", "errors": {"api_key": exc.message}}
+    logger.info("agent.api_key_set", agent=name, by=user_id)
+    return None
