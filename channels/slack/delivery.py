@@ -1,0 +1,170 @@
+"""Outbox delivery to Slack: in order per thread, paced per channel, never dropped, never doubled.
+
+Each row is rendered from the task's state at delivery time. A 429 waits Retry-After; a 5xx or a
+dropped connection backs off exponentially and marks the row uncertain, because Slack may have
+posted it anyway. Before re-posting an uncertain row, the thread is searched for the row's key in
+message metadata, so a crash between Slack's answer and our record never posts twice.
+"""
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import aiohttp
+import structlog
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.agents import Agent
+from bot.board import Board
+from bot.clock import Clock
+from bot.dispatch import Delivered, DeliveryFailed
+from bot.errors import NotFound
+from bot.outbox import OutboxKind, OutboxRow
+from bot.ports import Reader
+from bot.task import Task, TaskRef
+from channels.slack import render
+from store.repository import SqlStore
+
+logger = structlog.get_logger(__name__)
+
+EVENT_TYPES = {
+    OutboxKind.CARD_POST: "threadwork_card",
+    OutboxKind.DIRECTIVE: "threadwork_directive",
+    OutboxKind.ESCALATION: "threadwork_escalation",
+}
+#: How far before a row's creation to search the thread when looking for an earlier post.
+LOOKBACK = timedelta(minutes=5)
+
+
+def slack_ts(at: datetime) -> str:
+    return f"{at.timestamp():.6f}"
+
+
+class SlackDeliverer:
+    """Renders one outbox row from current state and performs it against the Web API."""
+
+    def __init__(self, client: AsyncWebClient, store: SqlStore, board: Board, clock: Clock) -> None:
+        self._client = client
+        self._store = store
+        self._board = board
+        self._clock = clock
+
+    async def deliver(self, row: OutboxRow) -> Delivered:
+        """Performs ``row``; Slack's failures come out as DeliveryFailed saying how to retry."""
+        try:
+            return await self._deliver(row)
+        except SlackApiError as exc:
+            raise _classify(exc) from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise DeliveryFailed(f"connection: {type(exc).__name__}", uncertain=True) from exc
+
+    async def _deliver(self, row: OutboxRow) -> Delivered:
+        async with self._store.read() as reader:
+            task = await reader.get_task(TaskRef.parse(row.payload["ref"]))
+            if task is None:
+                raise NotFound(f"task {row.payload['ref']} is gone")
+            agents = {a.name: a for a in await reader.list_agents()}
+            handoff = (
+                await self._handoff(reader, task, agents) if row.payload.get("redispatch") else None
+            )
+        if row.kind == OutboxKind.CARD_UPDATE:
+            return await self._update_card(task, agents)
+        if row.uncertain:
+            earlier = await self._find_posted(task, row)
+            if earlier is not None:
+                return Delivered(earlier, recovered=True)
+        return await self._post(task, row, agents, handoff)
+
+    async def _update_card(self, task: Task, agents: dict[str, Agent]) -> Delivered:
+        if task.card_ts is None:
+            raise NotFound(f"the card of {task.ref} has not been posted")
+        policy = (await self._board.policies()).for_channel(task.channel_id)
+        await self._client.chat_update(
+            channel=task.channel_id,
+            ts=task.card_ts,
+            text=render.card_text(task),
+            blocks=render.card_blocks(task, policy, agents, self._clock()),
+        )
+        return Delivered(task.card_ts)
+
+    async def _post(
+        self, task: Task, row: OutboxRow, agents: dict[str, Agent], handoff: str | None
+    ) -> Delivered:
+        metadata = {
+            "event_type": EVENT_TYPES[row.kind],
+            "event_payload": {"task": str(task.ref), "outbox_key": row.key}
+            | {k: row.payload[k] for k in ("epoch", "attempt", "agent") if k in row.payload},
+        }
+        message: dict[str, Any] = {"channel": task.channel_id, "metadata": metadata}
+        if row.kind == OutboxKind.CARD_POST:
+            policy = (await self._board.policies()).for_channel(task.channel_id)
+            message |= {
+                "text": render.card_text(task),
+                "blocks": render.card_blocks(task, policy, agents, self._clock()),
+                "thread_ts": task.thread_ts,
+            }
+        elif row.kind == OutboxKind.DIRECTIVE:
+            message |= {
+                "text": render.directive_text(task, row.payload, agents, handoff),
+                "thread_ts": task.thread_ts,
+            }
+        else:
+            message |= {
+                "text": render.escalation_text(task, row.payload, agents),
+                "thread_ts": task.thread_ts,
+                "reply_broadcast": True,
+            }
+        response = await self._client.chat_postMessage(**message)
+        return Delivered(str(response["ts"]))
+
+    async def _handoff(self, reader: Reader, task: Task, agents: dict[str, Agent]) -> str | None:
+        """The assignee's last message in the thread, quoted for the next attempt."""
+        agent = agents.get(task.assignee or "")
+        if agent is None:
+            return None
+        ids = {agent.slack_user_id, agent.slack_bot_id} - {None}
+        mine = [m for m in await reader.list_messages(task.id) if m.author in ids]
+        return f'"{render.escape(mine[-1].text[:300])}"' if mine else None
+
+    async def _find_posted(self, task: Task, row: OutboxRow) -> str | None:
+        """The ts of an earlier post of ``row`` (found by its key in metadata), if any."""
+        oldest = slack_ts(row.created_at - LOOKBACK)
+        cursor: str | None = None
+        for _ in range(10):
+            if task.thread_ts:
+                response = await self._client.conversations_replies(
+                    channel=task.channel_id,
+                    ts=task.thread_ts,
+                    oldest=oldest,
+                    include_all_metadata=True,
+                    limit=200,
+                    cursor=cursor,
+                )
+            else:
+                response = await self._client.conversations_history(
+                    channel=task.channel_id,
+                    oldest=oldest,
+                    include_all_metadata=True,
+                    limit=200,
+                    cursor=cursor,
+                )
+            for message in response.get("messages") or []:
+                payload = (message.get("metadata") or {}).get("event_payload") or {}
+                if payload.get("outbox_key") == row.key:
+                    return str(message["ts"])
+            cursor = (response.get("response_metadata") or {}).get("next_cursor") or None
+            if not cursor:
+                return None
+        return None
+
+
+def _classify(exc: SlackApiError) -> DeliveryFailed:
+    """429: wait Retry-After, nothing was posted. 5xx: unsure. Other errors: retry with back-off."""
+    status = exc.response.status_code
+    error = str(exc.response.get("error") or f"http {status}")
+    if status == 429:
+        retry_after = float(
+            exc.response.headers.get("Retry-After", exc.response.headers.get("retry-after", 1))
+        )
+        return DeliveryFailed("ratelimited", retry_after=retry_after)
+    return DeliveryFailed(error, uncertain=status >= 500)

@@ -1,0 +1,104 @@
+"""Reads a stale task's thread once before the reconcile acts, to count posts Slack never sent us.
+
+Slack's event delivery is at-least-once but can drop a backlog; a task must never be
+re-dispatched for a post that exists in the thread. Reads are budgeted per tick, and a task the
+probe could not read (budget spent, rate limited, an error) is left for the next tick.
+"""
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.agents import Agent
+from bot.board import Board
+from bot.clock import Clock
+from bot.reconcile import FoundProgress
+from bot.task import Task, ThreadMessage
+from store.repository import SqlStore
+
+logger = structlog.get_logger(__name__)
+
+
+def ts_time(ts: str) -> datetime:
+    return datetime.fromtimestamp(float(ts), UTC)
+
+
+class SlackThreadProbe:
+    """Implements ``bot.reconcile.ProgressProbe`` with conversations.replies."""
+
+    def __init__(
+        self,
+        client: AsyncWebClient,
+        store: SqlStore,
+        board: Board,
+        clock: Clock,
+        max_reads_per_tick: int = 50,
+    ) -> None:
+        self._client = client
+        self._store = store
+        self._board = board
+        self._clock = clock
+        self._budget = max_reads_per_tick
+
+    async def find_progress(self, tasks: Sequence[Task]) -> FoundProgress:
+        async with self._store.read() as reader:
+            agents = {a.name: a for a in await reader.list_agents()}
+        found: dict[int, datetime] = {}
+        unchecked: set[int] = set()
+        reads = 0
+        for task in tasks:
+            agent = agents.get(task.claimed_by or "")
+            if (
+                not task.thread_ts
+                or agent is None
+                or not (agent.slack_user_id or agent.slack_bot_id)
+            ):
+                continue
+            if reads >= self._budget:
+                unchecked.add(task.id)
+                continue
+            reads += 1
+            latest = await self._latest_post(task, agent)
+            if latest is None:
+                unchecked.add(task.id)
+            elif latest:
+                found[task.id] = ts_time(latest)
+        if found or unchecked:
+            logger.info("probe.done", found=len(found), unchecked=len(unchecked), reads=reads)
+        return FoundProgress(found, frozenset(unchecked))
+
+    async def _latest_post(self, task: Task, agent: Agent) -> str | None:
+        """The ts of the assignee's latest post newer than its lease; "" if none; None if unread."""
+        if task.thread_ts is None or task.last_progress_at is None:
+            return ""
+        since = task.last_progress_at.timestamp()
+        oldest = f"{since:.6f}"
+        try:
+            response = await self._client.conversations_replies(
+                channel=task.channel_id, ts=task.thread_ts, oldest=oldest, limit=200
+            )
+        except SlackApiError as exc:
+            logger.warning("probe.read_failed", task=str(task.ref), error=exc.response.get("error"))
+            return None
+        messages = response.get("messages") or []
+        posts = [m for m in messages if _by(m, agent) and float(m["ts"]) > since]
+        for post in posts:
+            message = ThreadMessage(
+                task.id,
+                task.channel_id,
+                str(post["ts"]),
+                agent.slack_user_id or agent.slack_bot_id or "",
+                str(post.get("text", "")),
+                self._clock(),
+            )
+            await self._board.record_thread_message(message, agent=None)
+        return max((str(p["ts"]) for p in posts), key=float, default="")
+
+
+def _by(message: dict[str, Any], agent: Agent) -> bool:
+    ids = {agent.slack_user_id, agent.slack_bot_id} - {None}
+    return bool({message.get("user"), message.get("bot_id")} & ids)
