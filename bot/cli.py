@@ -16,7 +16,7 @@ from bot.settings import Settings, SettingsError, load_settings
 from bot.status import parse_status
 from bot.task import TaskRef
 from bot.views import agent_view, task_detail_view, task_view
-from store.migrate import current_revision, upgrade
+from store.migrate import current_revision, head_revision, upgrade
 
 T = TypeVar("T")
 
@@ -51,14 +51,26 @@ def run_with_core(work: Callable[[Core], Awaitable[T]], *, migrated: bool = True
 
     async def main() -> T:
         async with open_core(settings) as core:
-            if migrated and await current_revision(core.engine) is None:
-                fail("the database has no schema yet; run `threadwork db upgrade` first.")
+            if migrated:
+                await _require_current_schema(core)
             return await work(core)
 
     try:
         return asyncio.run(main())
     except DomainError as exc:
         fail(exc.message)
+
+
+async def _require_current_schema(core: Core) -> None:
+    """Stops with a clear line unless the schema is at this code's head revision."""
+    current, head = await current_revision(core.engine), head_revision()
+    if current is None:
+        fail("the database has no schema yet; run `threadwork db upgrade` first.")
+    if current != head:
+        fail(
+            f"the database schema is at {current} but this threadwork needs {head}; "
+            "run `threadwork db upgrade` first."
+        )
 
 
 def print_json(value: Any) -> None:

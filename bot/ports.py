@@ -133,6 +133,10 @@ class Unit(Reader, Protocol):
         """Remembers an inbound delivery key; False when it was seen before."""
         ...
 
+    async def forget_delivery(self, key: str) -> None:
+        """Forgets a delivery key whose processing failed, so a redelivery is processed."""
+        ...
+
     async def prune_deliveries(self, before: datetime) -> int: ...
 
     async def record_message(self, message: ThreadMessage) -> bool:

@@ -9,6 +9,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from bot.task import LeasePolicy
 
 DEFAULT_SLACK_API_URL = "https://slack.com/api/"
+#: The longest duration accepted for a lease or an interval: one year, in seconds.
+MAX_DURATION_S = 365 * 24 * 3600.0
+_DATABASE_SCHEMES = ("sqlite", "postgresql", "postgres")
 
 
 class Settings(BaseSettings):
@@ -23,8 +26,12 @@ class Settings(BaseSettings):
     slack_signing_secret: SecretStr | None = Field(None, alias="SLACK_SIGNING_SECRET")
     slack_app_token: SecretStr | None = Field(None, alias="SLACK_APP_TOKEN")
     slack_api_url: str = Field(DEFAULT_SLACK_API_URL, alias="SLACK_API_URL")
-    lease_ttl: float = Field(600, alias="THREADWORK_LEASE_TTL", gt=0)
-    reconcile_interval: float = Field(60, alias="THREADWORK_RECONCILE_INTERVAL", gt=0)
+    lease_ttl: float = Field(
+        600, alias="THREADWORK_LEASE_TTL", gt=0, le=MAX_DURATION_S, allow_inf_nan=False
+    )
+    reconcile_interval: float = Field(
+        60, alias="THREADWORK_RECONCILE_INTERVAL", gt=0, le=MAX_DURATION_S, allow_inf_nan=False
+    )
     max_dispatch_attempts: int = Field(2, alias="THREADWORK_MAX_DISPATCH_ATTEMPTS", ge=1)
     admins: Annotated[tuple[str, ...], NoDecode] = Field((), alias="THREADWORK_ADMINS")
     secret_key: SecretStr | None = Field(None, alias="THREADWORK_SECRET_KEY")
@@ -36,6 +43,14 @@ class Settings(BaseSettings):
     def _split_admins(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_is_supported(cls, value: str) -> str:
+        scheme = value.partition("://")[0].partition("+")[0].lower()
+        if scheme not in _DATABASE_SCHEMES or "://" not in value:
+            raise ValueError("must be a sqlite:///path.db or postgresql://... URL")
         return value
 
     @field_validator("slack_api_url")

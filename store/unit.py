@@ -212,6 +212,9 @@ class SqlUnit(SqlReader):
         )
         return bool((await self._db.execute(query)).rowcount == 1)
 
+    async def forget_delivery(self, key: str) -> None:
+        await self._db.execute(delete(inbound_deliveries).where(inbound_deliveries.c.key == key))
+
     async def prune_deliveries(self, before: datetime) -> int:
         query = delete(inbound_deliveries).where(inbound_deliveries.c.received_at < before)
         return int((await self._db.execute(query)).rowcount)

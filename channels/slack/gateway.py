@@ -1,0 +1,86 @@
+"""The front door for Slack requests, shared by HTTP and Socket Mode.
+
+Checks the signature (HTTP), refuses malformed bodies with 400 instead of Bolt's 500, drops
+redeliveries of an event already processed, and forgets an event whose processing failed so that
+Slack's retry is processed after all.
+"""
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+import structlog
+from slack_bolt.async_app import AsyncApp
+from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_bolt.response import BoltResponse
+from slack_sdk.signature import SignatureVerifier
+
+from bot.clock import Clock
+from store.repository import SqlStore
+
+logger = structlog.get_logger(__name__)
+
+
+def _error(status: int, message: str) -> BoltResponse:
+    return BoltResponse(status=status, body=json.dumps({"error": message}))
+
+
+def parse_body(raw: str, content_type: str) -> dict[str, Any] | None:
+    """The request as Slack meant it, or None when it is not a Slack payload at all."""
+    try:
+        if content_type.startswith("application/json"):
+            body = json.loads(raw)
+            return body if isinstance(body, dict) and "type" in body else None
+        form = {k: v[0] for k, v in parse_qs(raw, keep_blank_values=True).items()}
+        if "payload" in form:
+            payload = json.loads(form["payload"])
+            return payload if isinstance(payload, dict) and "type" in payload else None
+        return form if "command" in form or "ssl_check" in form else None
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+@dataclass
+class SlackGateway:
+    """Turns a raw Slack request into a Bolt dispatch, exactly once per event."""
+
+    app: AsyncApp
+    store: SqlStore
+    clock: Clock
+    verifier: SignatureVerifier | None = None
+
+    async def handle_http(self, raw: str, query: str, headers: Mapping[str, str]) -> BoltResponse:
+        """An Events API, slash command or interactivity request over HTTP."""
+        if self.verifier is None or not self.verifier.is_valid(
+            body=raw,
+            timestamp=headers.get("X-Slack-Request-Timestamp", ""),
+            signature=headers.get("X-Slack-Signature", ""),
+        ):
+            logger.warning("slack.bad_signature")
+            return _error(401, "invalid signature or stale timestamp")
+        body = parse_body(raw, headers.get("Content-Type", ""))
+        if body is None:
+            return _error(400, "not a Slack payload")
+        request = AsyncBoltRequest(body=raw, query=query, headers=dict(headers))
+        return await self.dispatch(request, body)
+
+    async def handle_socket(self, body: dict[str, Any]) -> BoltResponse:
+        """A Socket Mode envelope's payload (already authenticated by the connection)."""
+        return await self.dispatch(AsyncBoltRequest(body=body, mode="socket_mode"), body)
+
+    async def dispatch(self, request: AsyncBoltRequest, body: dict[str, Any]) -> BoltResponse:
+        key = f"event:{body['event_id']}" if body.get("event_id") else None
+        if key and not await self._first_time(key):
+            logger.info("slack.redelivery_ignored", key=key)
+            return BoltResponse(status=200, body="")
+        response = await self.app.async_dispatch(request)
+        if key and response.status >= 500:
+            async with self.store.transaction() as unit:
+                await unit.forget_delivery(key)
+        return response
+
+    async def _first_time(self, key: str) -> bool:
+        async with self.store.transaction() as unit:
+            return await unit.mark_delivered_once(key, self.clock())
