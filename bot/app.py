@@ -21,6 +21,7 @@ from bot.reconcile import Reconciler
 from bot.registry import AgentRegistry
 from bot.secrets import SecretBox
 from bot.settings import Settings
+from channels.slack.runtime import SlackRuntime, build_slack_runtime, missing_settings
 from scheduler.jobs import build_scheduler
 from store.database import create_engine
 from store.migrate import upgrade
@@ -61,8 +62,14 @@ async def open_core(settings: Settings, clock: Clock = utc_now) -> AsyncIterator
         await engine.dispose()
 
 
-def build_web_app(core: Core, scheduler: AsyncIOScheduler) -> web.Application:
-    """The HTTP surface: liveness and readiness probes."""
+class SlackNotConfigured(Exception):
+    """Slack credentials are missing; the message names them and where to get them."""
+
+
+def build_web_app(
+    core: Core, scheduler: AsyncIOScheduler, slack: SlackRuntime | None = None
+) -> web.Application:
+    """The HTTP surface: Slack's endpoint, liveness and readiness."""
 
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -74,31 +81,59 @@ def build_web_app(core: Core, scheduler: AsyncIOScheduler) -> web.Application:
         except Exception as exc:
             logger.warning("readyz.database_unavailable", error=type(exc).__name__)
             checks["database"] = False
+        if slack is not None:
+            checks["slack"] = await slack.auth_ok()
         status = 200 if all(checks.values()) else 503
         return web.json_response({"ready": status == 200, "checks": checks}, status=status)
 
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    if slack is not None:
+        app.router.add_routes(slack.routes())
     return app
 
 
-async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    """Migrates the database, starts the scheduler and the web server, and runs until stopped."""
+def check_slack_settings(settings: Settings, socket_mode: bool) -> None:
+    """Raises SlackNotConfigured naming every missing variable for this mode."""
+    missing = missing_settings(settings, socket_mode)
+    if missing:
+        raise SlackNotConfigured(
+            f"{', '.join(missing)} not set: create the Slack app from manifest.yml and set them "
+            "(README, 'Create the Slack app')."
+        )
+
+
+async def serve(
+    settings: Settings,
+    stop: asyncio.Event | None = None,
+    socket_mode: bool = False,
+    clock: Clock = utc_now,
+) -> None:
+    """Migrates the database, then runs Slack, the scheduler and the web server until stopped."""
+    check_slack_settings(settings, socket_mode)
     stop = stop or _stop_on_signals()
-    async with open_core(settings) as core:
+    async with open_core(settings, clock) as core:
         await upgrade(core.engine)
-        scheduler = build_scheduler(core.reconciler, settings.reconcile_interval)
-        scheduler.start()
-        runner = web.AppRunner(build_web_app(core, scheduler), access_log=None)
+        slack = build_slack_runtime(
+            settings, core.store, core.board, core.registry, clock, socket_mode
+        )
+        scheduler = build_scheduler(slack.reconciler, settings.reconcile_interval)
+        runner = web.AppRunner(build_web_app(core, scheduler, slack), access_log=None)
         try:
+            scheduler.start()
             await runner.setup()
             await web.TCPSite(runner, settings.host, settings.port).start()
-            logger.info("serve.started", host=settings.host, port=settings.port)
+            await slack.start()
+            logger.info(
+                "serve.started", host=settings.host, port=settings.port, socket_mode=socket_mode
+            )
             await stop.wait()
         finally:
+            await slack.close()
             await runner.cleanup()
-            scheduler.shutdown(wait=False)
+            if scheduler.running:
+                scheduler.shutdown(wait=False)
             logger.info("serve.stopped")
 
 

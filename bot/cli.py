@@ -9,7 +9,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 
 from bot.agents import AgentKind
-from bot.app import Core, open_core, serve
+from bot.app import Core, SlackNotConfigured, check_slack_settings, open_core, serve
 from bot.errors import DomainError
 from bot.logging import configure_logging
 from bot.settings import Settings, SettingsError, load_settings
@@ -88,11 +88,24 @@ def print_table(rows: list[list[str]], headers: list[str]) -> None:
 
 
 @app.command("serve")
-def serve_command() -> None:
-    """Runs the service: migrations at start, the reconcile scheduler and the HTTP server."""
+def serve_command(
+    socket_mode: Annotated[
+        bool | None,
+        typer.Option(
+            "--socket-mode/--http",
+            help="Take Slack events over Socket Mode (default when SLACK_APP_TOKEN is set).",
+        ),
+    ] = None,
+) -> None:
+    """Runs the service: migrations at start, Slack, the reconcile scheduler and the HTTP server."""
     settings = settings_or_exit()
+    use_socket = socket_mode if socket_mode is not None else settings.slack_app_token is not None
+    try:
+        check_slack_settings(settings, use_socket)
+    except SlackNotConfigured as exc:
+        fail(str(exc), code=2)
     configure_logging()
-    asyncio.run(serve(settings))
+    asyncio.run(serve(settings, socket_mode=use_socket))
 
 
 @db_app.command("upgrade")

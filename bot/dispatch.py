@@ -68,7 +68,7 @@ class OutboxDispatcher:
         deliverer: Deliverer,
         clock: Clock,
         worker: str,
-        settings: DispatchSettings = DispatchSettings(),
+        settings: DispatchSettings | None = None,
         rand: Callable[[], float] = random.random,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         monotonic: Callable[[], float] = time.monotonic,
@@ -77,7 +77,7 @@ class OutboxDispatcher:
         self._deliverer = deliverer
         self._clock = clock
         self._worker = worker
-        self._settings = settings
+        self._settings = settings or DispatchSettings()
         self._rand = rand
         self._sleep = sleep
         self._monotonic = monotonic

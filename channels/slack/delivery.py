@@ -23,6 +23,7 @@ from bot.outbox import OutboxKind, OutboxRow
 from bot.ports import Reader
 from bot.task import Task, TaskRef
 from channels.slack import render
+from channels.slack.parsing import error_code
 from store.repository import SqlStore
 
 logger = structlog.get_logger(__name__)
@@ -161,7 +162,7 @@ class SlackDeliverer:
 def _classify(exc: SlackApiError) -> DeliveryFailed:
     """429: wait Retry-After, nothing was posted. 5xx: unsure. Other errors: retry with back-off."""
     status = exc.response.status_code
-    error = str(exc.response.get("error") or f"http {status}")
+    error = error_code(exc)
     if status == 429:
         retry_after = float(
             exc.response.headers.get("Retry-After", exc.response.headers.get("retry-after", 1))

@@ -9,7 +9,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.errors import DomainError
 from bot.task import Actor, Task, ThreadMessage
-from channels.slack.parsing import MessageEvent
+from channels.slack.parsing import MessageEvent, error_code
 from channels.slack.services import SlackServices
 from channels.slack.task_command import resolve_agent
 
@@ -103,4 +103,4 @@ async def _tell(client: AsyncWebClient, event: MessageEvent, text: str) -> None:
             thread_ts=event.thread_ts or event.ts,
         )
     except SlackApiError as exc:
-        logger.warning("mention.reply_failed", error=exc.response.get("error"))
+        logger.warning("mention.reply_failed", error=error_code(exc))

@@ -10,6 +10,7 @@ from bot.agents import Agent
 from bot.policy import PolicyBook
 from bot.status import TaskStatus
 from bot.task import Task, is_stale
+from channels.slack.parsing import error_code
 from channels.slack.render import STATUS_EMOJI, Block, age, agent_label, task_heading
 from channels.slack.services import SlackServices
 
@@ -41,7 +42,7 @@ async def _member_channels(client: AsyncWebClient, user_id: str) -> list[str]:
             user=user_id, types="public_channel,private_channel", limit=200
         )
     except SlackApiError as exc:
-        logger.warning("home.channels_unavailable", error=exc.response.get("error"))
+        logger.warning("home.channels_unavailable", error=error_code(exc))
         return []
     return [str(c["id"]) for c in response.get("channels") or []]
 

@@ -10,6 +10,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.errors import DomainError
 from bot.status import parse_status
 from bot.task import Actor, TaskRef
+from channels.slack.parsing import error_code
 from channels.slack.services import SlackServices
 
 logger = structlog.get_logger(__name__)
@@ -53,7 +54,7 @@ async def _tell(client: AsyncWebClient, channel: str | None, user_id: str, text:
     try:
         await client.chat_postEphemeral(channel=channel, user=user_id, text=text)
     except SlackApiError as exc:
-        logger.warning("interactive.reply_failed", error=exc.response.get("error"))
+        logger.warning("interactive.reply_failed", error=error_code(exc))
 
 
 async def open_create_task(

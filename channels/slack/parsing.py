@@ -5,6 +5,8 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
+from slack_sdk.errors import SlackApiError
+
 from bot.errors import InvalidInput
 from bot.task import TaskRef
 
@@ -106,3 +108,11 @@ def split_options(words: list[str]) -> tuple[list[str], dict[str, str]]:
         else:
             positional.append(word)
     return positional, options
+
+
+def error_code(exc: SlackApiError) -> str:
+    """Slack's error code, or the HTTP status when the answer was not JSON."""
+    data = exc.response.data
+    if isinstance(data, dict) and data.get("error"):
+        return str(data["error"])
+    return f"http_{exc.response.status_code}"

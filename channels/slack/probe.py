@@ -18,6 +18,7 @@ from bot.board import Board
 from bot.clock import Clock
 from bot.reconcile import FoundProgress
 from bot.task import Task, ThreadMessage
+from channels.slack.parsing import error_code
 from store.repository import SqlStore
 
 logger = structlog.get_logger(__name__)
@@ -82,7 +83,7 @@ class SlackThreadProbe:
                 channel=task.channel_id, ts=task.thread_ts, oldest=oldest, limit=200
             )
         except SlackApiError as exc:
-            logger.warning("probe.read_failed", task=str(task.ref), error=exc.response.get("error"))
+            logger.warning("probe.read_failed", task=str(task.ref), error=error_code(exc))
             return None
         messages = response.get("messages") or []
         posts = [m for m in messages if _by(m, agent) and float(m["ts"]) > since]

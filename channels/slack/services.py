@@ -13,6 +13,7 @@ from bot.clock import Clock
 from bot.reconcile import Reconciler
 from bot.registry import AgentRegistry
 from bot.supervisor import Supervisor
+from channels.slack.parsing import error_code
 from store.repository import SqlStore
 
 logger = structlog.get_logger(__name__)
@@ -38,9 +39,7 @@ class AdminCheck:
         try:
             response = await self.client.users_info(user=user_id)
         except SlackApiError as exc:
-            logger.warning(
-                "admin_check.users_info_failed", user=user_id, error=exc.response.get("error")
-            )
+            logger.warning("admin_check.users_info_failed", user=user_id, error=error_code(exc))
             return False
         user = response.get("user") or {}
         allowed = bool(user.get("is_admin") or user.get("is_owner") or user.get("is_primary_owner"))

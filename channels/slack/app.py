@@ -1,0 +1,92 @@
+"""The Bolt app: listeners are thin (parse, call one use case, render) and registered here."""
+
+import logging
+import re
+from typing import Any
+
+import structlog
+from slack_bolt.async_app import AsyncAck, AsyncApp
+from slack_sdk.web.async_client import AsyncWebClient
+
+from channels.slack import interactive
+from channels.slack.admin_command import AGENT_KEY_VIEW, handle_admin_command
+from channels.slack.events import on_mention, on_thread_message
+from channels.slack.home import publish_home
+from channels.slack.parsing import MessageEvent, SlashCommand
+from channels.slack.services import SlackServices
+from channels.slack.task_command import handle_task_command
+
+logger = structlog.get_logger(__name__)
+
+
+def build_bolt_app(services: SlackServices, client: AsyncWebClient) -> AsyncApp:
+    """A Bolt app that answers only after its listener ran (so the work is committed first).
+
+    Listeners stay fast; slow work (App Home) goes to the supervisor. Signatures are checked by
+    the gateway in front of the app, once.
+    """
+    app = AsyncApp(
+        client=client,
+        process_before_response=True,
+        request_verification_enabled=False,
+        logger=logging.getLogger("slack_bolt"),
+    )
+    register_commands(app, services)
+    register_events(app, services)
+    register_interactivity(app, services)
+
+    @app.error
+    async def on_error(error: Exception, body: dict[str, Any]) -> None:
+        logger.error("slack.listener_failed", type=body.get("type"), exc_info=error)
+
+    return app
+
+
+def register_commands(app: AsyncApp, services: SlackServices) -> None:
+    @app.command("/task")
+    async def task(ack: AsyncAck, body: dict[str, Any]) -> None:
+        reply = await handle_task_command(SlashCommand.from_body(body), services)
+        await ack(text=reply, response_type="ephemeral")
+
+    @app.command("/task-admin")
+    async def task_admin(ack: AsyncAck, body: dict[str, Any]) -> None:
+        reply = await handle_admin_command(SlashCommand.from_body(body), services)
+        await ack(text=reply, response_type="ephemeral")
+
+
+def register_events(app: AsyncApp, services: SlackServices) -> None:
+    @app.event("message")
+    async def message(event: dict[str, Any]) -> None:
+        await on_thread_message(MessageEvent.from_event(event), services)
+
+    @app.event("app_mention")
+    async def mention(event: dict[str, Any], client: AsyncWebClient) -> None:
+        await on_mention(MessageEvent.from_event(event), services, client)
+
+    @app.event("app_home_opened")
+    async def home(event: dict[str, Any], client: AsyncWebClient) -> None:
+        if event.get("tab", "home") == "home":
+            user = str(event["user"])
+            services.supervisor.spawn(publish_home(client, services, user), name=f"home:{user}")
+
+
+def register_interactivity(app: AsyncApp, services: SlackServices) -> None:
+    @app.action(re.compile(r"^task_(assign|cancel|status_\w+)$"))
+    async def card_action(ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient) -> None:
+        await ack()
+        await interactive.on_card_action(body, services, client)
+
+    @app.shortcut(interactive.CREATE_TASK_SHORTCUT)
+    async def create_from_message(
+        ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient
+    ) -> None:
+        await ack()
+        await interactive.open_create_task(body, services, client)
+
+    @app.view(interactive.CREATE_TASK_VIEW)
+    async def create_submitted(ack: AsyncAck, body: dict[str, Any]) -> None:
+        await ack(**(await interactive.submit_create_task(body, services) or {}))
+
+    @app.view(AGENT_KEY_VIEW)
+    async def key_submitted(ack: AsyncAck, body: dict[str, Any]) -> None:
+        await ack(**(await interactive.submit_agent_key(body, services) or {}))

@@ -1,0 +1,126 @@
+"""Builds the Slack side of the service from settings and the core: client, app, delivery."""
+
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from slack_sdk.signature import SignatureVerifier
+from slack_sdk.socket_mode.aiohttp import SocketModeClient
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.board import Board
+from bot.clock import Clock
+from bot.dispatch import DispatchSettings, OutboxDispatcher
+from bot.reconcile import Reconciler
+from bot.registry import AgentRegistry
+from bot.settings import Settings
+from bot.supervisor import Supervisor
+from channels.slack.adapter_http import slack_routes
+from channels.slack.app import build_bolt_app
+from channels.slack.delivery import SlackDeliverer
+from channels.slack.gateway import SlackGateway
+from channels.slack.probe import SlackThreadProbe
+from channels.slack.services import AdminCheck, SlackServices
+from channels.slack.socket_mode import build_socket_client
+from store.repository import SqlStore
+
+AUTH_CHECK_SECONDS = 30.0
+
+
+def missing_settings(settings: Settings, socket_mode: bool) -> list[str]:
+    """The Slack variables this mode needs that are not set."""
+    needed = {"SLACK_BOT_TOKEN": settings.slack_bot_token}
+    if socket_mode:
+        needed["SLACK_APP_TOKEN"] = settings.slack_app_token
+    else:
+        needed["SLACK_SIGNING_SECRET"] = settings.slack_signing_secret
+    return [name for name, value in needed.items() if value is None or not value.get_secret_value()]
+
+
+def web_client(settings: Settings) -> AsyncWebClient:
+    """The Web API client. No SDK-level retries: the outbox retries durably and knows when a
+    retry could post twice; listeners answer people within Slack's 3 seconds instead."""
+    assert settings.slack_bot_token is not None
+    return AsyncWebClient(
+        token=settings.slack_bot_token.get_secret_value(),
+        base_url=settings.slack_api_url,
+        timeout=10,
+        retry_handlers=[],
+    )
+
+
+@dataclass
+class SlackRuntime:
+    """Everything Slack: the listeners' services, the gateway, delivery and the probe."""
+
+    client: AsyncWebClient
+    services: SlackServices
+    gateway: SlackGateway
+    dispatcher: OutboxDispatcher
+    reconciler: Reconciler
+    socket: SocketModeClient | None = None
+    _auth_checked: float = field(default=-AUTH_CHECK_SECONDS)
+
+    def routes(self) -> list[web.RouteDef]:
+        return slack_routes(self.gateway)
+
+    async def start(self) -> None:
+        self.services.supervisor.spawn(self.dispatcher.run(), name="outbox-dispatcher")
+        if self.socket is not None:
+            await self.socket.connect()  # type: ignore[no-untyped-call]  # untyped in slack_sdk
+
+    async def close(self) -> None:
+        if self.socket is not None:
+            await self.socket.close()  # type: ignore[no-untyped-call]  # untyped in slack_sdk
+        await self.services.supervisor.close()
+
+    async def auth_ok(self) -> bool:
+        """True when auth.test answered within the last half minute."""
+        if time.monotonic() - self._auth_checked < AUTH_CHECK_SECONDS:
+            return True
+        try:
+            await self.client.auth_test()
+        except Exception:
+            return False
+        self._auth_checked = time.monotonic()
+        return True
+
+
+def build_slack_runtime(
+    settings: Settings,
+    store: SqlStore,
+    board: Board,
+    registry: AgentRegistry,
+    clock: Clock,
+    socket_mode: bool,
+    dispatch: DispatchSettings | None = None,
+) -> SlackRuntime:
+    """Wires the Slack adapter around the core's use cases."""
+    client = web_client(settings)
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    deliverer = SlackDeliverer(client, store, board, clock)
+    dispatcher = OutboxDispatcher(store, deliverer, clock, worker, dispatch or DispatchSettings())
+    probe = SlackThreadProbe(client, store, board, clock)
+    reconciler = Reconciler(store, clock, settings.lease_policy, probe=probe)
+    services = SlackServices(
+        board=board,
+        registry=registry,
+        reconciler=reconciler,
+        store=store,
+        clock=clock,
+        admins=AdminCheck(client, frozenset(settings.admins)),
+        supervisor=Supervisor(),
+        wake_delivery=dispatcher.wake,
+    )
+    secret = settings.slack_signing_secret
+    verifier = SignatureVerifier(secret.get_secret_value()) if secret else None
+    gateway = SlackGateway(build_bolt_app(services, client), store, clock, verifier)
+    runtime = SlackRuntime(client, services, gateway, dispatcher, reconciler)
+    if socket_mode:
+        assert settings.slack_app_token is not None
+        runtime.socket = build_socket_client(
+            settings.slack_app_token.get_secret_value(), client, gateway
+        )
+    return runtime

@@ -1,0 +1,229 @@
+"""A local stand-in for Slack's Web API: an aiohttp server on 127.0.0.1 that records every call.
+
+It serves the methods threadwork uses, keeps the messages it was sent (threads, metadata), and
+can be told to answer the next calls of a method with a 429 (Retry-After), a 500, or a 500 after
+performing the call (as when Slack acts but the answer is lost).
+"""
+
+import itertools
+import json
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs
+
+from aiohttp import web
+
+BOT_USER = "UBOT"
+BOT_ID = "BBOT"
+TOKEN = "xoxb-test-token"
+
+
+@dataclass
+class Call:
+    method: str
+    args: dict[str, Any]
+
+
+@dataclass
+class Failure:
+    status: int
+    retry_after: int | None = None
+    #: Perform the call first, then fail: the caller cannot know it happened.
+    after_effect: bool = False
+
+
+@dataclass
+class SlackStandIn:
+    """The fake Slack. ``url`` is the Web API base URL to hand to slack_sdk."""
+
+    calls: list[Call] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    users: dict[str, dict[str, Any]] = field(default_factory=dict)
+    channels_of: dict[str, list[str]] = field(default_factory=dict)
+    failures: dict[str, deque[Failure]] = field(default_factory=dict)
+    _ticks: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    _runner: web.AppRunner | None = None
+    url: str = ""
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_route("*", "/api/{method}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # started above
+        self.url = f"http://127.0.0.1:{port}/api/"
+        return self.url
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def fail(
+        self,
+        method: str,
+        status: int,
+        *,
+        retry_after: int | None = None,
+        times: int = 1,
+        after_effect: bool = False,
+    ) -> None:
+        queue = self.failures.setdefault(method, deque())
+        queue.extend(Failure(status, retry_after, after_effect) for _ in range(times))
+
+    def next_ts(self) -> str:
+        n = next(self._ticks)
+        return f"{1767600000 + n}.{n:06d}"
+
+    def add_message(
+        self,
+        channel: str,
+        user: str,
+        text: str,
+        thread_ts: str | None = None,
+        bot_id: str | None = None,
+    ) -> dict[str, Any]:
+        """A message that exists in Slack (e.g. one whose event never reached threadwork)."""
+        message = {
+            "type": "message",
+            "channel": channel,
+            "ts": self.next_ts(),
+            "user": user,
+            "text": text,
+        }
+        if thread_ts:
+            message["thread_ts"] = thread_ts
+        if bot_id:
+            message["bot_id"] = bot_id
+        self.messages.append(message)
+        return message
+
+    def posts(self, channel: str | None = None) -> list[dict[str, Any]]:
+        """Messages the bot posted, in order."""
+        return [
+            m
+            for m in self.messages
+            if m.get("user") == BOT_USER and (channel is None or m["channel"] == channel)
+        ]
+
+    def calls_to(self, method: str) -> list[Call]:
+        return [c for c in self.calls if c.method == method]
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
+            return web.json_response({"ok": False, "error": "invalid_auth"})
+        args = await self._args(request)
+        self.calls.append(Call(method, args))
+        failure = self._next_failure(method)
+        if failure and not failure.after_effect:
+            return self._failure_response(failure)
+        handler = getattr(self, "_" + method.replace(".", "_"), None)
+        body = handler(args) if handler else {"ok": False, "error": "unknown_method"}
+        if failure:
+            return self._failure_response(failure)
+        return web.json_response(body)
+
+    async def _args(self, request: web.Request) -> dict[str, Any]:
+        args: dict[str, Any] = dict(request.query)
+        raw = await request.text()
+        if request.content_type == "application/json" and raw:
+            args |= json.loads(raw)
+        elif raw:
+            args |= {k: v[0] for k, v in parse_qs(raw).items()}
+        for key in ("blocks", "metadata", "view"):
+            if isinstance(args.get(key), str):
+                args[key] = json.loads(args[key])
+        return args
+
+    def _next_failure(self, method: str) -> Failure | None:
+        queue = self.failures.get(method)
+        return queue.popleft() if queue else None
+
+    def _failure_response(self, failure: Failure) -> web.Response:
+        if failure.status == 429:
+            headers = {"Retry-After": str(failure.retry_after or 1)}
+            return web.json_response(
+                {"ok": False, "error": "ratelimited"}, status=429, headers=headers
+            )
+        return web.Response(status=failure.status, text="upstream trouble")
+
+    # The Web API methods -------------------------------------------------------------------
+
+    def _auth_test(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "user_id": BOT_USER,
+            "bot_id": BOT_ID,
+            "team_id": "T1",
+            "user": "threadwork",
+        }
+
+    def _chat_postMessage(self, args: dict[str, Any]) -> dict[str, Any]:
+        message = {
+            "type": "message",
+            "channel": args["channel"],
+            "ts": self.next_ts(),
+            "user": BOT_USER,
+            "bot_id": BOT_ID,
+            "text": args.get("text", ""),
+            "blocks": args.get("blocks"),
+            "metadata": args.get("metadata"),
+        }
+        if args.get("thread_ts"):
+            message["thread_ts"] = args["thread_ts"]
+        self.messages.append(message)
+        return {"ok": True, "channel": args["channel"], "ts": message["ts"], "message": message}
+
+    def _chat_update(self, args: dict[str, Any]) -> dict[str, Any]:
+        for message in self.messages:
+            if message["channel"] == args["channel"] and message["ts"] == args["ts"]:
+                message["text"] = args.get("text", message["text"])
+                message["blocks"] = args.get("blocks", message.get("blocks"))
+                return {"ok": True, "channel": args["channel"], "ts": args["ts"]}
+        return {"ok": False, "error": "message_not_found"}
+
+    def _chat_postEphemeral(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "message_ts": self.next_ts()}
+
+    def _conversations_replies(self, args: dict[str, Any]) -> dict[str, Any]:
+        root, oldest = args["ts"], float(args.get("oldest", 0))
+        thread = [
+            m
+            for m in self.messages
+            if m["channel"] == args["channel"] and (m["ts"] == root or m.get("thread_ts") == root)
+        ]
+        found = [m for m in thread if m["ts"] == root or float(m["ts"]) > oldest]
+        return {"ok": True, "messages": self._shown(found, args), "has_more": False}
+
+    def _conversations_history(self, args: dict[str, Any]) -> dict[str, Any]:
+        oldest = float(args.get("oldest", 0))
+        top = [
+            m
+            for m in self.messages
+            if m["channel"] == args["channel"] and "thread_ts" not in m and float(m["ts"]) > oldest
+        ]
+        return {"ok": True, "messages": self._shown(list(reversed(top)), args), "has_more": False}
+
+    def _shown(self, messages: list[dict[str, Any]], args: dict[str, Any]) -> list[dict[str, Any]]:
+        with_metadata = str(args.get("include_all_metadata", "")).lower() in ("1", "true")
+        return [{k: v for k, v in m.items() if with_metadata or k != "metadata"} for m in messages]
+
+    def _users_info(self, args: dict[str, Any]) -> dict[str, Any]:
+        user = self.users.get(args["user"])
+        if user is None:
+            return {"ok": False, "error": "user_not_found"}
+        return {"ok": True, "user": {"id": args["user"], **user}}
+
+    def _users_conversations(self, args: dict[str, Any]) -> dict[str, Any]:
+        ids = self.channels_of.get(args.get("user", ""), [])
+        return {"ok": True, "channels": [{"id": c} for c in ids]}
+
+    def _views_open(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "view": {"id": "V1", **args["view"]}}
+
+    def _views_publish(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "view": {"id": "V2", **args["view"]}}
