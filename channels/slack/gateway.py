@@ -53,11 +53,7 @@ class SlackGateway:
 
     async def handle_http(self, raw: str, query: str, headers: Mapping[str, str]) -> BoltResponse:
         """An Events API, slash command or interactivity request over HTTP."""
-        if self.verifier is None or not self.verifier.is_valid(
-            body=raw,
-            timestamp=headers.get("X-Slack-Request-Timestamp", ""),
-            signature=headers.get("X-Slack-Signature", ""),
-        ):
+        if not self._signed_by_slack(raw, headers):
             logger.warning("slack.bad_signature")
             return _error(401, "invalid signature or stale timestamp")
         body = parse_body(raw, headers.get("Content-Type", ""))
@@ -65,6 +61,14 @@ class SlackGateway:
             return _error(400, "not a Slack payload")
         request = AsyncBoltRequest(body=raw, query=query, headers=dict(headers))
         return await self.dispatch(request, body)
+
+    def _signed_by_slack(self, raw: str, headers: Mapping[str, str]) -> bool:
+        """Slack's v0 signature over the raw body, from within the last five minutes."""
+        timestamp = headers.get("X-Slack-Request-Timestamp", "")
+        signature = headers.get("X-Slack-Signature", "")
+        if self.verifier is None or not timestamp.isdigit() or not signature:
+            return False
+        return self.verifier.is_valid(body=raw, timestamp=timestamp, signature=signature)
 
     async def handle_socket(self, body: dict[str, Any]) -> BoltResponse:
         """A Socket Mode envelope's payload (already authenticated by the connection)."""

@@ -73,7 +73,7 @@ class SlackThreadProbe:
         return FoundProgress(found, frozenset(unchecked))
 
     async def _latest_post(self, task: Task, agent: Agent) -> str | None:
-        """The ts of the assignee's latest post newer than its lease; "" if none; None if unread."""
+        """The ts of the assignee's latest post we had not recorded; "" if none; None if unread."""
         if task.thread_ts is None or task.last_progress_at is None:
             return ""
         since = task.last_progress_at.timestamp()
@@ -87,17 +87,16 @@ class SlackThreadProbe:
             return None
         messages = response.get("messages") or []
         posts = [m for m in messages if _by(m, agent) and float(m["ts"]) > since]
+        missed = []
         for post in posts:
+            author = str(post.get("user") or post.get("bot_id"))
+            text = str(post.get("text", ""))
             message = ThreadMessage(
-                task.id,
-                task.channel_id,
-                str(post["ts"]),
-                agent.slack_user_id or agent.slack_bot_id or "",
-                str(post.get("text", "")),
-                self._clock(),
+                task.id, task.channel_id, str(post["ts"]), author, text, self._clock()
             )
-            await self._board.record_thread_message(message, agent=None)
-        return max((str(p["ts"]) for p in posts), key=float, default="")
+            if await self._board.record_thread_message(message, agent=None):
+                missed.append(message.ts)
+        return max(missed, key=float, default="")
 
 
 def _by(message: dict[str, Any], agent: Agent) -> bool:

@@ -5,11 +5,11 @@ can be told to answer the next calls of a method with a 429 (Retry-After), a 500
 performing the call (as when Slack acts but the answer is lost).
 """
 
-import itertools
 import json
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -18,6 +18,14 @@ from aiohttp import web
 BOT_USER = "UBOT"
 BOT_ID = "BBOT"
 TOKEN = "xoxb-test-token"
+
+
+#: A "status" that closes the connection without any answer.
+DROP = 0
+
+
+class ConnectionDropped(Exception):
+    """Raised to hang up on the client mid-request."""
 
 
 @dataclass
@@ -43,7 +51,9 @@ class SlackStandIn:
     users: dict[str, dict[str, Any]] = field(default_factory=dict)
     channels_of: dict[str, list[str]] = field(default_factory=dict)
     failures: dict[str, deque[Failure]] = field(default_factory=dict)
-    _ticks: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    #: Time as the service sees it, so message ts line up with leases (a FakeClock in tests).
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    _last_ts: float = 0.0
     _runner: web.AppRunner | None = None
     url: str = ""
 
@@ -75,8 +85,9 @@ class SlackStandIn:
         queue.extend(Failure(status, retry_after, after_effect) for _ in range(times))
 
     def next_ts(self) -> str:
-        n = next(self._ticks)
-        return f"{1767600000 + n}.{n:06d}"
+        """A message ts at the clock's time, strictly increasing like Slack's."""
+        self._last_ts = max(self.clock().timestamp(), self._last_ts + 0.000001)
+        return f"{self._last_ts:.6f}"
 
     def add_message(
         self,
@@ -119,12 +130,17 @@ class SlackStandIn:
         args = await self._args(request)
         self.calls.append(Call(method, args))
         failure = self._next_failure(method)
-        if failure and not failure.after_effect:
-            return self._failure_response(failure)
-        handler = getattr(self, "_" + method.replace(".", "_"), None)
-        body = handler(args) if handler else {"ok": False, "error": "unknown_method"}
-        if failure:
-            return self._failure_response(failure)
+        try:
+            if failure and not failure.after_effect:
+                return self._failure_response(failure)
+            handler = getattr(self, "_" + method.replace(".", "_"), None)
+            body = handler(args) if handler else {"ok": False, "error": "unknown_method"}
+            if failure:
+                return self._failure_response(failure)
+        except ConnectionDropped:
+            assert request.transport is not None
+            request.transport.close()
+            raise web.HTTPServiceUnavailable from None
         return web.json_response(body)
 
     async def _args(self, request: web.Request) -> dict[str, Any]:
@@ -144,6 +160,8 @@ class SlackStandIn:
         return queue.popleft() if queue else None
 
     def _failure_response(self, failure: Failure) -> web.Response:
+        if failure.status == DROP:
+            raise ConnectionDropped
         if failure.status == 429:
             headers = {"Retry-After": str(failure.retry_after or 1)}
             return web.json_response(

@@ -1,0 +1,106 @@
+"""The HTTP front door: signatures, malformed bodies, Slack's handshake, health and readiness."""
+
+import json
+import time
+from urllib.parse import urlencode
+
+import pytest
+
+from tests.slack.conftest import Harness, signed
+
+
+def command_body(text: str) -> str:
+    return urlencode(
+        {
+            "command": "/task",
+            "text": text,
+            "user_id": "UALICE01",
+            "channel_id": "C1",
+            "team_id": "T1",
+        }
+    )
+
+
+async def tasks_in_db(service: Harness) -> int:
+    async with service.core.store.read() as reader:
+        return len(await reader.list_tasks())
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        signed(command_body("new Sneaky"), secret="not-the-secret"),
+        signed(command_body("new Sneaky"), timestamp=int(time.time()) - 6 * 60),
+        {"X-Slack-Request-Timestamp": str(int(time.time()))},
+        {},
+    ],
+    ids=["wrong-secret", "stale-timestamp", "no-signature", "no-headers"],
+)
+async def test_a_request_not_signed_by_slack_gets_401_and_stores_nothing(
+    service: Harness, headers: dict[str, str]
+) -> None:
+    response = await service.post(
+        command_body("new Sneaky"), "application/x-www-form-urlencoded", headers
+    )
+    assert response.status == 401
+    assert await tasks_in_db(service) == 0
+    assert service.standin.calls_to("chat.postMessage") == []
+
+
+async def test_a_body_altered_after_signing_gets_401(service: Harness) -> None:
+    headers = signed(command_body("new Honest"))
+    response = await service.post(
+        command_body("new Altered"), "application/x-www-form-urlencoded", headers
+    )
+    assert response.status == 401
+    assert await tasks_in_db(service) == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        ("{not json", "application/json"),
+        ("[1, 2]", "application/json"),
+        ('{"no": "type"}', "application/json"),
+        ("payload=%7Bbroken", "application/x-www-form-urlencoded"),
+        ("hello=world", "application/x-www-form-urlencoded"),
+    ],
+    ids=["broken-json", "json-list", "json-without-type", "broken-payload", "unknown-form"],
+)
+async def test_a_signed_but_malformed_body_gets_400(
+    service: Harness, body: str, content_type: str
+) -> None:
+    response = await service.post(body, content_type)
+    assert response.status == 400
+    assert await tasks_in_db(service) == 0
+
+
+async def test_slacks_url_verification_handshake_is_answered(service: Harness) -> None:
+    body = json.dumps({"type": "url_verification", "challenge": "abc123", "token": "x"})
+    async with service.http.post(
+        service.url + "/slack/events",
+        data=body,
+        headers={"Content-Type": "application/json"} | signed(body),
+    ) as response:
+        assert response.status == 200
+        assert (await response.json())["challenge"] == "abc123"
+
+
+async def test_health_and_readiness_report_each_check(service: Harness) -> None:
+    async with service.http.get(service.url + "/healthz") as response:
+        assert response.status == 200
+    async with service.http.get(service.url + "/readyz") as response:
+        assert response.status == 200
+        assert (await response.json())["checks"] == {
+            "database": True,
+            "scheduler": True,
+            "slack": True,
+        }
+
+
+async def test_readiness_fails_while_slack_does_not_answer_auth_test(service: Harness) -> None:
+    service.runtime._auth_checked = -1e9  # forget the cached answer
+    service.standin.fail("auth.test", 500)
+    async with service.http.get(service.url + "/readyz") as response:
+        assert response.status == 503
+        assert (await response.json())["checks"]["slack"] is False
