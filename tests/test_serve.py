@@ -25,6 +25,7 @@ from bot.status import TaskStatus
 from bot.task import Actor, LeasePolicy, Task, TaskEvent
 from store.database import create_engine
 from store.repository import SqlStore
+from tests.slack.standin import TOKEN, SlackStandIn
 
 THREADWORK = Path(sys.executable).parent / "threadwork"
 POLICY = LeasePolicy(lease_ttl=timedelta(seconds=1), max_dispatch_attempts=2)
@@ -81,11 +82,16 @@ def log_sink(tmp_path: Path) -> Iterator[IO[bytes]]:
 
 
 @pytest.fixture
-async def server(tmp_path: Path, log_sink: IO[bytes]) -> AsyncIterator[Server]:
-    """Starts serve on a free port and a fresh SQLite file; kills it if a test left it running."""
-    port = free_port()
-    database_url = f"sqlite:///{tmp_path / 'serve.db'}"
-    env = {
+async def slack() -> AsyncIterator[SlackStandIn]:
+    """The Slack Web API the served process talks to."""
+    standin = SlackStandIn()
+    await standin.start()
+    yield standin
+    await standin.close()
+
+
+def serve_env(tmp_path: Path, port: int, database_url: str) -> dict[str, str]:
+    return {
         "PATH": os.environ.get("PATH", os.defpath),
         "HOME": str(tmp_path),
         "DATABASE_URL": database_url,
@@ -94,6 +100,18 @@ async def server(tmp_path: Path, log_sink: IO[bytes]) -> AsyncIterator[Server]:
         "THREADWORK_LEASE_TTL": "1",
         "THREADWORK_RECONCILE_INTERVAL": "1",
         "THREADWORK_MAX_DISPATCH_ATTEMPTS": "2",
+    }
+
+
+@pytest.fixture
+async def server(tmp_path: Path, log_sink: IO[bytes], slack: SlackStandIn) -> AsyncIterator[Server]:
+    """Starts serve on a free port and a fresh SQLite file; kills it if a test left it running."""
+    port = free_port()
+    database_url = f"sqlite:///{tmp_path / 'serve.db'}"
+    env = serve_env(tmp_path, port, database_url) | {
+        "SLACK_BOT_TOKEN": TOKEN,
+        "SLACK_SIGNING_SECRET": "serve-test-signing-secret",
+        "SLACK_API_URL": slack.url,
     }
     process = await asyncio.create_subprocess_exec(
         str(THREADWORK),
@@ -147,12 +165,12 @@ async def test_serve_answers_healthz_and_readyz_with_database_and_scheduler_up(
         async with http.get(f"{server.base_url}/readyz") as ready:
             assert (ready.status, await ready.json()) == (
                 200,
-                {"ready": True, "checks": {"database": True, "scheduler": True}},
+                {"ready": True, "checks": {"database": True, "scheduler": True, "slack": True}},
             )
 
 
 async def test_the_scheduled_reconcile_redispatches_a_lapsed_task_then_blocks_it(
-    server: Server, served_store: SqlStore
+    server: Server, served_store: SqlStore, slack: SlackStandIn
 ) -> None:
     registry = AgentRegistry(served_store, utc_now, secrets=None)
     board = Board(served_store, utc_now, POLICY)
@@ -186,6 +204,18 @@ async def test_the_scheduled_reconcile_redispatches_a_lapsed_task_then_blocks_it
         2,
     )
 
+    async def escalated() -> list[str] | None:
+        kinds = [(m.get("metadata") or {}).get("event_type") for m in slack.posts("C123")]
+        return kinds if "threadwork_escalation" in kinds else None
+
+    kinds = await wait_for(escalated, server, RECONCILE_TIMEOUT_S, "escalation posted to Slack")
+    assert kinds == [
+        "threadwork_card",
+        "threadwork_directive",
+        "threadwork_directive",
+        "threadwork_escalation",
+    ]
+
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 async def test_serve_stops_cleanly_with_exit_code_0_on_a_stop_signal(
@@ -198,3 +228,22 @@ async def test_serve_stops_cleanly_with_exit_code_0_on_a_stop_signal(
 
     assert code == 0, server.output()
     assert "serve.stopped" in server.output()
+
+
+async def test_serve_without_slack_credentials_names_them_and_exits_2(tmp_path: Path) -> None:
+    env = serve_env(tmp_path, free_port(), f"sqlite:///{tmp_path / 'serve.db'}")
+    process = await asyncio.create_subprocess_exec(
+        str(THREADWORK),
+        "serve",
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(START_TIMEOUT_S):
+        stdout, stderr = await process.communicate()
+    assert process.returncode == 2
+    [line] = stderr.decode().splitlines()
+    assert "SLACK_BOT_TOKEN, SLACK_SIGNING_SECRET not set" in line
+    assert "README" in line
+    assert stdout == b""
