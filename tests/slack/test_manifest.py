@@ -1,0 +1,59 @@
+"""manifest.yml creates an app that matches the code: its commands, events, shortcut and scopes."""
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from channels.slack.interactive import CREATE_TASK_SHORTCUT
+
+MANIFEST = Path(__file__).parents[2] / "manifest.yml"
+
+#: Each scope and the calls or events in the code that need it; nothing more is asked for.
+NEEDED_SCOPES = {
+    "app_mentions:read": "app_mention events",
+    "channels:history": "message.channels events; conversations.replies/history in public channels",
+    "groups:history": "message.groups events; conversations.replies/history in private channels",
+    "channels:read": "users.conversations for App Home (public channels)",
+    "groups:read": "users.conversations for App Home (private channels)",
+    "chat:write": "chat.postMessage, chat.update, chat.postEphemeral",
+    "commands": "/task, /task-admin and the message shortcut",
+    "users:read": "users.info to recognise workspace admins and owners",
+}
+
+
+@pytest.fixture(scope="module")
+def manifest() -> dict[str, Any]:
+    loaded = yaml.safe_load(MANIFEST.read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def test_the_manifest_asks_for_exactly_the_scopes_the_code_uses(manifest: dict[str, Any]) -> None:
+    assert sorted(manifest["oauth_config"]["scopes"]["bot"]) == sorted(NEEDED_SCOPES)
+
+
+def test_both_slash_commands_exist_with_escaping_on(manifest: dict[str, Any]) -> None:
+    commands = {c["command"]: c for c in manifest["features"]["slash_commands"]}
+    assert set(commands) == {"/task", "/task-admin"}
+    assert all(c["should_escape"] is True for c in commands.values())
+    assert all(c["url"].endswith("/slack/events") for c in commands.values())
+
+
+def test_the_bot_subscribes_to_the_events_the_listeners_handle(manifest: dict[str, Any]) -> None:
+    settings = manifest["settings"]
+    assert sorted(settings["event_subscriptions"]["bot_events"]) == [
+        "app_home_opened",
+        "app_mention",
+        "message.channels",
+        "message.groups",
+    ]
+    assert settings["interactivity"]["is_enabled"] is True
+    assert settings["socket_mode_enabled"] is False
+
+
+def test_the_message_shortcut_matches_the_listeners_callback_id(manifest: dict[str, Any]) -> None:
+    [shortcut] = manifest["features"]["shortcuts"]
+    assert (shortcut["type"], shortcut["callback_id"]) == ("message", CREATE_TASK_SHORTCUT)
+    assert manifest["features"]["app_home"]["home_tab_enabled"] is True
