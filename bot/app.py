@@ -118,7 +118,9 @@ async def serve(
         slack = build_slack_runtime(
             settings, core.store, core.board, core.registry, clock, socket_mode
         )
-        scheduler = build_scheduler(slack.reconciler, settings.reconcile_interval)
+        scheduler = build_scheduler(
+            slack.reconciler, settings.reconcile_interval, slack.gateway.forget_old_deliveries
+        )
         runner = web.AppRunner(build_web_app(core, scheduler, slack), access_log=None)
         try:
             scheduler.start()

@@ -1,5 +1,6 @@
 """APScheduler set-up: the reconcile every interval, one run at a time, missed runs coalesced."""
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC
 
 import structlog
@@ -10,6 +11,8 @@ from bot.reconcile import Reconciler
 logger = structlog.get_logger(__name__)
 
 RECONCILE_JOB_ID = "reconcile"
+PRUNE_JOB_ID = "prune_deliveries"
+PRUNE_INTERVAL_S = 3600.0
 
 
 async def reconcile_job(reconciler: Reconciler) -> None:
@@ -20,8 +23,22 @@ async def reconcile_job(reconciler: Reconciler) -> None:
         logger.exception("reconcile.failed")
 
 
-def build_scheduler(reconciler: Reconciler, interval_s: float) -> AsyncIOScheduler:
-    """Returns an unstarted scheduler running the reconcile every ``interval_s`` seconds."""
+async def prune_job(prune: Callable[[], Awaitable[int]]) -> None:
+    """Forgets old inbound delivery keys; a failure waits for the next run."""
+    try:
+        forgotten = await prune()
+    except Exception:
+        logger.exception("prune.failed")
+        return
+    logger.info("prune.done", forgotten=forgotten)
+
+
+def build_scheduler(
+    reconciler: Reconciler,
+    interval_s: float,
+    prune: Callable[[], Awaitable[int]] | None = None,
+) -> AsyncIOScheduler:
+    """Returns an unstarted scheduler: the reconcile every ``interval_s`` s, pruning hourly."""
     scheduler = AsyncIOScheduler(timezone=UTC)
     scheduler.add_job(
         reconcile_job,
@@ -33,4 +50,14 @@ def build_scheduler(reconciler: Reconciler, interval_s: float) -> AsyncIOSchedul
         coalesce=True,
         misfire_grace_time=max(1, int(interval_s)),
     )
+    if prune is not None:
+        scheduler.add_job(
+            prune_job,
+            "interval",
+            seconds=PRUNE_INTERVAL_S,
+            args=[prune],
+            id=PRUNE_JOB_ID,
+            max_instances=1,
+            coalesce=True,
+        )
     return scheduler

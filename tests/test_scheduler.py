@@ -8,7 +8,7 @@ from bot.board import Board
 from bot.reconcile import Reconciler
 from bot.registry import AgentRegistry
 from bot.task import Actor
-from scheduler.jobs import RECONCILE_JOB_ID, build_scheduler, reconcile_job
+from scheduler.jobs import PRUNE_JOB_ID, RECONCILE_JOB_ID, build_scheduler, prune_job, reconcile_job
 from tests.conftest import FakeClock
 
 
@@ -45,3 +45,22 @@ async def test_a_failing_tick_is_logged_and_leaves_the_next_tick_to_try_again() 
         await reconcile_job(Exploding())  # type: ignore[arg-type]  # duck-typed stand-in
     assert logs[0]["event"] == "reconcile.failed"
     assert logs[0]["log_level"] == "error"
+
+
+def test_pruning_runs_hourly_when_given(reconciler: Reconciler) -> None:
+    async def prune() -> int:
+        return 0
+
+    scheduler = build_scheduler(reconciler, interval_s=60, prune=prune)
+    job = scheduler.get_job(PRUNE_JOB_ID)
+    assert job.trigger.interval == timedelta(hours=1)
+    assert (job.max_instances, job.coalesce) == (1, True)
+
+
+async def test_a_failing_prune_is_logged_not_raised() -> None:
+    async def prune() -> int:
+        raise RuntimeError("locked")
+
+    with structlog.testing.capture_logs() as logs:
+        await prune_job(prune)
+    assert logs[0]["event"] == "prune.failed"

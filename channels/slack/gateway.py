@@ -8,6 +8,7 @@ Slack's retry is processed after all.
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -21,6 +22,9 @@ from bot.clock import Clock
 from store.repository import SqlStore
 
 logger = structlog.get_logger(__name__)
+
+#: How long an event id is remembered: far longer than Slack's retries (minutes) take.
+DELIVERY_MEMORY = timedelta(days=1)
 
 
 def _error(status: int, message: str) -> BoltResponse:
@@ -84,6 +88,11 @@ class SlackGateway:
             async with self.store.transaction() as unit:
                 await unit.forget_delivery(key)
         return response
+
+    async def forget_old_deliveries(self) -> int:
+        """Forgets delivery keys older than a day; Slack retries within minutes."""
+        async with self.store.transaction() as unit:
+            return await unit.prune_deliveries(self.clock() - DELIVERY_MEMORY)
 
     async def _first_time(self, key: str) -> bool:
         async with self.store.transaction() as unit:

@@ -135,6 +135,9 @@ class Harness:
         body = urlencode({"payload": json.dumps(payload)})
         return await self.post(body, "application/x-www-form-urlencoded")
 
+    async def gateway_prune(self) -> int:
+        return await self.runtime.gateway.forget_old_deliveries()
+
     async def deliver(self) -> None:
         await self.runtime.dispatcher.drain()
 

@@ -104,3 +104,12 @@ async def test_readiness_fails_while_slack_does_not_answer_auth_test(service: Ha
     async with service.http.get(service.url + "/readyz") as response:
         assert response.status == 503
         assert (await response.json())["checks"]["slack"] is False
+
+
+async def test_event_ids_are_remembered_for_a_day_then_forgotten(service: Harness) -> None:
+    event = {"type": "app_home_opened", "user": "UALICE01", "tab": "messages", "channel": "D1"}
+    assert await service.event(event, event_id="EvOLD") == 200
+    service.clock.advance(3600)
+    assert await service.gateway_prune() == 0
+    service.clock.advance(24 * 3600)
+    assert await service.gateway_prune() == 1

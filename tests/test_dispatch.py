@@ -1,0 +1,117 @@
+"""The dispatcher's pacing and back-off, with a recording deliverer and no real sleeping."""
+
+from bot.board import Board
+from bot.dispatch import Delivered, DeliveryFailed, DispatchSettings, OutboxDispatcher
+from bot.outbox import OutboxKind, OutboxRow, OutboxState
+from bot.registry import AgentRegistry
+from bot.task import Actor
+from store.repository import SqlStore
+from tests.conftest import FakeClock
+
+
+class Recorder:
+    """Delivers everything, remembering the order; can fail the first n rows."""
+
+    def __init__(self, failures: list[DeliveryFailed] | None = None) -> None:
+        self.delivered: list[OutboxRow] = []
+        self.failures = failures or []
+
+    async def deliver(self, row: OutboxRow) -> Delivered:
+        if self.failures:
+            raise self.failures.pop(0)
+        self.delivered.append(row)
+        return Delivered(ts=f"{len(self.delivered)}.0")
+
+
+class FakeTime:
+    """A monotonic clock that only moves when the dispatcher sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(round(seconds, 6))
+        self.now += seconds
+
+
+def dispatcher(
+    store: SqlStore, clock: FakeClock, deliverer: Recorder, time: FakeTime, rand: float = 0.5
+) -> OutboxDispatcher:
+    settings = DispatchSettings(channel_interval=1.0, backoff_base=2.0, backoff_cap=30.0)
+    return OutboxDispatcher(
+        store,
+        deliverer,
+        clock,
+        "w1",
+        settings,
+        rand=lambda: rand,
+        sleep=time.sleep,
+        monotonic=time.monotonic,
+    )
+
+
+async def test_posts_in_one_channel_are_kept_a_second_apart_but_channels_do_not_wait_for_each_other(
+    board: Board, store: SqlStore, clock: FakeClock
+) -> None:
+    for channel in ("C1", "C1", "C1", "C2"):
+        await board.create_task(channel, "t", Actor.user("U1"))
+    time, recorder = FakeTime(), Recorder()
+    await dispatcher(store, clock, recorder, time).drain()
+    assert sorted(time.slept) == [1.0, 1.0]
+    assert len(recorder.delivered) == 4
+    rows = await store.list_outbox()
+    assert all(r.state == OutboxState.DELIVERED for r in rows)
+    async with store.read() as reader:
+        cards = [t.card_ts for t in await reader.list_tasks()]
+    assert None not in cards
+
+
+async def test_card_updates_are_not_paced_like_posts(
+    board: Board, registry: AgentRegistry, store: SqlStore, clock: FakeClock
+) -> None:
+    await registry.add_agent("coder")
+    task = await board.create_task("C1", "t", Actor.user("U1"))
+    time, recorder = FakeTime(), Recorder()
+    worker = dispatcher(store, clock, recorder, time)
+    await worker.drain()
+    time.now += 5
+    await board.assign_task(task.ref, "coder", "U1")
+    await worker.drain()
+    assert [r.kind for r in recorder.delivered] == [
+        OutboxKind.CARD_POST,
+        OutboxKind.DIRECTIVE,
+        OutboxKind.CARD_UPDATE,
+    ]
+    assert time.slept == []
+
+
+async def test_failures_back_off_exponentially_with_jitter_and_honour_retry_after(
+    board: Board, store: SqlStore, clock: FakeClock
+) -> None:
+    await board.create_task("C1", "t", Actor.user("U1"))
+    failures = [
+        DeliveryFailed("http_500", uncertain=True),
+        DeliveryFailed("http_500", uncertain=True),
+        DeliveryFailed("ratelimited", retry_after=7),
+    ]
+    recorder = Recorder(failures)
+    worker = dispatcher(store, clock, recorder, FakeTime(), rand=0.75)
+    waits = []
+    for _ in range(4):
+        await worker.drain()
+        [row] = await store.list_outbox()
+        if row.state == OutboxState.DELIVERED:
+            break
+        waits.append((row.available_at - clock.now).total_seconds())
+        clock.advance(waits[-1])
+    assert waits == [2.0 * 1.25, 4.0 * 1.25, 7.0]
+    [row] = await store.list_outbox()
+    assert (row.state, row.attempts, row.result) == (
+        OutboxState.DELIVERED,
+        4,
+        {"ts": "1.0", "recovered": False},
+    )
