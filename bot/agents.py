@@ -3,6 +3,7 @@
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from bot.errors import InvalidInput
 
@@ -20,12 +21,44 @@ class AgentKind(StrEnum):
     OPENAI = "openai"
 
 
+class Autonomy(StrEnum):
+    """What a built-in agent does when it would rather ask than work."""
+
+    #: State the most reasonable assumption, post it, and carry on.
+    ASSUME = "assume"
+    #: Wait for a person's reply in the thread (lease paused); assume after the lease TTL.
+    WAIT = "wait"
+
+
 @dataclass(frozen=True)
 class AgentSettings:
     """Per-agent runtime settings; secrets live apart from these."""
 
     model: str | None = None
     system_prompt: str | None = None
+    max_tokens: int | None = None
+    autonomy: Autonomy = Autonomy.ASSUME
+    #: For ``openai`` agents: the OpenAI-compatible endpoint (e.g. Ollama's /v1).
+    base_url: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "model": self.model,
+            "system_prompt": self.system_prompt,
+            "max_tokens": self.max_tokens,
+            "autonomy": self.autonomy.value,
+            "base_url": self.base_url,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "AgentSettings":
+        return cls(
+            model=data.get("model"),
+            system_prompt=data.get("system_prompt"),
+            max_tokens=data.get("max_tokens"),
+            autonomy=Autonomy(data.get("autonomy") or Autonomy.ASSUME),
+            base_url=data.get("base_url"),
+        )
 
 
 @dataclass(frozen=True)
@@ -40,6 +73,11 @@ class Agent:
     slack_bot_id: str | None = None
     settings: AgentSettings = field(default_factory=AgentSettings)
     api_key_configured: bool = False
+
+    @property
+    def built_in(self) -> bool:
+        """True when threadwork's own runtime runs this agent."""
+        return self.kind in (AgentKind.CLAUDE, AgentKind.OPENAI)
 
 
 def normalize_agent_name(text: str) -> str:

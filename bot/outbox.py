@@ -19,6 +19,8 @@ class OutboxKind(StrEnum):
     DIRECTIVE = "directive"
     #: Tell the assigner the task is blocked and why.
     ESCALATION = "escalation"
+    #: A built-in or MCP agent's message, posted in the thread under the agent's name.
+    AGENT_POST = "agent_post"
 
 
 class OutboxState(StrEnum):

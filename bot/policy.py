@@ -14,6 +14,8 @@ class ChannelPolicy:
     channel_id: str
     lease_ttl_s: float | None = None
     max_dispatch_attempts: int | None = None
+    #: Whether agents may set ``done`` themselves here (default: no, a person closes).
+    agents_may_close: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,10 @@ class PolicyBook:
         if override.max_dispatch_attempts is not None:
             policy = replace(policy, max_dispatch_attempts=override.max_dispatch_attempts)
         return policy
+
+    def agents_may_close(self, channel_id: str) -> bool:
+        override = self.channels.get(channel_id)
+        return bool(override and override.agents_may_close)
 
     @property
     def shortest_ttl(self) -> timedelta:

@@ -28,6 +28,8 @@ class TaskFields(TypedDict, total=False):
     lease_epoch: int
     last_progress_at: datetime | None
     thread_ts: str | None
+    awaiting_input_since: datetime | None
+    alive_at: datetime | None
 
 
 class NewTask(TypedDict):

@@ -96,6 +96,10 @@ class Task:
     attempts: int = 0
     lease_epoch: int = 0
     last_progress_at: datetime | None = None
+    #: While set, a built-in agent waits for a person's reply and the lease is paused.
+    awaiting_input_since: datetime | None = None
+    #: The last liveness heartbeat of a generating agent (not progress).
+    alive_at: datetime | None = None
 
     @property
     def ref(self) -> TaskRef:
@@ -110,9 +114,10 @@ class Task:
 def is_stale(task: Task, now: datetime, lease_ttl: timedelta) -> bool:
     """True when a leased task has gone strictly longer than ``lease_ttl`` without progress.
 
-    The SQL of ``get_stale_tasks`` is the same predicate: ``last_progress_at < now - ttl``.
+    The SQL of ``get_stale_tasks`` is the same predicate: ``last_progress_at < now - ttl``, and a
+    lease paused while the agent waits for a person's answer is never stale.
     """
-    if not task.leased or task.last_progress_at is None:
+    if not task.leased or task.last_progress_at is None or task.awaiting_input_since:
         return False
     return task.last_progress_at < now - lease_ttl
 
@@ -128,6 +133,11 @@ class EventKind(StrEnum):
     BLOCKED = "blocked"
     CANCELED = "canceled"
     REOPENED = "reopened"
+    ARTIFACT_ADDED = "artifact_added"
+    #: A generating agent is alive; recorded at most every 15 s, never renews the lease.
+    HEARTBEAT = "heartbeat"
+    AWAITING_INPUT = "awaiting_input"
+    RESUMED = "resumed"
 
 
 @dataclass(frozen=True)

@@ -46,13 +46,14 @@ def task_from_row(row: Row[Any]) -> Task:
         attempts=m["attempts"],
         lease_epoch=m["lease_epoch"],
         last_progress_at=m["last_progress_at"],
+        awaiting_input_since=m["awaiting_input_since"],
+        alive_at=m["alive_at"],
     )
 
 
 def agent_from_row(row: Row[Any], api_key_configured: bool) -> Agent:
     """Maps an ``agents`` row to an Agent; the key itself never leaves the store this way."""
     m = row._mapping
-    settings = m["settings"] or {}
     return Agent(
         name=m["name"],
         kind=AgentKind(m["kind"]),
@@ -60,9 +61,7 @@ def agent_from_row(row: Row[Any], api_key_configured: bool) -> Agent:
         enabled=bool(m["enabled"]),
         slack_user_id=m["slack_user_id"],
         slack_bot_id=m["slack_bot_id"],
-        settings=AgentSettings(
-            model=settings.get("model"), system_prompt=settings.get("system_prompt")
-        ),
+        settings=AgentSettings.from_json(m["settings"] or {}),
         api_key_configured=api_key_configured,
     )
 
@@ -163,14 +162,22 @@ class SqlReader:
     async def get_stale_tasks(self, cutoff: datetime, limit: int) -> list[Task]:
         query = (
             select(tasks)
-            .where(text(LEASED_SQL), tasks.c.last_progress_at < cutoff)
+            .where(
+                text(LEASED_SQL),
+                tasks.c.last_progress_at < cutoff,
+                tasks.c.awaiting_input_since.is_(None),
+            )
             .order_by(tasks.c.last_progress_at)
             .limit(limit)
         )
         return [task_from_row(row) for row in await self._db.execute(query)]
 
     async def count_stale_tasks(self, cutoff: datetime) -> int:
-        query = select(func.count()).where(text(LEASED_SQL), tasks.c.last_progress_at < cutoff)
+        query = select(func.count()).where(
+            text(LEASED_SQL),
+            tasks.c.last_progress_at < cutoff,
+            tasks.c.awaiting_input_since.is_(None),
+        )
         return int((await self._db.execute(query.select_from(tasks))).scalar_one())
 
     async def board_stats(self) -> BoardStats:
@@ -202,7 +209,9 @@ class SqlReader:
     async def list_channel_policies(self) -> list[ChannelPolicy]:
         rows = await self._db.execute(select(channel_policies))
         return [
-            ChannelPolicy(row.channel_id, row.lease_ttl_s, row.max_dispatch_attempts)
+            ChannelPolicy(
+                row.channel_id, row.lease_ttl_s, row.max_dispatch_attempts, row.agents_may_close
+            )
             for row in rows
         ]
 

@@ -56,6 +56,10 @@ tasks = Table(
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("lease_epoch", Integer, nullable=False, server_default="0"),
     Column("last_progress_at", UTCDateTime()),
+    #: Set while a built-in agent waits for a person's answer; the lease is paused meanwhile.
+    Column("awaiting_input_since", UTCDateTime()),
+    #: The last liveness heartbeat of a generating agent; not progress.
+    Column("alive_at", UTCDateTime()),
     Column("created_by", String(64), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
@@ -162,6 +166,7 @@ channel_policies = Table(
     Column("channel_id", String(32), primary_key=True),
     Column("lease_ttl_s", Float),
     Column("max_dispatch_attempts", Integer),
+    Column("agents_may_close", Boolean),
     Column("updated_by", String(32), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
 )
@@ -172,4 +177,70 @@ inbound_deliveries = Table(
     metadata,
     Column("key", String(128), primary_key=True),
     Column("received_at", UTCDateTime(), nullable=False, index=True),
+)
+
+agent_tokens = Table(
+    "agent_tokens",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("agent_id", Id, ForeignKey("agents.id", ondelete="CASCADE"), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("revoked_at", UTCDateTime()),
+)
+
+artifacts = Table(
+    "artifacts",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("task_id", Id, ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("name", String(200), nullable=False),
+    Column("kind", String(50), nullable=False),
+    Column("uri", Text),
+    Column("content", Text),
+    Column("created_by", String(64), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+OPEN_WAKEUP_SQL = "done_at IS NULL"
+
+agent_wakeups = Table(
+    "agent_wakeups",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("task_id", Id, ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False),
+    Column("agent", String(64), nullable=False),
+    Column("reason", String(32), nullable=False),
+    Column("epoch", Integer, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("claimed_by", String(64)),
+    Column("claim_expires_at", UTCDateTime()),
+    Column("done_at", UTCDateTime()),
+    Index(
+        "ix_agent_wakeups_open_agent",
+        "agent",
+        "id",
+        sqlite_where=text(OPEN_WAKEUP_SQL),
+        postgresql_where=text(OPEN_WAKEUP_SQL),
+    ),
+)
+
+agent_cursors = Table(
+    "agent_cursors",
+    metadata,
+    Column("agent", String(64), primary_key=True),
+    Column("task_id", Id, ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True),
+    Column("last_ts", String(32), nullable=False),
+)
+
+task_usage = Table(
+    "task_usage",
+    metadata,
+    Column("task_id", Id, ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True),
+    Column("steps", Integer, nullable=False, server_default="0"),
+    Column("input_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("output_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("cache_read_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("cache_creation_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("updated_at", UTCDateTime(), nullable=False),
 )

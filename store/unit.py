@@ -144,6 +144,7 @@ class SqlUnit(SqlReader):
                 tuple_(tasks.c.id, tasks.c.attempts, tasks.c.last_progress_at).in_(read),
                 text(LEASED_SQL),
                 tasks.c.last_progress_at < cutoff,
+                tasks.c.awaiting_input_since.is_(None),
             )
             .values(**changes)
             .returning(*tasks.c)
@@ -194,6 +195,7 @@ class SqlUnit(SqlReader):
         values = {
             "lease_ttl_s": policy.lease_ttl_s,
             "max_dispatch_attempts": policy.max_dispatch_attempts,
+            "agents_may_close": policy.agents_may_close,
             "updated_by": by,
             "updated_at": at,
         }
@@ -249,7 +251,7 @@ class SqlUnit(SqlReader):
             "display_name": display_name,
             "slack_user_id": slack_user_id,
             "slack_bot_id": slack_bot_id,
-            "settings": {"model": settings.model, "system_prompt": settings.system_prompt},
+            "settings": settings.to_json(),
             "enabled": True,
             "updated_at": at,
         }
