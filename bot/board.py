@@ -4,8 +4,10 @@ Each use case is one transaction: it reads the task, checks the rules, writes th
 compare-and-set, appends one event per state change and enqueues the chat side effects.
 """
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from uuid import uuid4
 
@@ -30,8 +32,12 @@ from bot.status import (
     check_transition,
 )
 from bot.task import Actor, EventKind, LeasePolicy, NewEvent, Task, TaskRef, ThreadMessage
+from bot.work import WakeReason
 
 MAX_TITLE_LENGTH = 300
+#: Bounds on a channel's policy, so no override can break the reconcile or the card.
+MAX_LEASE_TTL_S = 365 * 24 * 3600.0
+MAX_DISPATCH_ATTEMPTS = 100
 
 
 def new_key() -> str:
@@ -78,11 +84,13 @@ class Board:
         clock: Clock,
         policy: LeasePolicy,
         new_key: Callable[[], str] = new_key,
+        notify: Callable[[], None] = lambda: None,
     ) -> None:
         self._store = store
         self._clock = clock
         self._policy = policy
         self._new_key = new_key
+        self._notify = notify
 
     async def create_task(
         self,
@@ -99,7 +107,7 @@ class Board:
         if len(title) > MAX_TITLE_LENGTH:
             raise InvalidInput(f"A title can be at most {MAX_TITLE_LENGTH} characters.")
         now = self._clock()
-        async with self._store.transaction() as unit:
+        async with self._transaction() as unit:
             task = await unit.insert_task(
                 {
                     "channel_id": channel_id,
@@ -117,7 +125,7 @@ class Board:
 
     async def assign_task(self, ref: TaskRef, agent_name: str, by: str) -> Task:
         """Assigns ``ref`` to an agent on behalf of Slack user ``by`` and dispatches it."""
-        async with self._store.transaction() as unit:
+        async with self._transaction() as unit:
             task = await require_task(unit, ref)
             agent = await require_agent(unit, agent_name)
             if task.status in TERMINAL_STATUSES:
@@ -146,7 +154,7 @@ class Board:
         An agent must hold the claim and, when it passes ``epoch``, the current one. The change
         counts as progress. Moving a blocked task with an assignee back to work re-dispatches it.
         """
-        async with self._store.transaction() as unit:
+        async with self._transaction() as unit:
             task = await require_task(unit, ref)
             if actor.kind == "agent":
                 _check_claim(task, actor.id, epoch)
@@ -173,7 +181,7 @@ class Board:
 
     async def reopen_task(self, ref: TaskRef, by: Actor) -> Task:
         """Reopens a done or canceled task to todo, re-dispatching it to its assignee if any."""
-        async with self._store.transaction() as unit:
+        async with self._transaction() as unit:
             task = await require_task(unit, ref)
             check_reopen(task.status)
             data = {"from": task.status.value, "to": TaskStatus.TODO.value}
@@ -186,20 +194,56 @@ class Board:
 
     async def renew_lease(self, task_id: int, author: str) -> bool:
         """Counts a post by ``author`` as progress if it holds the claim; else does nothing."""
-        async with self._store.transaction() as unit:
+        async with self._transaction() as unit:
             return await unit.renew_lease(task_id, author, self._clock())
 
-    async def record_thread_message(self, message: ThreadMessage, agent: str | None) -> bool:
-        """Stores a thread message once, renewing the lease when its author holds the claim.
+    async def record_thread_message(
+        self, message: ThreadMessage, agent: str | None, renew: bool = True
+    ) -> bool:
+        """Stores a thread message once; what it means depends on who wrote it.
 
-        Returns False for a message already stored, which is then not counted again.
+        ``agent`` names the author when it is a registered agent: the claim holder's post renews
+        the lease (unless ``renew`` is off, for posts found late). A person's post (``agent`` is
+        None) wakes the claim holder and ends any wait for input. Returns False for a message
+        already stored, which is then not counted again.
         """
-        async with self._store.transaction() as unit:
+        async with self._transaction() as unit:
             if not await unit.record_message(message):
                 return False
+            now = self._clock()
             if agent is not None:
-                await unit.renew_lease(message.task_id, agent, self._clock())
-            return True
+                if renew:
+                    await unit.renew_lease(message.task_id, agent, now)
+            else:
+                await self._person_spoke(unit, message.task_id, now)
+        return True
+
+    async def _person_spoke(self, unit: Unit, task_id: int, now: datetime) -> None:
+        """Wakes the claim holder; a wait for input ends and the lease starts afresh."""
+        task = await unit.get_task_by_id(task_id)
+        if task is None or task.claimed_by is None:
+            return
+        wakeup = (task.id, task.claimed_by, WakeReason.MESSAGE, task.lease_epoch)
+        await unit.enqueue_wakeups([wakeup], now)
+        if task.awaiting_input_since is None:
+            return
+        resumed = await unit.compare_and_set(
+            task.id,
+            {"lease_epoch": task.lease_epoch, "claimed_by": task.claimed_by},
+            {"awaiting_input_since": None, "last_progress_at": now},
+            now,
+        )
+        if resumed is not None:
+            event = NewEvent(task.id, EventKind.RESUMED, Actor.system("thread"), now, {})
+            await unit.append_events([event])
+            await unit.enqueue([outbox.card_update(resumed, self._new_key())], now)
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[Unit]:
+        """One unit of work; after it commits, whoever waits for changes is told."""
+        async with self._store.transaction() as unit:
+            yield unit
+        self._notify()
 
     async def policies(self) -> PolicyBook:
         """The global lease policy and every channel's overrides."""
@@ -212,9 +256,13 @@ class Board:
         """Overrides the TTL and/or attempts in ``channel_id``; None leaves a value as it is."""
         if lease_ttl_s is not None and lease_ttl_s <= 0:
             raise InvalidInput("The TTL must be a positive number of seconds.")
+        if lease_ttl_s is not None and lease_ttl_s > MAX_LEASE_TTL_S:
+            raise InvalidInput(f"The TTL can be at most {MAX_LEASE_TTL_S:.0f} seconds (a year).")
         if max_attempts is not None and max_attempts < 1:
             raise InvalidInput("Attempts must be at least 1.")
-        async with self._store.transaction() as unit:
+        if max_attempts is not None and max_attempts > MAX_DISPATCH_ATTEMPTS:
+            raise InvalidInput(f"Attempts can be at most {MAX_DISPATCH_ATTEMPTS}.")
+        async with self._transaction() as unit:
             book = await load_policy_book(unit, self._policy)
             current = book.channels.get(channel_id, ChannelPolicy(channel_id))
             merged = ChannelPolicy(
@@ -246,6 +294,9 @@ class Board:
             raise Conflict(f"{task.ref} changed while this was being done; please try again.")
         events = [NewEvent(task.id, kind, actor, now, data) for kind, data in change.events]
         effects = [outbox.card_update(updated, self._new_key())]
+        if change.dispatch and updated.assignee is not None:
+            wakeup = (task.id, updated.assignee, WakeReason.DIRECTIVE, updated.lease_epoch)
+            await unit.enqueue_wakeups([wakeup], now)
         if change.dispatch:
             policy = (await load_policy_book(unit, self._policy)).for_channel(task.channel_id)
             dispatched = {"attempt": 1, "epoch": updated.lease_epoch, "agent": updated.assignee}

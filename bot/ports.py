@@ -15,6 +15,7 @@ from bot.outbox import OutboxMessage, OutboxRow
 from bot.policy import ChannelPolicy
 from bot.status import TaskStatus
 from bot.task import NewEvent, Task, TaskEvent, TaskRef, ThreadMessage
+from bot.work import Artifact, TaskUsage, Usage, WakeReason, Wakeup
 
 
 class TaskFields(TypedDict, total=False):
@@ -93,6 +94,18 @@ class Reader(Protocol):
 
     async def get_agent_secret(self, name: str, secret: str) -> bytes | None: ...
 
+    async def list_tasks_claimed_by(self, agent: str) -> list[Task]: ...
+
+    async def list_artifacts(self, task_id: int) -> list[Artifact]: ...
+
+    async def get_cursor(self, agent: str, task_id: int) -> str | None: ...
+
+    async def get_usage(self, task_id: int) -> TaskUsage | None: ...
+
+    async def find_agent_by_token_hash(self, token_hash: str) -> Agent | None: ...
+
+    async def has_open_wakeups(self, agent: str) -> bool: ...
+
 
 class Unit(Reader, Protocol):
     """One write transaction. Every method that changes a task is a compare-and-set."""
@@ -140,6 +153,46 @@ class Unit(Reader, Protocol):
         ...
 
     async def prune_deliveries(self, before: datetime) -> int: ...
+
+    async def insert_artifact(
+        self,
+        task_id: int,
+        name: str,
+        kind: str,
+        uri: str | None,
+        content: str | None,
+        by: str,
+        at: datetime,
+    ) -> Artifact: ...
+
+    async def advance_cursor(self, agent: str, task_id: int, last_ts: str) -> None: ...
+
+    async def add_usage(self, task_id: int, usage: Usage, at: datetime) -> None: ...
+
+    async def enqueue_wakeups(
+        self, wakeups: Sequence[tuple[int, str, WakeReason, int]], at: datetime
+    ) -> None:
+        """Queues (task id, agent, reason, epoch) wake-ups."""
+        ...
+
+    async def claim_wakeups(
+        self,
+        worker: str,
+        agent_names: Sequence[str],
+        now: datetime,
+        claim_until: datetime,
+        limit: int,
+    ) -> list[Wakeup]: ...
+
+    async def finish_wakeups(self, ids: Sequence[int], at: datetime) -> None: ...
+
+    async def consume_wakeups(self, agent: str, at: datetime) -> list[Wakeup]: ...
+
+    async def set_alive(self, task_id: int, agent: str, epoch: int, at: datetime) -> bool: ...
+
+    async def add_token(self, agent: str, token_hash: str, at: datetime) -> bool: ...
+
+    async def revoke_tokens(self, agent: str, at: datetime) -> int: ...
 
     async def record_message(self, message: ThreadMessage) -> bool:
         """Stores a thread message; False when (channel, ts) was already stored."""

@@ -19,6 +19,7 @@ from bot.clock import Clock
 from bot.policy import load_policy_book
 from bot.ports import Store, Unit
 from bot.task import Actor, EventKind, LeasePolicy, NewEvent, Task, TaskRef, is_stale
+from bot.work import WakeReason
 
 logger = structlog.get_logger(__name__)
 
@@ -70,7 +71,9 @@ class Reconciler:
         probe: ProgressProbe | None = None,
         batch_size: int = 500,
         max_per_tick: int = 100_000,
+        notify: Callable[[], None] = lambda: None,
     ) -> None:
+        self._notify = notify
         self._store = store
         self._clock = clock
         self._policy = policy
@@ -94,6 +97,8 @@ class Reconciler:
             for start in range(0, len(tasks), self._batch_size):
                 batch = tasks[start : start + self._batch_size]
                 await self._act(batch, policy, now, report)
+        if report.acted or report.renewed:
+            self._notify()
         if stale:
             logger.info(
                 "reconcile.tick",
@@ -157,6 +162,7 @@ class Reconciler:
         ttl_s = int(policy.lease_ttl.total_seconds())
         events: list[NewEvent] = []
         effects: list[outbox.OutboxMessage] = []
+        wakeups: list[tuple[int, str, WakeReason, int]] = []
         for task in redispatched:
             lapsed = read[task.id].last_progress_at
             data = {
@@ -169,6 +175,8 @@ class Reconciler:
             }
             events.append(NewEvent(task.id, EventKind.REDISPATCHED, RECONCILER, now, data))
             effects.append(outbox.directive(task, policy, self._new_key(), redispatch=True))
+            if task.assignee is not None:
+                wakeups.append((task.id, task.assignee, WakeReason.REDISPATCH, task.lease_epoch))
             effects.append(outbox.card_update(task, self._new_key()))
         for task in blocked:
             reason = f"no progress for {ttl_s}s after {task.attempts} attempt(s)"
@@ -178,3 +186,4 @@ class Reconciler:
             effects.append(outbox.card_update(task, self._new_key()))
         await unit.append_events(events)
         await unit.enqueue(effects, now)
+        await unit.enqueue_wakeups(wakeups, now)

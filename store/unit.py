@@ -4,8 +4,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, and_, delete, func, or_, select, text, tuple_, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import and_, delete, func, or_, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.agents import Agent, AgentKind, AgentSettings
@@ -14,7 +13,10 @@ from bot.policy import ChannelPolicy
 from bot.ports import NewTask, TaskFields
 from bot.status import TaskStatus
 from bot.task import NewEvent, Task, ThreadMessage
-from store.reader import SqlReader, task_from_row
+from store.agent_work import AgentWorkWrites
+from store.dialect import dialect_insert
+from store.reader import SqlReader
+from store.rows import task_from_row
 from store.schema import (
     LEASED_SQL,
     agent_secrets,
@@ -29,13 +31,6 @@ from store.schema import (
 )
 
 
-def dialect_insert(connection: AsyncConnection, table: Table) -> Any:
-    """Returns the dialect's INSERT, which knows ON CONFLICT, for ``table``."""
-    if connection.dialect.name == "postgresql":
-        return postgresql.insert(table)
-    return sqlite.insert(table)
-
-
 def _column_values(fields: TaskFields) -> dict[str, Any]:
     return {
         name: (value.value if isinstance(value, TaskStatus) else value)
@@ -43,7 +38,7 @@ def _column_values(fields: TaskFields) -> dict[str, Any]:
     }
 
 
-class SqlUnit(SqlReader):
+class SqlUnit(SqlReader, AgentWorkWrites):
     """Implements ``bot.ports.Unit`` over a connection inside a write transaction."""
 
     def __init__(self, connection: AsyncConnection) -> None:

@@ -1,6 +1,7 @@
 """``/task-admin``: agents, channel policy, a reconcile on demand, and stats. Admins only."""
 
 import json
+import math
 from collections.abc import Awaitable, Callable
 
 from slack_sdk.errors import SlackApiError
@@ -69,6 +70,10 @@ async def _agent_add(command: SlashCommand, args: list[str], services: SlackServ
     handle = options.get("name") or (mention.label if mention else positional[0])
     if handle is None and user_id:
         handle = await _slack_handle(services, user_id)
+        if handle is None:
+            raise InvalidInput(
+                f"Slack has no handle for <@{user_id}>; give the agent one with `name=<handle>`."
+            )
     name = normalize_agent_name(handle or "")
     agent = await services.registry.add_agent(
         name,
@@ -173,9 +178,12 @@ async def _policy(command: SlashCommand, args: list[str], services: SlackService
 
 def _number(text: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise InvalidInput(f"`{text}` is not a number.") from None
+    if not math.isfinite(value):
+        raise InvalidInput(f"`{text}` is not a finite number.")
+    return value
 
 
 async def _reconcile(command: SlashCommand, args: list[str], services: SlackServices) -> str:

@@ -37,14 +37,14 @@ async def on_thread_message(event: MessageEvent, services: SlackServices) -> Non
     message = ThreadMessage(
         task.id, event.channel_id, event.ts, event.author, event.text, services.clock()
     )
-    renewing = agent.name if agent and agent.name == task.claimed_by else None
-    stored = await services.board.record_thread_message(message, agent=renewing)
+    author = agent.name if agent else None
+    stored = await services.board.record_thread_message(message, agent=author)
     logger.info(
         "thread.message",
         task=str(task.ref),
         author=event.author,
         stored=stored,
-        renews=renewing is not None,
+        renews=author is not None and author == task.claimed_by,
     )
 
 

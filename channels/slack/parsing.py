@@ -14,6 +14,11 @@ _USER_MENTION = re.compile(r"^<@(?P<id>[UW][A-Z0-9]+)(?:\|(?P<label>[^>]*))?>$")
 _NUMBER = re.compile(r"^#?(?P<n>\d+)$")
 
 
+def unescape(text: str) -> str:
+    """Slack escapes &, < and > in message and command text; this undoes it, once, here."""
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
 @dataclass(frozen=True)
 class SlashCommand:
     """A slash command invocation."""
@@ -28,7 +33,7 @@ class SlashCommand:
     def from_body(cls, body: dict[str, Any]) -> "SlashCommand":
         return cls(
             command=str(body.get("command", "")),
-            text=str(body.get("text", "")).strip(),
+            text=unescape(str(body.get("text", ""))).strip(),
             user_id=str(body.get("user_id", "")),
             channel_id=str(body.get("channel_id", "")),
             trigger_id=str(body.get("trigger_id", "")),
@@ -59,7 +64,7 @@ class MessageEvent:
             thread_ts=event.get("thread_ts"),
             user_id=event.get("user"),
             bot_id=event.get("bot_id"),
-            text=str(event.get("text", "")),
+            text=unescape(str(event.get("text", ""))),
             subtype=event.get("subtype"),
         )
 

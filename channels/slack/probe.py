@@ -94,7 +94,7 @@ class SlackThreadProbe:
             message = ThreadMessage(
                 task.id, task.channel_id, str(post["ts"]), author, text, self._clock()
             )
-            if await self._board.record_thread_message(message, agent=None):
+            if await self._board.record_thread_message(message, agent=agent.name, renew=False):
                 missed.append(message.ts)
         return max(missed, key=float, default="")
 

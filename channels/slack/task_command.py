@@ -88,12 +88,12 @@ async def _assign(command: SlashCommand, rest: str, services: SlackServices) -> 
 
 
 async def _status(command: SlashCommand, rest: str, services: SlackServices) -> str:
-    words = split_args(rest)
+    words = rest.split(maxsplit=2)  # the note is free text: apostrophes and quotes included
     if len(words) < 2:
         raise InvalidInput("`status` needs a task number and a status.")
     ref = parse_task_ref(words[0], command.channel_id)
     target = parse_status(words[1])
-    note = " ".join(words[2:]) or None
+    note = words[2].strip() if len(words) > 2 else None
     task = await services.board.update_task_status(
         ref, target, Actor.user(command.user_id), note=note
     )
