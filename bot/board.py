@@ -157,7 +157,9 @@ class Board:
         async with self._transaction() as unit:
             task = await require_task(unit, ref)
             if actor.kind == "agent":
-                _check_claim(task, actor.id, epoch)
+                check_claim(task, actor.id, epoch)
+                book = await load_policy_book(unit, self._policy)
+                check_agent_may_set(status, note, book.agents_may_close(task.channel_id))
             check_transition(task.status, status)
             data = {"from": task.status.value, "to": status.value, "note": note}
             kind = {
@@ -307,7 +309,19 @@ class Board:
         return updated
 
 
-def _check_claim(task: Task, agent: str, epoch: int | None) -> None:
+def check_agent_may_set(status: TaskStatus, note: str | None, may_close: bool) -> None:
+    """Agents move work up to in_review, or to blocked with a reason; people close and cancel."""
+    if status == TaskStatus.CANCELED:
+        raise IllegalTransition("Agents cannot cancel tasks; a person can.")
+    if status == TaskStatus.DONE and not may_close:
+        raise IllegalTransition(
+            "Only a person can mark a task done in this channel; move it to in_review instead."
+        )
+    if status == TaskStatus.BLOCKED and not (note and note.strip()):
+        raise InvalidInput("Say why the task is blocked: pass a `note` with the reason.")
+
+
+def check_claim(task: Task, agent: str, epoch: int | None) -> None:
     """Raises unless ``agent`` holds the claim on ``task`` at ``epoch`` (when given)."""
     if task.claimed_by != agent:
         if task.assignee == agent:

@@ -1,0 +1,157 @@
+"""What an agent does to a task it holds: post, add artifacts, report liveness, wait, spend tokens.
+
+Every call is claim-gated like a status change: the agent must hold the claim and, when it
+passes one, the current lease epoch (else ``superseded``). Posts and artifacts are progress and
+renew the lease; a heartbeat says the agent is alive but is not progress.
+"""
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+
+from bot import outbox
+from bot.board import check_claim, new_key, require_task
+from bot.clock import Clock
+from bot.errors import Conflict, InvalidInput
+from bot.outbox import OutboxKind, OutboxMessage
+from bot.ports import Store, Unit
+from bot.task import Actor, EventKind, NewEvent, Task, TaskRef
+from bot.work import Artifact, Usage
+
+#: Heartbeat events are recorded at most this often per task.
+HEARTBEAT_EVERY = timedelta(seconds=15)
+MAX_POST_CHARS = 3500
+MAX_ARTIFACT_CHARS = 200_000
+
+
+class AgentWork:
+    """The agent-side use cases, each one transaction."""
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        new_key: Callable[[], str] = new_key,
+        notify: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._new_key = new_key
+        self._notify = notify
+
+    @asynccontextmanager
+    async def _held(
+        self, ref: TaskRef, agent: str, epoch: int | None
+    ) -> AsyncIterator[tuple[Unit, Task]]:
+        """A transaction on a task ``agent`` holds the claim for (at ``epoch``, when given)."""
+        async with self._store.transaction() as unit:
+            task = await require_task(unit, ref)
+            check_claim(task, agent, epoch)
+            yield unit, task
+        self._notify()
+
+    async def post_update(
+        self, ref: TaskRef, agent: str, text: str, epoch: int | None = None
+    ) -> Task:
+        """Posts ``text`` in the thread under the agent's name; counts as progress."""
+        text = text.strip()
+        if not text:
+            raise InvalidInput("An update needs some text.")
+        async with self._held(ref, agent, epoch) as (unit, task):
+            now = self._clock()
+            renewed = await self._progress(unit, task, now)
+            await unit.enqueue([self._post(task, agent, text[:MAX_POST_CHARS])], now)
+            return renewed
+
+    async def add_artifact(
+        self,
+        ref: TaskRef,
+        agent: str,
+        name: str,
+        kind: str,
+        uri: str | None = None,
+        content: str | None = None,
+        epoch: int | None = None,
+    ) -> Artifact:
+        """Records an artifact (a link or content), announces it in the thread; progress."""
+        if not name.strip() or not kind.strip():
+            raise InvalidInput("An artifact needs a name and a kind.")
+        if (uri is None) == (content is None):
+            raise InvalidInput("Give an artifact either a `uri` or `content`, not both or neither.")
+        if content is not None and len(content) > MAX_ARTIFACT_CHARS:
+            raise InvalidInput(f"Artifact content can be at most {MAX_ARTIFACT_CHARS} characters.")
+        async with self._held(ref, agent, epoch) as (unit, task):
+            now = self._clock()
+            artifact = await unit.insert_artifact(
+                task.id, name.strip(), kind.strip(), uri, content, agent, now
+            )
+            data = {
+                "artifact_id": artifact.id,
+                "name": artifact.name,
+                "kind": artifact.kind,
+                "uri": uri,
+            }
+            await unit.append_events(
+                [NewEvent(task.id, EventKind.ARTIFACT_ADDED, Actor.agent(agent), now, data)]
+            )
+            await self._progress(unit, task, now)
+            where = f" <{uri}>" if uri else f" ({len(content or '')} characters stored)"
+            note = f":paperclip: Added artifact *{artifact.name}* ({artifact.kind}){where}"
+            await unit.enqueue([self._post(task, agent, note)], now)
+            return artifact
+
+    async def heartbeat(self, ref: TaskRef, agent: str, epoch: int) -> bool:
+        """Marks the agent alive while it generates; at most one event and card update per 15 s."""
+        async with self._store.transaction() as unit:
+            task = await require_task(unit, ref)
+            now = self._clock()
+            due = task.alive_at is None or now - task.alive_at >= HEARTBEAT_EVERY
+            if not due or not await unit.set_alive(task.id, agent, epoch, now):
+                return False
+            await unit.append_events(
+                [NewEvent(task.id, EventKind.HEARTBEAT, Actor.agent(agent), now, {})]
+            )
+            refreshed = await unit.get_task_by_id(task.id)
+            assert refreshed is not None
+            await unit.enqueue([outbox.card_update(refreshed, self._new_key())], now)
+        self._notify()
+        return True
+
+    async def await_input(self, ref: TaskRef, agent: str, epoch: int, question: str) -> Task:
+        """Pauses the lease until a person answers in the thread; the card shows it waits."""
+        async with self._held(ref, agent, epoch) as (unit, task):
+            now = self._clock()
+            waiting = await unit.compare_and_set(
+                task.id,
+                {"lease_epoch": epoch, "claimed_by": agent},
+                {"awaiting_input_since": now, "last_progress_at": now},
+                now,
+            )
+            if waiting is None:
+                raise Conflict(f"{ref} changed while asking for input.")
+            data = {"question": question[:500]}
+            await unit.append_events(
+                [NewEvent(task.id, EventKind.AWAITING_INPUT, Actor.agent(agent), now, data)]
+            )
+            await unit.enqueue([outbox.card_update(waiting, self._new_key())], now)
+            return waiting
+
+    async def record_usage(self, task_id: int, usage: Usage) -> None:
+        async with self._store.transaction() as unit:
+            await unit.add_usage(task_id, usage, self._clock())
+
+    async def _progress(self, unit: Unit, task: Task, now: datetime) -> Task:
+        """Renews the lease (the claim was checked in this transaction)."""
+        renewed = await unit.compare_and_set(
+            task.id,
+            {"lease_epoch": task.lease_epoch, "claimed_by": task.claimed_by},
+            {"last_progress_at": now},
+            now,
+        )
+        if renewed is None:
+            raise Conflict(f"{task.ref} changed meanwhile; try again.")
+        return renewed
+
+    def _post(self, task: Task, agent: str, text: str) -> OutboxMessage:
+        payload = {"ref": str(task.ref), "agent": agent, "text": text}
+        return OutboxMessage(self._new_key(), task.id, OutboxKind.AGENT_POST, payload)

@@ -1,0 +1,254 @@
+"""The agent tool set, defined once, served through two front doors.
+
+Tools are typed async functions on one MCPServer (docstring = description, hints = schema). The
+MCP front door resolves the caller from its bearer token; the built-in runtime calls the same
+server in-process with the caller pinned in a context variable. Every tool is claim-gated: a
+refused call changes nothing and says why (``superseded`` for a replaced run).
+"""
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+
+from bot.agent_work import AgentWork
+from bot.board import Board, check_claim, require_task
+from bot.clock import Clock
+from bot.errors import DomainError, InvalidInput, NotClaimHolder
+from bot.ports import Store
+from bot.signal import ChangeSignal
+from bot.status import parse_status
+from bot.task import Actor, Task, TaskRef
+from bot.views import task_view
+
+T = TypeVar("T")
+
+MAX_WAIT_S = 300.0
+MESSAGES_PER_READ = 50
+
+INSTRUCTIONS = """threadwork gives you tasks that live as Slack threads. Call list_my_tasks or
+wait_for_work to find work, get_task to read a task and its new thread messages, post_update to
+report progress in the thread (each post renews your lease), add_artifact for results, and
+update_task_status to move the task: in_progress while working, in_review when done, blocked with
+a note when stuck. Pass the epoch you were given; a call from a superseded run is refused."""
+
+
+@dataclass
+class TaskTools:
+    """The tool set as one agent sees it; ``epoch`` pins a built-in run to its lease epoch."""
+
+    agent: str
+    store: Store
+    board: Board
+    work: AgentWork
+    clock: Clock
+    signal: ChangeSignal | None = None
+    epoch: int | None = None
+
+    async def list_my_tasks(self) -> list[dict[str, Any]]:
+        async with self.store.read() as reader:
+            tasks = await reader.list_tasks_claimed_by(self.agent)
+        return [_summary(t) for t in tasks]
+
+    async def get_task(self, task: str) -> dict[str, Any]:
+        """The task, thread messages past the agent's cursor (which then advances), artifacts."""
+        ref = TaskRef.parse(task)
+        async with self.store.read() as reader:
+            current = await require_task(reader, ref)
+            check_claim(current, self.agent, self.epoch)
+            cursor = await reader.get_cursor(self.agent, current.id)
+            messages = [
+                m
+                for m in await reader.list_messages(current.id)
+                if cursor is None or float(m.ts) > float(cursor)
+            ][:MESSAGES_PER_READ]
+            artifacts = await reader.list_artifacts(current.id)
+        if messages:
+            async with self.store.transaction() as unit:
+                await unit.advance_cursor(self.agent, current.id, messages[-1].ts)
+        return _summary(current) | {
+            "description": current.description,
+            "messages": [{"ts": m.ts, "author": m.author, "text": m.text} for m in messages],
+            "more_messages": len(messages) == MESSAGES_PER_READ,
+            "artifacts": [
+                {
+                    "id": a.id,
+                    "name": a.name,
+                    "kind": a.kind,
+                    "uri": a.uri,
+                    "has_content": a.content is not None,
+                }
+                for a in artifacts
+            ],
+        }
+
+    async def post_update(self, task: str, text: str) -> dict[str, Any]:
+        updated = await self.work.post_update(TaskRef.parse(task), self.agent, text, self.epoch)
+        return {"ok": True, "task": str(updated.ref), "lease_renewed_at": _iso(updated)}
+
+    async def update_task_status(
+        self, task: str, status: str, note: str | None = None, epoch: int | None = None
+    ) -> dict[str, Any]:
+        if self.epoch is not None and epoch is not None and epoch != self.epoch:
+            raise NotClaimHolder(f"superseded: this run holds epoch {self.epoch}, not {epoch}.")
+        updated = await self.board.update_task_status(
+            TaskRef.parse(task),
+            parse_status(status),
+            Actor.agent(self.agent),
+            epoch=self.epoch if self.epoch is not None else epoch,
+            note=note,
+        )
+        return _summary(updated)
+
+    async def add_artifact(
+        self, task: str, name: str, kind: str, uri: str | None = None, content: str | None = None
+    ) -> dict[str, Any]:
+        artifact = await self.work.add_artifact(
+            TaskRef.parse(task), self.agent, name, kind, uri=uri, content=content, epoch=self.epoch
+        )
+        return {"ok": True, "artifact_id": artifact.id, "name": artifact.name}
+
+    async def wait_for_work(self, timeout_s: float) -> dict[str, Any]:
+        """Returns as soon as a directive or a person's message is waiting (or at the timeout)."""
+        if not 0 <= timeout_s <= MAX_WAIT_S:
+            raise InvalidInput(f"timeout_s must be between 0 and {MAX_WAIT_S:.0f}.")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            async with self.store.transaction() as unit:
+                wakeups = await unit.consume_wakeups(self.agent, self.clock())
+            if wakeups:
+                refs = await self._refs({w.task_id for w in wakeups})
+                work = [
+                    {"task": refs[w.task_id], "reason": w.reason.value, "epoch": w.epoch}
+                    for w in wakeups
+                    if w.task_id in refs
+                ]
+                return {"work": work}
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return {"work": []}
+            await self._until_change(min(remaining, 1.0))
+
+    async def _until_change(self, seconds: float) -> None:
+        """Waits for a commit in this process, or ``seconds`` for one in another process."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                if self.signal is not None:
+                    await self.signal.changed()
+                else:
+                    await asyncio.sleep(seconds)
+
+    async def _refs(self, task_ids: set[int]) -> dict[int, str]:
+        async with self.store.read() as reader:
+            tasks = [await reader.get_task_by_id(i) for i in task_ids]
+        return {t.id: str(t.ref) for t in tasks if t is not None}
+
+
+def _summary(task: Task) -> dict[str, Any]:
+    view = task_view(task)
+    keep = (
+        "ref",
+        "title",
+        "status",
+        "assignee",
+        "assigned_by",
+        "attempts",
+        "lease_epoch",
+        "last_progress_at",
+    )
+    return {k: view[k] for k in keep} | {"epoch": task.lease_epoch, "channel": task.channel_id}
+
+
+def _iso(task: Task) -> str | None:
+    return task.last_progress_at.isoformat() if task.last_progress_at else None
+
+
+#: The caller of an in-process tool call (the built-in runtime pins itself here).
+current_caller: ContextVar[TaskTools | None] = ContextVar("threadwork_tool_caller", default=None)
+
+Resolver = Callable[[Mapping[str, str] | None], Awaitable[TaskTools]]
+
+
+def build_tool_server(resolve: Resolver) -> MCPServer:
+    """The tool definitions. ``resolve`` finds the caller from HTTP headers (MCP front door)."""
+    server = MCPServer(name="threadwork", instructions=INSTRUCTIONS)
+
+    async def caller(ctx: Context) -> TaskTools:
+        pinned = current_caller.get()
+        if pinned is not None:
+            return pinned
+        try:
+            return await resolve(ctx.headers)
+        except DomainError as exc:
+            raise ToolError(exc.message) from None
+
+    async def run(call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except DomainError as exc:
+            raise ToolError(f"{exc.code}: {exc.message}") from None
+
+    @server.tool()
+    async def list_my_tasks(ctx: Context) -> dict[str, Any]:
+        """Lists the open tasks you are assigned and hold the claim for."""
+        return {"tasks": await run((await caller(ctx)).list_my_tasks())}
+
+    @server.tool()
+    async def get_task(task: str, ctx: Context) -> dict[str, Any]:
+        """Reads a task you hold (ref like C123#7): its state and lease epoch, the thread messages
+        you have not seen yet (your read cursor then moves past them), and its artifacts."""
+        return await run((await caller(ctx)).get_task(task))
+
+    @server.tool()
+    async def post_update(task: str, text: str, ctx: Context) -> dict[str, Any]:
+        """Posts a progress message in the task's Slack thread under your name; renews your lease."""
+        return await run((await caller(ctx)).post_update(task, text))
+
+    @server.tool()
+    async def update_task_status(
+        task: str, status: str, ctx: Context, note: str | None = None, epoch: int | None = None
+    ) -> dict[str, Any]:
+        """Moves a task you hold: todo, in_progress, in_review, or blocked (with a note saying why).
+        done needs a person unless the channel lets agents close. Pass the epoch from your
+        directive; a call from a superseded run is refused as superseded."""
+        return await run((await caller(ctx)).update_task_status(task, status, note, epoch))
+
+    @server.tool()
+    async def add_artifact(
+        task: str,
+        name: str,
+        kind: str,
+        ctx: Context,
+        uri: str | None = None,
+        content: str | None = None,
+    ) -> dict[str, Any]:
+        """Attaches a result to a task you hold: a link (uri) or text content, with a name and a
+        kind such as pull_request, file, report or log. Counts as progress."""
+        return await run((await caller(ctx)).add_artifact(task, name, kind, uri, content))
+
+    @server.tool()
+    async def wait_for_work(ctx: Context, timeout_s: float = 30.0) -> dict[str, Any]:
+        """Waits up to timeout_s seconds (max 300) and returns as soon as you have a new directive
+        or a person wrote in one of your task threads; an empty list means nothing came."""
+        return await run((await caller(ctx)).wait_for_work(timeout_s))
+
+    return server
+
+
+#: Tools the built-in runtime offers its models (it is woken by the runner, never waits).
+RUNTIME_TOOLS = ("list_my_tasks", "get_task", "post_update", "update_task_status", "add_artifact")
+
+
+def make_caller_factory(
+    store: Store, board: Board, work: AgentWork, clock: Clock, signal: ChangeSignal | None
+) -> Callable[[str, int | None], TaskTools]:
+    def factory(agent: str, epoch: int | None = None) -> TaskTools:
+        return TaskTools(agent, store, board, work, clock, signal, epoch)
+
+    return factory
