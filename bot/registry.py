@@ -1,5 +1,9 @@
 """The agents registry: who can be assigned work, their settings and their secrets."""
 
+import hashlib
+import secrets
+from collections.abc import Callable
+
 from bot.agents import Agent, AgentKind, AgentSettings, normalize_agent_name
 from bot.clock import Clock
 from bot.errors import InvalidInput, NotFound
@@ -9,13 +13,29 @@ from bot.secrets import SecretBox
 API_KEY = "api_key"
 
 
-class AgentRegistry:
-    """Adds, lists and removes agents; stores their API keys encrypted."""
+def new_token() -> str:
+    """A fresh MCP bearer token: 256 random bits, recognisable by its prefix."""
+    return "twk_" + secrets.token_urlsafe(32)
 
-    def __init__(self, store: Store, clock: Clock, secrets: SecretBox | None) -> None:
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class AgentRegistry:
+    """Adds, lists and removes agents; stores API keys encrypted and MCP tokens hashed."""
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        secrets: SecretBox | None,
+        new_token: Callable[[], str] = new_token,
+    ) -> None:
         self._store = store
         self._clock = clock
         self._secrets = secrets
+        self._new_token = new_token
 
     async def add_agent(
         self,
@@ -60,6 +80,27 @@ class AgentRegistry:
             handle = normalize_agent_name(name)
             if not await unit.set_agent_secret(handle, API_KEY, ciphertext, self._clock()):
                 raise NotFound(f"There is no agent named `{name}`.")
+
+    async def issue_token(self, name: str) -> str:
+        """A new MCP token for the agent, returned once; only its hash is kept."""
+        token = self._new_token()
+        async with self._store.transaction() as unit:
+            if not await unit.add_token(
+                normalize_agent_name(name), token_hash(token), self._clock()
+            ):
+                raise NotFound(f"There is no agent named `{name}`.")
+        return token
+
+    async def revoke_tokens(self, name: str) -> int:
+        """Revokes every MCP token of the agent; returns how many were live."""
+        async with self._store.transaction() as unit:
+            return await unit.revoke_tokens(normalize_agent_name(name), self._clock())
+
+    async def agent_for_token(self, token: str) -> Agent | None:
+        """The enabled agent a live token belongs to."""
+        async with self._store.read() as reader:
+            agent = await reader.find_agent_by_token_hash(token_hash(token))
+        return agent if agent and agent.enabled else None
 
     async def get_api_key(self, name: str) -> str | None:
         """Decrypts the agent's API key for the runtime; None when none is stored."""

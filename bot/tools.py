@@ -192,7 +192,8 @@ def build_tool_server(resolve: Resolver) -> MCPServer:
         try:
             return await call
         except DomainError as exc:
-            raise ToolError(f"{exc.code}: {exc.message}") from None
+            prefix = "" if exc.message.startswith(exc.code) else f"{exc.code}: "
+            raise ToolError(prefix + exc.message) from None
 
     @server.tool()
     async def list_my_tasks(ctx: Context) -> dict[str, Any]:

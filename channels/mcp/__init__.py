@@ -1,0 +1,1 @@
+"""The MCP front door: the agent tool set over streamable HTTP, for external agents."""

@@ -1,0 +1,203 @@
+"""External agents over MCP: the SDK's own client, streamable HTTP, bearer tokens."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from bot.agent_work import AgentWork
+from bot.board import Board
+from bot.registry import AgentRegistry
+from bot.secrets import SecretBox
+from bot.signal import ChangeSignal
+from bot.status import TaskStatus
+from bot.task import Actor, LeasePolicy, TaskRef
+from bot.tools import make_caller_factory
+from channels.mcp.server import McpHttpServer, build_mcp_app, build_mcp_server
+from store.repository import SqlStore
+from tests.conftest import FakeClock, SequentialKeys
+
+ALICE = "UALICE01"
+
+
+@dataclass
+class McpWorld:
+    url: str
+    board: Board
+    registry: AgentRegistry
+    store: SqlStore
+    signal: ChangeSignal
+    tokens: dict[str, str]
+
+
+@pytest.fixture
+async def world(
+    store: SqlStore, clock: FakeClock, policy: LeasePolicy, keys: SequentialKeys
+) -> AsyncIterator[McpWorld]:
+    signal = ChangeSignal()
+    board = Board(store, clock, policy, keys, notify=signal.notify)
+    work = AgentWork(store, clock, keys, notify=signal.notify)
+    registry = AgentRegistry(store, clock, SecretBox("k"))
+    tokens = {}
+    for name in ("cursor-bot", "codex-bot"):
+        await registry.add_agent(name)
+        tokens[name] = await registry.issue_token(name)
+    server = build_mcp_server(registry, make_caller_factory(store, board, work, clock, signal))
+    http = McpHttpServer(build_mcp_app(server, registry, "127.0.0.1"), "127.0.0.1", 0)
+    await http.start()
+    try:
+        yield McpWorld(f"http://127.0.0.1:{http.port}/mcp", board, registry, store, signal, tokens)
+    finally:
+        await http.close()
+
+
+@asynccontextmanager
+async def connect(world: McpWorld, token: str | None) -> AsyncIterator[Client]:
+    """The SDK's client over streamable HTTP; the HTTP client it is given is ours to close."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with (
+        httpx2.AsyncClient(headers=headers) as http,
+        Client(streamable_http_client(world.url, http_client=http)) as client,
+    ):
+        yield client
+
+
+def payload(result: Any) -> dict[str, Any]:
+    assert not result.is_error, result.content
+    assert isinstance(result.structured_content, dict)
+    return result.structured_content
+
+
+async def assigned(world: McpWorld, agent: str = "cursor-bot") -> TaskRef:
+    task = await world.board.create_task("C1", "Migrate the billing cron", Actor.user(ALICE))
+    await world.board.assign_task(task.ref, agent, ALICE)
+    return task.ref
+
+
+async def test_an_agent_lists_the_tools_and_drives_its_task_to_review(world: McpWorld) -> None:
+    ref = await assigned(world)
+    async with connect(world, world.tokens["cursor-bot"]) as client:
+        names = {t.name for t in (await client.list_tools()).tools}
+        assert names == {
+            "list_my_tasks",
+            "get_task",
+            "post_update",
+            "update_task_status",
+            "add_artifact",
+            "wait_for_work",
+        }
+        mine = payload(await client.call_tool("list_my_tasks", {}))["tasks"]
+        assert [t["ref"] for t in mine] == [str(ref)]
+        epoch = mine[0]["epoch"]
+        task = payload(await client.call_tool("get_task", {"task": str(ref)}))
+        assert (task["status"], task["epoch"]) == ("todo", epoch)
+        await client.call_tool(
+            "update_task_status", {"task": str(ref), "status": "in_progress", "epoch": epoch}
+        )
+        payload(
+            await client.call_tool("post_update", {"task": str(ref), "text": "Ported 3 of 5 jobs"})
+        )
+        payload(
+            await client.call_tool(
+                "add_artifact",
+                {
+                    "task": str(ref),
+                    "name": "PR",
+                    "kind": "pull_request",
+                    "uri": "https://git.example/pr/9",
+                },
+            )
+        )
+        done = payload(
+            await client.call_tool(
+                "update_task_status",
+                {"task": str(ref), "status": "in_review", "note": "PR up", "epoch": epoch},
+            )
+        )
+        assert done["status"] == "in_review"
+    async with world.store.read() as reader:
+        final = await reader.get_task(ref)
+        assert final is not None
+        assert final.status == TaskStatus.IN_REVIEW
+        [artifact] = await reader.list_artifacts(final.id)
+    assert artifact.uri == "https://git.example/pr/9"
+
+
+async def test_done_and_cancel_are_for_people_and_blocked_needs_a_reason(world: McpWorld) -> None:
+    ref = await assigned(world)
+    async with connect(world, world.tokens["cursor-bot"]) as client:
+        for status, note, says in [
+            ("done", None, "Only a person can mark a task done"),
+            ("canceled", None, "Agents cannot cancel"),
+            ("blocked", None, "Say why the task is blocked"),
+        ]:
+            args = {"task": str(ref), "status": status} | ({"note": note} if note else {})
+            result = await client.call_tool("update_task_status", args)
+            assert result.is_error
+            assert says in result.content[0].text
+    async with world.store.read() as reader:
+        task = await reader.get_task(ref)
+    assert task is not None
+    assert task.status == TaskStatus.TODO
+
+
+async def test_another_agents_task_and_a_superseded_epoch_are_refused(world: McpWorld) -> None:
+    theirs = await assigned(world, "codex-bot")
+    mine = await assigned(world, "cursor-bot")
+    async with connect(world, world.tokens["cursor-bot"]) as client:
+        refused = await client.call_tool(
+            "post_update", {"task": str(theirs), "text": "let me help"}
+        )
+        assert refused.is_error
+        assert "not claimed by `cursor-bot`" in refused.content[0].text
+        old_epoch = payload(await client.call_tool("get_task", {"task": str(mine)}))["epoch"]
+        await world.board.assign_task(mine, "cursor-bot", ALICE)
+        late = await client.call_tool(
+            "update_task_status", {"task": str(mine), "status": "in_progress", "epoch": old_epoch}
+        )
+        assert late.is_error
+        assert "superseded: epoch 1 of C1#2 was replaced by epoch 2" in late.content[0].text
+
+
+@pytest.mark.parametrize("token", [None, "twk_not-a-real-token"], ids=["no-token", "unknown-token"])
+async def test_a_request_without_a_live_token_is_refused(
+    world: McpWorld, token: str | None
+) -> None:
+    async with httpx2.AsyncClient() as http:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        response = await http.post(
+            world.url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, headers=headers
+        )
+    assert response.status_code == 401
+
+
+async def test_a_revoked_token_stops_working(world: McpWorld) -> None:
+    token = world.tokens["cursor-bot"]
+    async with connect(world, token) as client:
+        payload(await client.call_tool("list_my_tasks", {}))
+    assert await world.registry.revoke_tokens("cursor-bot") == 1
+    async with httpx2.AsyncClient() as http:
+        response = await http.post(
+            world.url,
+            json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    assert response.status_code == 401
+
+
+async def test_wait_for_work_returns_as_soon_as_a_directive_arrives(world: McpWorld) -> None:
+    async with connect(world, world.tokens["cursor-bot"]) as client:
+        assert payload(await client.call_tool("wait_for_work", {"timeout_s": 0}))["work"] == []
+        waiting = asyncio.create_task(client.call_tool("wait_for_work", {"timeout_s": 20}))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        ref = await assigned(world)
+        async with asyncio.timeout(5):
+            result = payload(await waiting)
+    assert result["work"] == [{"task": str(ref), "reason": "directive", "epoch": 1}]
