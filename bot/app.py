@@ -5,61 +5,30 @@ closes it, in reverse order.
 """
 
 import asyncio
+import os
 import signal
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.board import Board
 from bot.clock import Clock, utc_now
-from bot.reconcile import Reconciler
-from bot.registry import AgentRegistry
-from bot.secrets import SecretBox
+from bot.core import Core, open_core
+from bot.errors import ConfigurationError
+from bot.runtime.models import ModelFactory
+from bot.runtime.runner import AgentRunner, RunnerSettings, ThreadStatus
 from bot.settings import Settings
+from bot.supervisor import Supervisor
+from bot.tools import TaskTools, build_tool_server
+from channels.mcp.server import McpHttpServer, build_mcp_app, build_mcp_server
 from channels.slack.runtime import SlackRuntime, build_slack_runtime, missing_settings
 from scheduler.jobs import build_scheduler
-from store.database import create_engine
 from store.migrate import upgrade
-from store.repository import SqlStore
 
 logger = structlog.get_logger(__name__)
-
-
-@dataclass(frozen=True)
-class Core:
-    """The use cases over one store, ready to call."""
-
-    settings: Settings
-    engine: AsyncEngine
-    store: SqlStore
-    board: Board
-    reconciler: Reconciler
-    registry: AgentRegistry
-
-
-@asynccontextmanager
-async def open_core(settings: Settings, clock: Clock = utc_now) -> AsyncIterator[Core]:
-    """Opens the database and builds the use cases; disposes of the engine on exit."""
-    engine = create_engine(settings.database_url)
-    try:
-        store = SqlStore(engine)
-        secret_key = settings.secret_key.get_secret_value() if settings.secret_key else ""
-        secrets = SecretBox(secret_key) if secret_key else None
-        yield Core(
-            settings=settings,
-            engine=engine,
-            store=store,
-            board=Board(store, clock, settings.lease_policy),
-            reconciler=Reconciler(store, clock, settings.lease_policy),
-            registry=AgentRegistry(store, clock, secrets),
-        )
-    finally:
-        await engine.dispose()
 
 
 class SlackNotConfigured(Exception):
@@ -104,20 +73,93 @@ def check_slack_settings(settings: Settings, socket_mode: bool) -> None:
         )
 
 
+@dataclass
+class AgentServices:
+    """The built-in runtime and the MCP front door, started and closed together."""
+
+    runner: AgentRunner
+    models: ModelFactory
+    mcp: McpHttpServer | None
+
+    async def start(self, supervisor: Supervisor) -> None:
+        supervisor.spawn(self.runner.run(), name="agent-runner")
+        if self.mcp is not None:
+            await self.mcp.start()
+
+    async def close(self) -> None:
+        if self.mcp is not None:
+            await self.mcp.close()
+        await self.runner.close()
+        await self.models.close()
+
+
+def build_agent_services(
+    core: Core, supervisor: Supervisor, thread_status: ThreadStatus | None, worker: str
+) -> AgentServices:
+    """Wires the runtime's model clients, the runner and the MCP server around the core."""
+    settings = core.settings
+    fallback = settings.anthropic_api_key.get_secret_value() if settings.anthropic_api_key else None
+    models = ModelFactory(core.registry, fallback, settings.anthropic_base_url)
+    runtime_server = build_tool_server(_in_process_only)
+    runner = AgentRunner(
+        core.store,
+        core.work,
+        core.registry,
+        runtime_server,
+        tools_for(core),
+        models,
+        core.clock,
+        supervisor,
+        worker,
+        RunnerSettings(max_steps=settings.agent_max_steps),
+        thread_status,
+    )
+    core.signal.subscribe(runner.wake)
+    mcp = None
+    if settings.mcp_port:
+        server = build_mcp_server(core.registry, tools_for(core))
+        app = build_mcp_app(server, core.registry, settings.host)
+        mcp = McpHttpServer(app, settings.host, settings.mcp_port)
+    return AgentServices(runner, models, mcp)
+
+
+def tools_for(core: Core) -> Callable[[str, int | None], TaskTools]:
+    """The tool set as an agent sees it (pinned to an epoch for a built-in run)."""
+
+    def make(agent: str, epoch: int | None = None) -> TaskTools:
+        return TaskTools(agent, core.store, core.board, core.work, core.clock, core.signal, epoch)
+
+    return make
+
+
+async def _in_process_only(_headers: object) -> TaskTools:
+    """The runtime always pins its caller; a call without one is a bug."""
+    raise ConfigurationError("the built-in runtime called a tool without pinning its agent")
+
+
 async def serve(
     settings: Settings,
     stop: asyncio.Event | None = None,
     socket_mode: bool = False,
     clock: Clock = utc_now,
 ) -> None:
-    """Migrates the database, then runs Slack, the scheduler and the web server until stopped."""
+    """Migrates the database, then runs Slack, agents, the scheduler and the web server."""
     check_slack_settings(settings, socket_mode)
     stop = stop or _stop_on_signals()
+    worker = f"{socket.gethostname()}:{os.getpid()}"
     async with open_core(settings, clock) as core:
         await upgrade(core.engine)
         slack = build_slack_runtime(
-            settings, core.store, core.board, core.registry, clock, socket_mode
+            settings,
+            core.store,
+            core.board,
+            core.registry,
+            clock,
+            socket_mode,
+            notify=core.signal.notify,
         )
+        core.signal.subscribe(slack.dispatcher.wake)
+        agents = build_agent_services(core, slack.services.supervisor, slack.thread_status, worker)
         scheduler = build_scheduler(
             slack.reconciler, settings.reconcile_interval, slack.gateway.forget_old_deliveries
         )
@@ -127,11 +169,17 @@ async def serve(
             await runner.setup()
             await web.TCPSite(runner, settings.host, settings.port).start()
             await slack.start()
+            await agents.start(slack.services.supervisor)
             logger.info(
-                "serve.started", host=settings.host, port=settings.port, socket_mode=socket_mode
+                "serve.started",
+                host=settings.host,
+                port=settings.port,
+                mcp_port=settings.mcp_port,
+                socket_mode=socket_mode,
             )
             await stop.wait()
         finally:
+            await agents.close()
             await slack.close()
             await runner.cleanup()
             if scheduler.running:

@@ -92,6 +92,10 @@ class Board:
         self._new_key = new_key
         self._notify = notify
 
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
     async def create_task(
         self,
         channel_id: str,

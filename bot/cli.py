@@ -9,7 +9,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 
 from bot.agents import AgentKind
-from bot.app import Core, SlackNotConfigured, check_slack_settings, open_core, serve
+from bot.core import Core, open_core
 from bot.errors import DomainError
 from bot.logging import configure_logging
 from bot.settings import Settings, SettingsError, load_settings
@@ -98,6 +98,8 @@ def serve_command(
     ] = None,
 ) -> None:
     """Runs the service: migrations at start, Slack, the reconcile scheduler and the HTTP server."""
+    from bot.app import SlackNotConfigured, check_slack_settings, serve  # the service's weight
+
     settings = settings_or_exit()
     use_socket = socket_mode if socket_mode is not None else settings.slack_app_token is not None
     try:

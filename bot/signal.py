@@ -1,15 +1,22 @@
 """A process-local "something changed" signal: waiters wake at once instead of polling."""
 
 import asyncio
+from collections.abc import Callable
 
 
 class ChangeSignal:
-    """Set after every commit; any number of waiters wake, then wait for the next change."""
+    """Set after every commit: subscribers are called, and any number of waiters wake."""
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
+        self._subscribers: list[Callable[[], None]] = []
+
+    def subscribe(self, callback: Callable[[], None]) -> None:
+        self._subscribers.append(callback)
 
     def notify(self) -> None:
+        for callback in self._subscribers:
+            callback()
         self._event.set()
         self._event = asyncio.Event()
 

@@ -66,7 +66,8 @@ class TaskTools:
             messages = [
                 m
                 for m in await reader.list_messages(current.id)
-                if cursor is None or float(m.ts) > float(cursor)
+                if (cursor is None or float(m.ts) > float(cursor))
+                and m.author != f"agent:{self.agent}"
             ][:MESSAGES_PER_READ]
             artifacts = await reader.list_artifacts(current.id)
         if messages:

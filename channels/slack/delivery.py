@@ -21,7 +21,7 @@ from bot.dispatch import Delivered, DeliveryFailed
 from bot.errors import NotFound
 from bot.outbox import OutboxKind, OutboxRow
 from bot.ports import Reader
-from bot.task import Task, TaskRef
+from bot.task import Task, TaskRef, ThreadMessage
 from channels.slack import render
 from channels.slack.parsing import error_code
 from store.repository import SqlStore
@@ -32,6 +32,7 @@ EVENT_TYPES = {
     OutboxKind.CARD_POST: "threadwork_card",
     OutboxKind.DIRECTIVE: "threadwork_directive",
     OutboxKind.ESCALATION: "threadwork_escalation",
+    OutboxKind.AGENT_POST: "threadwork_agent_post",
 }
 #: How far before a row's creation to search the thread when looking for an earlier post.
 LOOKBACK = timedelta(minutes=5)
@@ -109,6 +110,8 @@ class SlackDeliverer:
                 "text": render.directive_text(task, row.payload, agents, handoff),
                 "thread_ts": task.thread_ts,
             }
+        elif row.kind == OutboxKind.AGENT_POST:
+            return await self._agent_post(task, row, message, agents)
         else:
             message |= {
                 "text": render.escalation_text(task, row.payload, agents),
@@ -118,12 +121,32 @@ class SlackDeliverer:
         response = await self._client.chat_postMessage(**message)
         return Delivered(str(response["ts"]))
 
+    async def _agent_post(
+        self, task: Task, row: OutboxRow, message: dict[str, Any], agents: dict[str, Agent]
+    ) -> Delivered:
+        """An agent's words, in the thread under its own name; stored as the agent's message."""
+        name = row.payload["agent"]
+        agent = agents.get(name)
+        message |= {
+            "text": row.payload["text"],
+            "thread_ts": task.thread_ts,
+            "username": agent.display_name if agent else name,
+            "icon_emoji": ":robot_face:",
+        }
+        response = await self._client.chat_postMessage(**message)
+        ts = str(response["ts"])
+        posted = ThreadMessage(
+            task.id, task.channel_id, ts, f"agent:{name}", row.payload["text"], self._clock()
+        )
+        await self._board.record_thread_message(posted, agent=name, renew=False)
+        return Delivered(ts)
+
     async def _handoff(self, reader: Reader, task: Task, agents: dict[str, Agent]) -> str | None:
         """The assignee's last message in the thread, quoted for the next attempt."""
         agent = agents.get(task.assignee or "")
         if agent is None:
             return None
-        ids = {agent.slack_user_id, agent.slack_bot_id} - {None}
+        ids = {agent.slack_user_id, agent.slack_bot_id, f"agent:{agent.name}"} - {None}
         mine = [m for m in await reader.list_messages(task.id) if m.author in ids]
         return f'"{render.escape(mine[-1].text[:300])}"' if mine else None
 

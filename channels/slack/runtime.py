@@ -3,6 +3,7 @@
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -24,6 +25,7 @@ from channels.slack.gateway import SlackGateway
 from channels.slack.probe import SlackThreadProbe
 from channels.slack.services import AdminCheck, SlackServices
 from channels.slack.socket_mode import build_socket_client
+from channels.slack.thread_status import SlackThreadStatus
 from store.repository import SqlStore
 
 AUTH_CHECK_SECONDS = 30.0
@@ -60,6 +62,7 @@ class SlackRuntime:
     gateway: SlackGateway
     dispatcher: OutboxDispatcher
     reconciler: Reconciler
+    thread_status: SlackThreadStatus
     socket: SocketModeClient | None = None
     _auth_checked: float = field(default=-AUTH_CHECK_SECONDS)
 
@@ -96,6 +99,7 @@ def build_slack_runtime(
     clock: Clock,
     socket_mode: bool,
     dispatch: DispatchSettings | None = None,
+    notify: Callable[[], None] = lambda: None,
 ) -> SlackRuntime:
     """Wires the Slack adapter around the core's use cases."""
     client = web_client(settings)
@@ -103,7 +107,7 @@ def build_slack_runtime(
     deliverer = SlackDeliverer(client, store, board, clock)
     dispatcher = OutboxDispatcher(store, deliverer, clock, worker, dispatch or DispatchSettings())
     probe = SlackThreadProbe(client, store, board, clock)
-    reconciler = Reconciler(store, clock, settings.lease_policy, probe=probe)
+    reconciler = Reconciler(store, clock, settings.lease_policy, probe=probe, notify=notify)
     services = SlackServices(
         board=board,
         registry=registry,
@@ -117,7 +121,9 @@ def build_slack_runtime(
     secret = settings.slack_signing_secret
     verifier = SignatureVerifier(secret.get_secret_value()) if secret else None
     gateway = SlackGateway(build_bolt_app(services, client), store, clock, verifier)
-    runtime = SlackRuntime(client, services, gateway, dispatcher, reconciler)
+    runtime = SlackRuntime(
+        client, services, gateway, dispatcher, reconciler, SlackThreadStatus(client)
+    )
     if socket_mode:
         assert settings.slack_app_token is not None
         runtime.socket = build_socket_client(

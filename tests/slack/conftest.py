@@ -20,7 +20,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bot.app import Core, build_web_app, open_core
+from bot.app import build_web_app
+from bot.core import Core, open_core
 from bot.dispatch import DispatchSettings
 from bot.settings import Settings
 from bot.task import Task, TaskRef

@@ -1,0 +1,89 @@
+"""Claude through the anthropic SDK: streamed, with prompt caching on the stable prefix.
+
+Two cache breakpoints: the system prompt (which, in Anthropic's prefix order, also covers the
+tool definitions) and the last block of the conversation so far. Each step's request therefore
+starts with the previous step's whole request, which the API bills as a cache read, so the cost
+per step stays nearly flat as a thread grows.
+"""
+
+import copy
+from typing import Any
+
+import anthropic
+
+from bot.runtime.model import Message, ModelTurn, ModelUnavailable, Progress, ToolCall, ToolSpec
+from bot.work import Usage
+
+EPHEMERAL = {"type": "ephemeral"}
+
+
+def with_cache_breakpoints(messages: list[Message]) -> list[Message]:
+    """A copy of ``messages`` whose last content block carries a cache breakpoint."""
+    marked = copy.deepcopy(messages)
+    if not marked:
+        return marked
+    last = marked[-1]
+    if isinstance(last["content"], str):
+        last["content"] = [{"type": "text", "text": last["content"]}]
+    last["content"][-1]["cache_control"] = EPHEMERAL
+    return marked
+
+
+class AnthropicModel:
+    """Implements AgentModel on the Messages API (any base_url, e.g. a local stand-in)."""
+
+    def __init__(self, client: anthropic.AsyncAnthropic, model: str, max_tokens: int) -> None:
+        self._client = client
+        self._model = model
+        self._max_tokens = max_tokens
+
+    async def complete(
+        self, system: str, tools: list[ToolSpec], messages: list[Message], on_progress: Progress
+    ) -> ModelTurn:
+        request: dict[str, Any] = {
+            "model": self._model,
+            "max_tokens": self._max_tokens,
+            "system": [{"type": "text", "text": system, "cache_control": EPHEMERAL}],
+            "tools": [
+                {"name": t.name, "description": t.description, "input_schema": t.input_schema}
+                for t in tools
+            ],
+            "messages": with_cache_breakpoints(messages),
+        }
+        try:
+            async with self._client.messages.stream(**request) as stream:
+                async for _event in stream:
+                    await on_progress()
+                final = await stream.get_final_message()
+        except anthropic.APIError as exc:
+            raise ModelUnavailable(_describe(exc)) from exc
+        return _turn(final)
+
+
+def _describe(exc: anthropic.APIError) -> str:
+    if isinstance(exc, anthropic.APIStatusError):
+        return f"{type(exc).__name__} ({exc.status_code})"
+    return type(exc).__name__
+
+
+def _turn(message: Any) -> ModelTurn:
+    texts, calls, content = [], [], []
+    for block in message.content:
+        if block.type == "text":
+            texts.append(block.text)
+            content.append({"type": "text", "text": block.text})
+        elif block.type == "tool_use":
+            calls.append(ToolCall(block.id, block.name, dict(block.input)))
+            content.append(
+                {"type": "tool_use", "id": block.id, "name": block.name, "input": block.input}
+            )
+    u = message.usage
+    usage = Usage(
+        input_tokens=u.input_tokens or 0,
+        output_tokens=u.output_tokens or 0,
+        cache_read_tokens=u.cache_read_input_tokens or 0,
+        cache_creation_tokens=u.cache_creation_input_tokens or 0,
+    )
+    return ModelTurn(
+        "\n".join(texts).strip(), calls, message.stop_reason or "end_turn", usage, content
+    )

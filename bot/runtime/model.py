@@ -1,0 +1,49 @@
+"""The model port: one step of a conversation, with tools, whatever the provider."""
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from bot.work import Usage
+
+#: Messages in Anthropic's shape: {"role": "user"|"assistant", "content": str | list[block]}.
+Message = dict[str, Any]
+Progress = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    name: str
+    description: str
+    input_schema: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    id: str
+    name: str
+    input: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ModelTurn:
+    """What the model said in one step."""
+
+    text: str
+    tool_calls: list[ToolCall]
+    stop_reason: str
+    usage: Usage
+    #: The assistant message to append to the conversation, in Anthropic's block shape.
+    content: list[dict[str, Any]] = field(default_factory=list)
+
+
+class ModelUnavailable(Exception):
+    """The provider failed after the SDK's own retries; the step is lost, the lease will lapse."""
+
+
+class AgentModel(Protocol):
+    async def complete(
+        self, system: str, tools: list[ToolSpec], messages: list[Message], on_progress: Progress
+    ) -> ModelTurn:
+        """One model step; ``on_progress`` is awaited as output streams in (liveness)."""
+        ...

@@ -1,0 +1,64 @@
+"""Builds each built-in agent's model client from its settings and (encrypted) key."""
+
+import anthropic
+
+from bot.agents import Agent, AgentKind
+from bot.errors import ConfigurationError
+from bot.registry import AgentRegistry
+from bot.runtime.anthropic_model import AnthropicModel
+from bot.runtime.model import AgentModel
+from bot.runtime.openai_model import OpenAICompatibleModel
+
+DEFAULT_CLAUDE_MODEL = "claude-sonnet-4-6"
+DEFAULT_MAX_TOKENS = 4096
+MODEL_TIMEOUT_S = 300.0
+
+
+class ModelFactory:
+    """One model per agent; Anthropic clients are shared per key and closed at shutdown."""
+
+    def __init__(
+        self,
+        registry: AgentRegistry,
+        anthropic_api_key: str | None,
+        anthropic_base_url: str | None,
+        max_retries: int = 2,
+    ) -> None:
+        self._registry = registry
+        self._fallback_key = anthropic_api_key
+        self._base_url = anthropic_base_url
+        self._max_retries = max_retries
+        self._clients: dict[str, anthropic.AsyncAnthropic] = {}
+
+    async def for_agent(self, agent: Agent) -> AgentModel:
+        key = await self._registry.get_api_key(agent.name)
+        max_tokens = agent.settings.max_tokens or DEFAULT_MAX_TOKENS
+        if agent.kind == AgentKind.OPENAI:
+            if not agent.settings.base_url:
+                raise ConfigurationError(f"`{agent.name}` has no endpoint: set base_url=...")
+            model = agent.settings.model or "default"
+            return OpenAICompatibleModel(agent.settings.base_url, key, model, max_tokens)
+        key = key or self._fallback_key
+        if not key:
+            raise ConfigurationError(
+                f"`{agent.name}` has no API key: set one with `/task-admin agent key {agent.name}` "
+                "or set ANTHROPIC_API_KEY."
+            )
+        return AnthropicModel(
+            self._client(key), agent.settings.model or DEFAULT_CLAUDE_MODEL, max_tokens
+        )
+
+    def _client(self, key: str) -> anthropic.AsyncAnthropic:
+        if key not in self._clients:
+            self._clients[key] = anthropic.AsyncAnthropic(
+                api_key=key,
+                base_url=self._base_url,
+                max_retries=self._max_retries,
+                timeout=MODEL_TIMEOUT_S,
+            )
+        return self._clients[key]
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()

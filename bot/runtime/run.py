@@ -1,0 +1,177 @@
+"""One run of a built-in agent on one task, at one lease epoch.
+
+The loop keeps going without a new chat turn until the agent sets in_review, done or blocked,
+or reaches the step limit (then it says where it stopped and blocks the task). Text the model
+writes for people is posted in the thread. A question is answered by an assumption, or waits for
+a person, per the agent's autonomy mode. When the task is cancelled, reassigned or re-dispatched
+the run stops at its next step and posts nothing more; its late tool calls fail on the epoch.
+"""
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from bot.agent_work import AgentWork
+from bot.agents import Autonomy
+from bot.errors import DomainError, NotClaimHolder, Superseded
+from bot.runtime import prompt
+from bot.runtime.model import AgentModel, Message, ModelTurn, ModelUnavailable, ToolCall, ToolSpec
+from bot.task import TaskRef
+from bot.tools import TaskTools, current_caller
+from bot.work import WakeReason
+
+logger = structlog.get_logger(__name__)
+
+FINAL_STATUSES = frozenset({"in_review", "done", "blocked"})
+HEARTBEAT_SECONDS = 15.0
+
+
+class RunStopped(Exception):
+    """The run no longer holds the task (cancelled, reassigned, re-dispatched)."""
+
+
+@dataclass
+class AgentRun:
+    """Everything one run needs; ``run()`` drives it to an outcome."""
+
+    ref: TaskRef
+    agent: str
+    epoch: int
+    reason: WakeReason
+    model: AgentModel
+    tools: TaskTools
+    work: AgentWork
+    specs: list[ToolSpec]
+    system: str
+    autonomy: Autonomy
+    max_steps: int
+    call_tool: Callable[[str, dict[str, Any]], Awaitable[tuple[str, bool]]]
+    messages: list[Message] = field(default_factory=list)
+    finished: str | None = None
+    #: Set when a person writes in the thread during the run; read at the next step.
+    inbox: asyncio.Event = field(default_factory=asyncio.Event)
+    task_id: int = 0
+    _last_beat: float = 0.0
+
+    async def run(self) -> str:
+        """Works the task; returns how the run ended."""
+        token = current_caller.set(self.tools)
+        log = logger.bind(task=str(self.ref), agent=self.agent, epoch=self.epoch)
+        try:
+            return await self._loop()
+        except (RunStopped, NotClaimHolder, Superseded):
+            log.info("run.stopped")
+            return "stopped"
+        except ModelUnavailable as exc:
+            log.warning("run.model_unavailable", error=str(exc))
+            await self._say(
+                f":warning: `{self.agent}` could not reach its model ({exc}); if it stays silent, "
+                "the lease will lapse and the task will be re-dispatched."
+            )
+            return "model_unavailable"
+        finally:
+            current_caller.reset(token)
+
+    async def _loop(self) -> str:
+        task = await self.tools.get_task(str(self.ref))
+        handoff = self.reason == WakeReason.REDISPATCH or task["attempts"] > 1
+        self.messages = [{"role": "user", "content": prompt.opening(task, self.reason, handoff)}]
+        for step in range(1, self.max_steps + 1):
+            turn = await self._step()
+            if self.finished:
+                return self.finished
+            if turn.tool_calls:
+                continue
+            if prompt.looks_like_a_question(turn.text):
+                if self.autonomy == Autonomy.WAIT and self.reason != WakeReason.ASSUME:
+                    await self.work.await_input(self.ref, self.agent, self.epoch, turn.text)
+                    return "awaiting_input"
+                await self._assume()
+                continue
+            if not turn.text:
+                await self._say(f"_`{self.agent}` finished a step (#{step}) without an update._")
+            self.messages.append({"role": "user", "content": prompt.NUDGE})
+        return await self._give_up()
+
+    async def _step(self) -> ModelTurn:
+        """One model call; its text goes to the thread and its tool calls are carried out."""
+        await self._still_holding()
+        if self.inbox.is_set():
+            self.inbox.clear()
+            task = await self.tools.get_task(str(self.ref))
+            self.messages.append({"role": "user", "content": prompt.new_messages(task)})
+        turn = await self.model.complete(self.system, self.specs, self.messages, self._beat)
+        await self.work.record_usage(self.task_id, turn.usage)
+        await self._still_holding()
+        self.messages.append(
+            {"role": "assistant", "content": turn.content or [{"type": "text", "text": "…"}]}
+        )
+        if turn.text:
+            await self._say(turn.text)
+        if turn.tool_calls:
+            results = [await self._call(call) for call in turn.tool_calls]
+            self.messages.append({"role": "user", "content": results})
+        return turn
+
+    async def _call(self, call: ToolCall) -> dict[str, Any]:
+        text, is_error = await self.call_tool(call.name, call.input)
+        if not is_error and call.name == "update_task_status":
+            status = json.loads(text).get("status") if text.startswith("{") else None
+            if status in FINAL_STATUSES:
+                self.finished = str(status)
+        if is_error and ("superseded" in text or "not claimed by" in text):
+            raise RunStopped(text)
+        return {
+            "type": "tool_result",
+            "tool_use_id": call.id,
+            "content": text,
+            "is_error": is_error,
+        }
+
+    async def _assume(self) -> None:
+        """Asks the model for its most reasonable assumption, posts it, and goes on."""
+        self.messages.append({"role": "user", "content": prompt.ASK_FOR_ASSUMPTION})
+        turn = await self.model.complete(self.system, [], self.messages, self._beat)
+        await self.work.record_usage(self.task_id, turn.usage)
+        assumption = turn.text.strip() or "Assuming the simplest reading of the task."
+        if not assumption.lower().startswith("assuming"):
+            assumption = f"Assuming: {assumption}"
+        await self._say(assumption)
+        self.messages.append(
+            {"role": "assistant", "content": [{"type": "text", "text": assumption}]}
+        )
+        self.messages.append({"role": "user", "content": prompt.PROCEED})
+
+    async def _give_up(self) -> str:
+        note = f"stopped after {self.max_steps} steps without reaching in_review"
+        await self._say(f":octagonal_sign: `{self.agent}` {note}; the last thing it did is above.")
+        await self.tools.update_task_status(str(self.ref), "blocked", note=note)
+        return "step_limit"
+
+    async def _say(self, text: str) -> None:
+        try:
+            await self.work.post_update(self.ref, self.agent, text, self.epoch)
+        except (NotClaimHolder, Superseded) as exc:
+            raise RunStopped(str(exc)) from exc
+        except DomainError as exc:
+            logger.warning("run.post_refused", task=str(self.ref), error=exc.message)
+
+    async def _still_holding(self) -> None:
+        async with self.tools.store.read() as reader:
+            task = await reader.get_task(self.ref)
+        if task is None or task.claimed_by != self.agent or task.lease_epoch != self.epoch:
+            raise RunStopped("the task moved on")
+        self.task_id = task.id
+
+    async def _beat(self) -> None:
+        """Liveness while the model streams, at most every 15 s; never renews the lease."""
+        now = time.monotonic()
+        if now - self._last_beat < HEARTBEAT_SECONDS:
+            return
+        self._last_beat = now
+        await self.work.heartbeat(self.ref, self.agent, self.epoch)
