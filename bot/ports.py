@@ -106,6 +106,8 @@ class Reader(Protocol):
 
     async def has_open_wakeups(self, agent: str) -> bool: ...
 
+    async def list_waiting_tasks(self, cutoff: datetime) -> list[Task]: ...
+
 
 class Unit(Reader, Protocol):
     """One write transaction. Every method that changes a task is a compare-and-set."""

@@ -16,7 +16,7 @@ import structlog
 from bot import outbox
 from bot.board import new_key
 from bot.clock import Clock
-from bot.policy import load_policy_book
+from bot.policy import PolicyBook, load_policy_book
 from bot.ports import Store, Unit
 from bot.task import Actor, EventKind, LeasePolicy, NewEvent, Task, TaskRef, is_stale
 from bot.work import WakeReason
@@ -53,6 +53,8 @@ class ReconcileReport:
     skipped: int = 0
     #: Stale tasks left for the next tick because the probe could not check them.
     deferred: int = 0
+    #: Tasks whose agent waited longer than the TTL for an answer and was told to assume.
+    assumed: list[TaskRef] = field(default_factory=list)
 
     @property
     def acted(self) -> int:
@@ -97,7 +99,8 @@ class Reconciler:
             for start in range(0, len(tasks), self._batch_size):
                 batch = tasks[start : start + self._batch_size]
                 await self._act(batch, policy, now, report)
-        if report.acted or report.renewed:
+        await self._expire_waits(book, now, report)
+        if report.acted or report.renewed or report.assumed:
             self._notify()
         if stale:
             logger.info(
@@ -128,6 +131,36 @@ class Reconciler:
         report.redispatched += [t.ref for t in redispatched]
         report.blocked += [t.ref for t in blocked]
         report.skipped += len(live) - len(redispatched) - len(blocked)
+
+    async def _expire_waits(self, book: PolicyBook, now: datetime, report: ReconcileReport) -> None:
+        """An agent waiting for a person longer than the TTL is woken to assume and go on."""
+        async with self._store.read() as reader:
+            waiting = await reader.list_waiting_tasks(now - book.shortest_ttl)
+        for task in waiting:
+            ttl = book.for_channel(task.channel_id).lease_ttl
+            if task.awaiting_input_since is None or task.awaiting_input_since >= now - ttl:
+                continue
+            async with self._store.transaction() as unit:
+                resumed = await unit.compare_and_set(
+                    task.id,
+                    {
+                        "lease_epoch": task.lease_epoch,
+                        "claimed_by": task.claimed_by,
+                        "awaiting_input_since": task.awaiting_input_since,
+                    },
+                    {"awaiting_input_since": None, "last_progress_at": now},
+                    now,
+                )
+                if resumed is None or resumed.claimed_by is None:
+                    continue
+                data = {"reason": f"no answer within {int(ttl.total_seconds())}s; assuming"}
+                await unit.append_events(
+                    [NewEvent(task.id, EventKind.RESUMED, RECONCILER, now, data)]
+                )
+                wakeup = (task.id, resumed.claimed_by, WakeReason.ASSUME, resumed.lease_epoch)
+                await unit.enqueue_wakeups([wakeup], now)
+                await unit.enqueue([outbox.card_update(resumed, self._new_key())], now)
+            report.assumed.append(task.ref)
 
     async def _count_found_progress(
         self,

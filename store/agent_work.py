@@ -91,6 +91,15 @@ class AgentWorkReads:
         row = (await self._db.execute(query)).first()
         return agent_from_row(row, api_key_configured=False) if row else None
 
+    async def list_waiting_tasks(self, cutoff: datetime) -> list[Task]:
+        """Claimed tasks whose agent has waited for a person since before ``cutoff``."""
+        query = (
+            select(tasks)
+            .where(tasks.c.awaiting_input_since < cutoff, tasks.c.claimed_by.is_not(None))
+            .order_by(tasks.c.awaiting_input_since)
+        )
+        return [task_from_row(row) for row in await self._db.execute(query)]
+
     async def has_open_wakeups(self, agent: str) -> bool:
         query = select(agent_wakeups.c.id).where(
             agent_wakeups.c.agent == agent, agent_wakeups.c.done_at.is_(None)
