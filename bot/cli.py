@@ -159,7 +159,11 @@ def tasks_show(ref: str, as_json: JsonFlag = False) -> None:
             if task is None:
                 fail(f"there is no task {task_ref}.")
             return task_detail_view(
-                task, await reader.list_events(task.id), await reader.list_messages(task.id)
+                task,
+                await reader.list_events(task.id),
+                await reader.list_messages(task.id),
+                await reader.list_artifacts(task.id),
+                await reader.get_usage(task.id),
             )
 
     view = run_with_core(work)

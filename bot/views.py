@@ -1,10 +1,12 @@
 """Plain-data views of tasks and agents for JSON output; secrets appear only as a flag."""
 
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
 from bot.agents import Agent
 from bot.task import Task, TaskEvent, ThreadMessage
+from bot.work import Artifact, TaskUsage
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -27,6 +29,8 @@ def task_view(task: Task) -> dict[str, Any]:
         "attempts": task.attempts,
         "lease_epoch": task.lease_epoch,
         "last_progress_at": _iso(task.last_progress_at),
+        "awaiting_input_since": _iso(task.awaiting_input_since),
+        "alive_at": _iso(task.alive_at),
         "thread_ts": task.thread_ts,
         "created_by": task.created_by,
         "created_at": _iso(task.created_at),
@@ -35,10 +39,27 @@ def task_view(task: Task) -> dict[str, Any]:
 
 
 def task_detail_view(
-    task: Task, events: list[TaskEvent], messages: list[ThreadMessage]
+    task: Task,
+    events: list[TaskEvent],
+    messages: list[ThreadMessage],
+    artifacts: list[Artifact] | None = None,
+    usage: TaskUsage | None = None,
 ) -> dict[str, Any]:
-    """The task with its event log and its thread messages."""
+    """The task with its event log, thread messages, artifacts and token usage."""
     return task_view(task) | {
+        "artifacts": [
+            {
+                "id": a.id,
+                "name": a.name,
+                "kind": a.kind,
+                "uri": a.uri,
+                "content_chars": len(a.content) if a.content is not None else None,
+                "created_by": a.created_by,
+                "created_at": _iso(a.created_at),
+            }
+            for a in artifacts or []
+        ],
+        "usage": None if usage is None else {"steps": usage.steps} | asdict(usage.usage),
         "events": [
             {
                 "id": e.id,

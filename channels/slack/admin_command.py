@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 from slack_sdk.errors import SlackApiError
 
-from bot.agents import AgentKind, normalize_agent_name
+from bot.agents import AgentKind, AgentSettings, Autonomy, normalize_agent_name
 from bot.errors import DomainError, InvalidInput
 from bot.reconcile import ReconcileReport
 from channels.slack.parsing import SlashCommand, parse_user_mention, split_args, split_options
@@ -14,7 +14,10 @@ from channels.slack.replies import ADMIN_USAGE
 from channels.slack.services import SlackServices
 
 USAGE = {
-    "agent add": "/task-admin agent add <@user | name> [external] [display=<name>] [name=<handle>]",
+    "agent add": "/task-admin agent add <@user | name> [external | claude | openai] [display=<name>] "
+    "[name=<handle>] [model=<model>] [system=<prompt>] [max_tokens=<n>] [autonomy=assume|wait] "
+    "[base_url=<url>]",
+    "agent token": "/task-admin agent token <name> [revoke]",
     "agent list": "/task-admin agent list",
     "agent remove": "/task-admin agent remove <name>",
     "agent key": "/task-admin agent key <name>",
@@ -62,9 +65,10 @@ async def _agent_add(command: SlashCommand, args: list[str], services: SlackServ
         try:
             kind = AgentKind(positional[1].lower())
         except ValueError:
-            raise InvalidInput(f"`{positional[1]}` is not an agent kind; use `external`.") from None
-    if kind != AgentKind.EXTERNAL:
-        raise InvalidInput(f"Built-in `{kind.value}` agents are not available yet; use `external`.")
+            raise InvalidInput(
+                f"`{positional[1]}` is not an agent kind; use `external`, `claude` or `openai`."
+            ) from None
+    settings = _agent_settings(kind, options)
     mention = parse_user_mention(positional[0])
     user_id = mention.user_id if mention else None
     handle = options.get("name") or (mention.label if mention else positional[0])
@@ -81,9 +85,46 @@ async def _agent_add(command: SlashCommand, args: list[str], services: SlackServ
         display_name=options.get("display"),
         slack_user_id=user_id,
         slack_bot_id=options.get("bot"),
+        settings=settings,
     )
     who = f" (<@{agent.slack_user_id}>)" if agent.slack_user_id else ""
-    return f"Agent `{agent.name}`{who} is registered as `{agent.kind.value}`."
+    extra = ""
+    if agent.built_in:
+        extra = (
+            f", model `{agent.settings.model or 'default'}`, autonomy `{agent.settings.autonomy}`"
+        )
+        if not agent.api_key_configured and agent.kind == AgentKind.CLAUDE:
+            extra += (
+                f"; set its key with `/task-admin agent key {agent.name}` (or ANTHROPIC_API_KEY)"
+            )
+    return f"Agent `{agent.name}`{who} is registered as `{agent.kind.value}`{extra}."
+
+
+def _agent_settings(kind: AgentKind, options: dict[str, str]) -> AgentSettings:
+    """Runtime settings from ``key=value`` options; only built-in agents take them."""
+    runtime = {"model", "system", "max_tokens", "autonomy", "base_url"}
+    if kind == AgentKind.EXTERNAL:
+        if runtime & options.keys():
+            raise InvalidInput(
+                "model, system, max_tokens, autonomy and base_url are for built-in agents."
+            )
+        return AgentSettings()
+    try:
+        autonomy = Autonomy(options.get("autonomy", "assume").lower())
+    except ValueError:
+        raise InvalidInput("autonomy must be `assume` or `wait`.") from None
+    max_tokens = options.get("max_tokens")
+    if max_tokens is not None and not (max_tokens.isdigit() and 1 <= int(max_tokens) <= 64000):
+        raise InvalidInput("max_tokens must be a whole number from 1 to 64000.")
+    if kind == AgentKind.OPENAI and not options.get("base_url"):
+        raise InvalidInput("An `openai` agent needs base_url=<its OpenAI-compatible endpoint>.")
+    return AgentSettings(
+        model=options.get("model"),
+        system_prompt=options.get("system"),
+        max_tokens=int(max_tokens) if max_tokens else None,
+        autonomy=autonomy,
+        base_url=options.get("base_url"),
+    )
 
 
 async def _slack_handle(services: SlackServices, user_id: str) -> str | None:
@@ -114,6 +155,21 @@ async def _agent_remove(command: SlashCommand, args: list[str], services: SlackS
         raise InvalidInput("`agent remove` needs the agent's name.")
     await services.registry.remove_agent(args[0])
     return f"Agent `{normalize_agent_name(args[0])}` is removed; its tasks keep their history."
+
+
+async def _agent_token(command: SlashCommand, args: list[str], services: SlackServices) -> str:
+    if len(args) not in (1, 2) or (len(args) == 2 and args[1].lower() != "revoke"):
+        raise InvalidInput("`agent token` needs the agent's name, and optionally `revoke`.")
+    name = normalize_agent_name(args[0])
+    if len(args) == 2:
+        revoked = await services.registry.revoke_tokens(name)
+        return f"Revoked {revoked} MCP token(s) of `{name}`; clients using them are refused now."
+    token = await services.registry.issue_token(name)
+    return (
+        f"A new MCP token for `{name}` (shown once, only to you; threadwork keeps only its hash):\n"
+        f"`{token}`\nConnect with `Authorization: Bearer <token>` to the MCP endpoint, or run "
+        "`threadwork mcp --url <endpoint> --token <token>` for a local client."
+    )
 
 
 async def _agent_key(command: SlashCommand, args: list[str], services: SlackServices) -> str:
@@ -222,6 +278,7 @@ HANDLERS: dict[str, Handler] = {
     "agent list": _agent_list,
     "agent remove": _agent_remove,
     "agent key": _agent_key,
+    "agent token": _agent_token,
     "policy": _policy,
     "reconcile": _reconcile,
     "stats": _stats,

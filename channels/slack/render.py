@@ -1,6 +1,6 @@
 """What people see: task cards, directives, escalations and command replies, as Block Kit."""
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from bot.agents import Agent
@@ -74,8 +74,12 @@ def card_blocks(
 ) -> list[Block]:
     """The task card: the truth about a task, and the controls to change it."""
     status = f"{STATUS_EMOJI[task.status]} `{task.status.value}`"
-    if is_stale(task, now, policy.lease_ttl):
+    if task.awaiting_input_since is not None:
+        status += " · :speech_balloon: awaiting input"
+    elif is_stale(task, now, policy.lease_ttl):
         status += " · :hourglass: lease lapsed"
+    elif task.alive_at is not None and task.leased and now - task.alive_at <= timedelta(seconds=45):
+        status += " · :zap: alive, generating"
     progress = slack_date(task.last_progress_at) if task.last_progress_at else "—"
     fields = [
         f"*Status*\n{status}",

@@ -1,10 +1,12 @@
 """Ephemeral replies to people: help, show, log and list."""
 
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from bot.agents import Agent
 from bot.status import TaskStatus
 from bot.task import EventKind, LeasePolicy, Task, TaskEvent, ThreadMessage, is_stale
+from bot.work import Artifact, TaskUsage
 from channels.slack.render import (
     STATUS_EMOJI,
     actor_label,
@@ -14,6 +16,23 @@ from channels.slack.render import (
     slack_date,
     task_heading,
 )
+
+#: A heartbeat this recent means the agent is generating right now.
+ALIVE_WITHIN = timedelta(seconds=45)
+
+
+@dataclass(frozen=True)
+class TaskExtras:
+    """What agents added to a task: artifacts and token usage."""
+
+    artifacts: list[Artifact]
+    usage: TaskUsage | None
+
+
+def alive(task: Task, now: datetime) -> bool:
+    """A built-in agent reported liveness lately (heartbeats are not progress)."""
+    return task.alive_at is not None and now - task.alive_at <= ALIVE_WITHIN and task.leased
+
 
 TASK_USAGE = """*`/task` — tasks as threads*
 • `/task new <title>` — post a task card here; its thread is the task
@@ -28,6 +47,9 @@ In any thread: `@threadwork assign this to @agent` turns the thread into a task.
 
 ADMIN_USAGE = """*`/task-admin` — for threadwork admins*
 • `/task-admin agent add <@user | name> [external] [display=<name>] [name=<handle>]`
+• `/task-admin agent add <name> claude [model=<model>] [system="<prompt>"] [max_tokens=<n>] [autonomy=assume|wait]`
+• `/task-admin agent add <name> openai base_url=<url> [model=<model>] ...` — any OpenAI-compatible endpoint
+• `/task-admin agent token <name> [revoke]` — an MCP token for an external agent, shown once
 • `/task-admin agent list` · `/task-admin agent remove <name>`
 • `/task-admin agent key <name>` — opens a form for the agent's API key
 • `/task-admin policy [show | ttl <seconds> | attempts <n>]` — this channel's lease policy
@@ -41,12 +63,17 @@ def show_text(
     agents: dict[str, Agent],
     messages: list[ThreadMessage],
     now: datetime,
+    extras: TaskExtras | None = None,
 ) -> str:
-    """The task's state, its lease and its latest thread messages."""
+    """The task's state, its lease and liveness, its artifacts, usage and latest messages."""
     lease = "no lease"
-    if task.leased:
+    if task.awaiting_input_since is not None:
+        lease = f"lease paused: :speech_balloon: awaiting input since {age(task.awaiting_input_since, now)}"
+    elif task.leased:
         lapsed = is_stale(task, now, policy.lease_ttl)
         lease = f"lease {'*lapsed*' if lapsed else 'live'}, last progress {age(task.last_progress_at, now)}"
+    if alive(task, now):
+        lease += " · :zap: alive, generating"
     lines = [
         task_heading(task),
         f"{STATUS_EMOJI[task.status]} `{task.status.value}` · {agent_label(task.assignee, agents)}"
@@ -57,6 +84,19 @@ def show_text(
         lines.append(f"Assigned by <@{task.assigned_by}>")
     if task.description:
         lines.append(f"> {escape(task.description)[:500]}")
+    if extras and extras.artifacts:
+        lines.append("*Artifacts*")
+        lines += [
+            f"• {escape(a.name)} ({a.kind})" + (f" <{a.uri}>" if a.uri else " (stored content)")
+            for a in extras.artifacts
+        ]
+    if extras and extras.usage:
+        u = extras.usage.usage
+        lines.append(
+            f"*Tokens* over {extras.usage.steps} step(s): {u.input_tokens:,} in, "
+            f"{u.cache_read_tokens:,} cached read, {u.cache_creation_tokens:,} cache written, "
+            f"{u.output_tokens:,} out"
+        )
     if messages:
         lines.append("*Latest in the thread*")
         lines += [
@@ -95,6 +135,15 @@ def explain_event(event: TaskEvent, agents: dict[str, Agent]) -> str:
             )
         case EventKind.REOPENED:
             return f"{who} reopened it (it was {data.get('from')})."
+        case EventKind.ARTIFACT_ADDED:
+            return f"{who} added artifact {escape(str(data.get('name')))} ({data.get('kind')})."
+        case EventKind.HEARTBEAT:
+            return f"{who} was alive, generating."
+        case EventKind.AWAITING_INPUT:
+            return f"{who} asked a question and is waiting for an answer (lease paused)."
+        case EventKind.RESUMED:
+            why = data.get("reason") or "someone answered in the thread"
+            return f"The wait for input ended: {escape(str(why))}."
         case EventKind.STATUS_CHANGED:
             note = f" — {escape(data['note'])}" if data.get("note") else ""
             return f"{who} moved it from `{data.get('from')}` to `{data.get('to')}`{note}."
@@ -103,7 +152,8 @@ def explain_event(event: TaskEvent, agents: dict[str, Agent]) -> str:
 
 def log_text(task: Task, events: list[TaskEvent], agents: dict[str, Agent]) -> str:
     lines = [f"History of {task_heading(task)}"]
-    lines += [f"• {slack_date(e.at)} — {explain_event(e, agents)}" for e in events[-40:]]
+    shown = [e for e in events if e.kind != EventKind.HEARTBEAT]  # liveness is not history
+    lines += [f"• {slack_date(e.at)} — {explain_event(e, agents)}" for e in shown[-40:]]
     return "\n".join(lines)
 
 

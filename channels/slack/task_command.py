@@ -9,7 +9,7 @@ from bot.ports import Reader
 from bot.status import parse_status
 from bot.task import Actor, TaskRef
 from channels.slack.parsing import SlashCommand, parse_task_ref, parse_user_mention, split_args
-from channels.slack.replies import TASK_USAGE, list_text, log_text, show_text
+from channels.slack.replies import TASK_USAGE, TaskExtras, list_text, log_text, show_text
 from channels.slack.services import SlackServices
 
 USAGE = {
@@ -106,8 +106,9 @@ async def _show(command: SlashCommand, rest: str, services: SlackServices) -> st
         task = await require_task(reader, ref)
         messages = await reader.list_messages(task.id)
         agents = {a.name: a for a in await reader.list_agents()}
+        extras = TaskExtras(await reader.list_artifacts(task.id), await reader.get_usage(task.id))
     policy = (await services.board.policies()).for_channel(task.channel_id)
-    return show_text(task, policy, agents, messages, services.clock())
+    return show_text(task, policy, agents, messages, services.clock(), extras)
 
 
 async def _log(command: SlashCommand, rest: str, services: SlackServices) -> str:

@@ -495,21 +495,33 @@ async def test_agent_add_by_a_bare_name_registers_an_agent_without_a_slack_user(
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
+        ("agent add x claude autonomy=sometimes", "autonomy must be `assume` or `wait`."),
+        ("agent add x claude max_tokens=lots", "max_tokens must be a whole number"),
+        ("agent add x openai", "An `openai` agent needs base_url="),
         (
-            "agent add x claude",
-            "Built-in `claude` agents are not available yet; use `external`.",
+            "agent add x model=claude-x",
+            "model, system, max_tokens, autonomy and base_url are for built-in",
         ),
         (
-            "agent add x openai",
-            "Built-in `openai` agents are not available yet; use `external`.",
+            "agent add x robot",
+            "`robot` is not an agent kind; use `external`, `claude` or `openai`.",
         ),
-        ("agent add x robot", "`robot` is not an agent kind; use `external`."),
         ("agent add", "`agent add` needs one agent: a @mention of its Slack user or a name."),
         ("agent add a b c", "`agent add` needs one agent"),
         ('agent add "Bad Name"', "`Bad Name` is not a valid agent name"),
         (f"agent add <@{NEWCOMER}>", "Slack has no handle for"),
     ],
-    ids=["claude", "openai", "unknown-kind", "no-agent", "too-many", "bad-name", "no-handle"],
+    ids=[
+        "bad-autonomy",
+        "bad-max-tokens",
+        "openai-without-endpoint",
+        "runtime-option-on-external",
+        "unknown-kind",
+        "no-agent",
+        "too-many",
+        "bad-name",
+        "no-handle",
+    ],
 )
 async def test_a_refused_agent_add_says_why_and_registers_nothing(
     service: Harness, text: str, problem: str
@@ -850,3 +862,45 @@ async def test_a_bad_key_submission_is_answered_on_the_form(
 
     assert await response.json() == {"response_action": "errors", "errors": {"api_key": error}}
     assert await service.core.registry.get_api_key("coder") is None
+
+
+async def test_a_built_in_claude_agent_is_registered_with_its_runtime_settings(
+    service: Harness,
+) -> None:
+    reply = await task_admin(
+        service,
+        'agent add builder claude model=claude-opus-4-7 system="Be terse." max_tokens=2048 autonomy=wait',
+    )
+    assert reply.startswith(
+        "Agent `builder` is registered as `claude`, model `claude-opus-4-7`, autonomy `wait`"
+    )
+    assert "/task-admin agent key builder" in reply
+    builder = next(a for a in await service.core.registry.list_agents() if a.name == "builder")
+    assert (
+        builder.settings.model,
+        builder.settings.system_prompt,
+        builder.settings.max_tokens,
+    ) == (
+        "claude-opus-4-7",
+        "Be terse.",
+        2048,
+    )
+    assert builder.settings.autonomy.value == "wait"
+
+
+async def test_an_mcp_token_is_shown_once_works_and_can_be_revoked(service: Harness) -> None:
+    reply = await task_admin(service, "agent token coder")
+    token = reply.split("`")[3]
+    assert token.startswith("twk_")
+    agent = await service.core.registry.agent_for_token(token)
+    assert agent is not None
+    assert agent.name == "coder"
+    again = await task_admin(service, "agent token coder")
+    assert token not in again
+    revoked = await task_admin(service, "agent token coder revoke")
+    assert revoked.startswith("Revoked 2 MCP token(s) of `coder`")
+    assert await service.core.registry.agent_for_token(token) is None
+    refused = await task_admin(service, "agent token coder forever")
+    assert refused.startswith(
+        ":warning: `agent token` needs the agent's name, and optionally `revoke`."
+    )
