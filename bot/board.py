@@ -46,6 +46,15 @@ def new_key() -> str:
 
 
 @dataclass(frozen=True)
+class ThreadReply:
+    """What became of a reply in a task's thread."""
+
+    task: Task
+    stored: bool
+    renewed: bool
+
+
+@dataclass(frozen=True)
 class Change:
     """What a use case decided: the columns to write and the events and effects that follow."""
 
@@ -223,6 +232,34 @@ class Board:
             else:
                 await self._person_spoke(unit, message.task_id, now)
         return True
+
+    async def record_thread_reply(
+        self,
+        channel_id: str,
+        thread_ts: str,
+        ts: str,
+        user_id: str | None,
+        bot_id: str | None,
+        text: str,
+    ) -> ThreadReply | None:
+        """A reply seen in a thread, in one transaction: find its task and author, store it
+        once (unique on channel and ts), and renew the lease or wake the agent. None when the
+        thread is not a task's."""
+        async with self._transaction() as unit:
+            task = await unit.get_task_by_thread(channel_id, thread_ts)
+            if task is None:
+                return None
+            agent = await unit.find_agent_by_slack_id(user_id, bot_id)
+            now = self._clock()
+            author = user_id or bot_id or "unknown"
+            message = ThreadMessage(task.id, channel_id, ts, author, text, now)
+            if not await unit.record_message(message):
+                return ThreadReply(task, stored=False, renewed=False)
+            if agent is None:
+                await self._person_spoke(unit, task.id, now)
+                return ThreadReply(task, stored=True, renewed=False)
+            renewed = await unit.renew_lease(task.id, agent.name, now)
+            return ThreadReply(task, stored=True, renewed=renewed)
 
     async def _person_spoke(self, unit: Unit, task_id: int, now: datetime) -> None:
         """Wakes the claim holder; a wait for input ends and the lease starts afresh."""

@@ -1,5 +1,7 @@
 """Engines and transactions: SQLite (WAL, BEGIN IMMEDIATE) or PostgreSQL (asyncpg)."""
 
+import asyncio
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -67,10 +69,29 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
+_writer_locks: "weakref.WeakKeyDictionary[AsyncEngine, asyncio.Lock]" = weakref.WeakKeyDictionary()
+
+
+def _writer_lock(engine: AsyncEngine) -> asyncio.Lock | None:
+    """SQLite has one writer at a time: queue this process's writers here rather than in
+    SQLite's busy handler, which sleeps and retries. Other processes still queue there."""
+    if engine.dialect.name != "sqlite":
+        return None
+    lock = _writer_locks.get(engine)
+    if lock is None:
+        lock = _writer_locks[engine] = asyncio.Lock()
+    return lock
+
+
 @asynccontextmanager
 async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """Yields a connection inside a write transaction that commits on success."""
-    async with engine.begin() as connection:
+    lock = _writer_lock(engine)
+    if lock is None:
+        async with engine.begin() as connection:
+            yield connection
+        return
+    async with lock, engine.begin() as connection:
         yield connection
 
 

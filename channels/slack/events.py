@@ -8,7 +8,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.errors import DomainError
-from bot.task import Actor, Task, ThreadMessage
+from bot.task import Actor, Task
 from channels.slack.parsing import MessageEvent, error_code
 from channels.slack.services import SlackServices
 from channels.slack.task_command import resolve_agent
@@ -29,23 +29,17 @@ async def on_thread_message(event: MessageEvent, services: SlackServices) -> Non
     """Stores a reply in a task's thread; the assignee's reply renews the lease."""
     if event.subtype in IGNORED_SUBTYPES or not event.thread_ts or event.thread_ts == event.ts:
         return
-    async with services.store.read() as reader:
-        task = await reader.get_task_by_thread(event.channel_id, event.thread_ts)
-        if task is None:
-            return
-        agent = await reader.find_agent_by_slack_id(event.user_id, event.bot_id)
-    message = ThreadMessage(
-        task.id, event.channel_id, event.ts, event.author, event.text, services.clock()
+    reply = await services.board.record_thread_reply(
+        event.channel_id, event.thread_ts, event.ts, event.user_id, event.bot_id, event.text
     )
-    author = agent.name if agent else None
-    stored = await services.board.record_thread_message(message, agent=author)
-    logger.info(
-        "thread.message",
-        task=str(task.ref),
-        author=event.author,
-        stored=stored,
-        renews=author is not None and author == task.claimed_by,
-    )
+    if reply is not None:
+        logger.info(
+            "thread.message",
+            task=str(reply.task.ref),
+            author=event.author,
+            stored=reply.stored,
+            renewed=reply.renewed,
+        )
 
 
 async def on_mention(event: MessageEvent, services: SlackServices, client: AsyncWebClient) -> None:

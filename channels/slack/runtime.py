@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import aiohttp
 from aiohttp import web
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.socket_mode.aiohttp import SocketModeClient
@@ -50,6 +51,8 @@ def web_client(settings: Settings) -> AsyncWebClient:
         base_url=settings.slack_api_url,
         timeout=10,
         retry_handlers=[],
+        # One pooled session: without it every call opens (and TLS-handshakes) a connection.
+        session=aiohttp.ClientSession(),
     )
 
 
@@ -78,6 +81,8 @@ class SlackRuntime:
         if self.socket is not None:
             await self.socket.close()  # type: ignore[no-untyped-call]  # untyped in slack_sdk
         await self.services.supervisor.close()
+        if self.client.session is not None:
+            await self.client.session.close()
 
     async def auth_ok(self) -> bool:
         """True when auth.test answered within the last half minute."""
