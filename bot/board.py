@@ -47,10 +47,9 @@ def new_key() -> str:
 
 @dataclass(frozen=True)
 class ThreadReply:
-    """What became of a reply in a task's thread."""
+    """A reply stored in a task's thread, and whether it renewed the lease."""
 
-    task: Task
-    stored: bool
+    task_id: int
     renewed: bool
 
 
@@ -242,24 +241,20 @@ class Board:
         bot_id: str | None,
         text: str,
     ) -> ThreadReply | None:
-        """A reply seen in a thread, in one transaction: find its task and author, store it
-        once (unique on channel and ts), and renew the lease or wake the agent. None when the
-        thread is not a task's."""
+        """A reply seen in a thread, in one transaction: stored once (unique on channel and ts)
+        if the thread is a task's, then the lease renewed if its author's agent holds the claim,
+        or the agent woken if a person wrote. None when nothing was stored."""
         async with self._transaction() as unit:
-            task = await unit.get_task_by_thread(channel_id, thread_ts)
-            if task is None:
-                return None
-            agent = await unit.find_agent_by_slack_id(user_id, bot_id)
             now = self._clock()
             author = user_id or bot_id or "unknown"
-            message = ThreadMessage(task.id, channel_id, ts, author, text, now)
-            if not await unit.record_message(message):
-                return ThreadReply(task, stored=False, renewed=False)
-            if agent is None:
-                await self._person_spoke(unit, task.id, now)
-                return ThreadReply(task, stored=True, renewed=False)
-            renewed = await unit.renew_lease(task.id, agent.name, now)
-            return ThreadReply(task, stored=True, renewed=renewed)
+            task_id = await unit.record_reply(channel_id, thread_ts, ts, author, text, now)
+            if task_id is None:
+                return None
+            if await unit.renew_lease_by_author(task_id, user_id, bot_id, now):
+                return ThreadReply(task_id, renewed=True)
+            if await unit.find_agent_by_slack_id(user_id, bot_id) is None:
+                await self._person_spoke(unit, task_id, now)
+            return ThreadReply(task_id, renewed=False)
 
     async def _person_spoke(self, unit: Unit, task_id: int, now: datetime) -> None:
         """Wakes the claim holder; a wait for input ends and the lease starts afresh."""

@@ -196,6 +196,16 @@ class Unit(Reader, Protocol):
 
     async def revoke_tokens(self, agent: str, at: datetime) -> int: ...
 
+    async def record_reply(
+        self, channel_id: str, thread_ts: str, ts: str, author: str, text: str, at: datetime
+    ) -> int | None:
+        """Stores a reply in a task's thread once; the task id when stored, else None."""
+        ...
+
+    async def renew_lease_by_author(
+        self, task_id: int, user_id: str | None, bot_id: str | None, at: datetime
+    ) -> bool: ...
+
     async def record_message(self, message: ThreadMessage) -> bool:
         """Stores a thread message; False when (channel, ts) was already stored."""
         ...

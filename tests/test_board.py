@@ -268,3 +268,29 @@ async def test_a_compare_and_set_on_a_stale_read_matches_nothing(
     assert won is not None
     assert won.lease_epoch == 9
     assert lost is None
+
+
+async def test_a_thread_reply_is_stored_once_and_renews_only_for_the_claim_holder(
+    board: Board, store: SqlStore, task: Task, clock: FakeClock
+) -> None:
+    await board.assign_task(task.ref, "coder", ALICE)
+    async with store.transaction() as unit:
+        await unit.record_card(task.id, "100.0")
+    assert (
+        await board.record_thread_reply("C1", "999.0", "1.1", "U_CODER", None, "elsewhere") is None
+    )
+    clock.advance(30)
+    person = await board.record_thread_reply("C1", "100.0", "101.0", "U_BOB", None, "status?")
+    assert person is not None
+    assert person.renewed is False
+    clock.advance(30)
+    agent = await board.record_thread_reply("C1", "100.0", "102.0", "U_CODER", None, "on it")
+    assert agent is not None
+    assert agent.renewed is True
+    assert await board.record_thread_reply("C1", "100.0", "102.0", "U_CODER", None, "on it") is None
+    async with store.read() as reader:
+        current = await reader.get_task_by_id(task.id)
+        messages = await reader.list_messages(task.id)
+    assert current is not None
+    assert current.last_progress_at == clock.now
+    assert [m.author for m in messages] == ["U_BOB", "U_CODER"]

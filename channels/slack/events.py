@@ -34,11 +34,7 @@ async def on_thread_message(event: MessageEvent, services: SlackServices) -> Non
     )
     if reply is not None:
         logger.info(
-            "thread.message",
-            task=str(reply.task.ref),
-            author=event.author,
-            stored=reply.stored,
-            renewed=reply.renewed,
+            "thread.message", task_id=reply.task_id, author=event.author, renewed=reply.renewed
         )
 
 
