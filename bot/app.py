@@ -94,10 +94,14 @@ class AgentServices:
 
 
 def build_agent_services(
-    core: Core, supervisor: Supervisor, thread_status: ThreadStatus | None, worker: str
+    core: Core,
+    supervisor: Supervisor,
+    thread_status: ThreadStatus | None,
+    worker: str,
+    settings: Settings | None = None,
 ) -> AgentServices:
     """Wires the runtime's model clients, the runner and the MCP server around the core."""
-    settings = core.settings
+    settings = settings or core.settings
     fallback = settings.anthropic_api_key.get_secret_value() if settings.anthropic_api_key else None
     models = ModelFactory(core.registry, fallback, settings.anthropic_base_url)
     runtime_server = build_tool_server(_in_process_only)

@@ -243,5 +243,8 @@ class SlackStandIn:
     def _views_open(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "view": {"id": "V1", **args["view"]}}
 
+    def _assistant_threads_setStatus(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True}
+
     def _views_publish(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "view": {"id": "V2", **args["view"]}}

@@ -17,7 +17,8 @@ NEEDED_SCOPES = {
     "groups:history": "message.groups events; conversations.replies/history in private channels",
     "channels:read": "users.conversations for App Home (public channels)",
     "groups:read": "users.conversations for App Home (private channels)",
-    "chat:write": "chat.postMessage, chat.update, chat.postEphemeral",
+    "chat:write": "chat.postMessage, chat.update, chat.postEphemeral, assistant.threads.setStatus",
+    "chat:write.customize": "agents' posts appear under the agent's name and icon",
     "commands": "/task, /task-admin and the message shortcut",
     "users:read": "users.info to recognise workspace admins and owners",
 }

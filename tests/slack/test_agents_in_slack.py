@@ -1,0 +1,85 @@
+"""A built-in Claude agent working a task end to end: Slack commands in, Slack posts out."""
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from bot.agents import AgentKind, AgentSettings
+from bot.app import build_agent_services
+from bot.status import TaskStatus
+from tests.agents.standins import AnthropicStandIn, Reply, Text, ToolUse
+from tests.slack.conftest import CHANNEL, Harness
+
+
+@pytest.fixture
+async def anthropic() -> AsyncIterator[AnthropicStandIn]:
+    standin = AnthropicStandIn()
+    await standin.start()
+    yield standin
+    await standin.close()
+
+
+async def test_assigning_a_claude_agent_gets_the_task_to_review_and_the_card_follows(
+    service: Harness, anthropic: AnthropicStandIn
+) -> None:
+    core = service.core
+    settings = core.settings.model_copy(update={"anthropic_base_url": anthropic.url, "mcp_port": 0})
+    object.__setattr__(core, "settings", settings)
+    await core.registry.add_agent(
+        "claude-1",
+        AgentKind.CLAUDE,
+        display_name="Claude",
+        settings=AgentSettings(model="claude-standin-1"),
+    )
+    await core.registry.set_api_key("claude-1", "sk-ant-slack-test")
+    agents = build_agent_services(
+        core, service.runtime.services.supervisor, service.runtime.thread_status, "w"
+    )
+    try:
+        await service.command("new Add a health check")
+        await service.command("assign 1 claude-1")
+        await service.deliver()
+        anthropic.script(
+            Reply(
+                [
+                    Text("On it."),
+                    ToolUse("update_task_status", {"task": "C1#1", "status": "in_progress"}),
+                ]
+            ),
+            Reply(
+                [
+                    Text("PR is up."),
+                    ToolUse(
+                        "update_task_status",
+                        {"task": "C1#1", "status": "in_review", "note": "PR #7"},
+                    ),
+                ]
+            ),
+        )
+        assert await agents.runner.run_once() == 1
+        for handle in list(agents.runner.active.values()):
+            await handle.task
+        await service.deliver()
+    finally:
+        await agents.close()
+
+    assert (await service.task(1)).status == TaskStatus.IN_REVIEW
+    agent_posts = [
+        m
+        for m in service.standin.posts(CHANNEL)
+        if m.get("metadata", {}).get("event_type") == "threadwork_agent_post"
+    ]
+    assert [m["text"] for m in agent_posts] == ["On it.", "PR is up."]
+    thread_ts = (await service.task(1)).thread_ts
+    assert all(m["thread_ts"] == thread_ts for m in agent_posts)
+    posted_as = [
+        c.args.get("username")
+        for c in service.standin.calls_to("chat.postMessage")
+        if c.args.get("username")
+    ]
+    assert posted_as == ["Claude", "Claude"]
+    card = service.standin.calls_to("chat.update")[-1].args["blocks"][1]["fields"][0]["text"]
+    assert "`in_review`" in card
+    statuses = [c.args["status"] for c in service.standin.calls_to("assistant.threads.setStatus")]
+    assert statuses == ["is working on it…", ""]
+    assert anthropic.requests[0].api_key == "sk-ant-slack-test"
