@@ -24,7 +24,6 @@ async def test_assigning_a_claude_agent_gets_the_task_to_review_and_the_card_fol
 ) -> None:
     core = service.core
     settings = core.settings.model_copy(update={"anthropic_base_url": anthropic.url, "mcp_port": 0})
-    object.__setattr__(core, "settings", settings)
     await core.registry.add_agent(
         "claude-1",
         AgentKind.CLAUDE,
@@ -32,9 +31,8 @@ async def test_assigning_a_claude_agent_gets_the_task_to_review_and_the_card_fol
         settings=AgentSettings(model="claude-standin-1"),
     )
     await core.registry.set_api_key("claude-1", "sk-ant-slack-test")
-    agents = build_agent_services(
-        core, service.runtime.services.supervisor, service.runtime.thread_status, "w"
-    )
+    supervisor = service.runtime.services.supervisor
+    agents = build_agent_services(core, supervisor, service.runtime.thread_status, "w", settings)
     try:
         await service.command("new Add a health check")
         await service.command("assign 1 claude-1")
