@@ -247,6 +247,24 @@ def agents_set_key(name: str) -> None:
     typer.echo(f"API key stored for {name}")
 
 
+@app.command("mcp")
+def mcp_bridge(
+    url: Annotated[str, typer.Option(help="threadwork's MCP endpoint, e.g. http://host:3001/mcp")],
+    token: Annotated[
+        str,
+        typer.Option(
+            envvar="THREADWORK_MCP_TOKEN", help="The agent's token (or THREADWORK_MCP_TOKEN)."
+        ),
+    ],
+) -> None:
+    """Serves threadwork's agent tools over stdio, for MCP clients that launch a command."""
+    from channels.mcp.bridge import run_stdio_bridge  # the MCP client's weight
+
+    if not url.startswith(("http://", "https://")):
+        fail("--url must be an http(s) URL of threadwork's MCP endpoint.", code=2)
+    asyncio.run(run_stdio_bridge(url, token))
+
+
 def main() -> None:
     """Entry point of the ``threadwork`` console script."""
     app()

@@ -1,14 +1,17 @@
 """External agents over MCP: the SDK's own client, streamable HTTP, bearer tokens."""
 
 import asyncio
+import os
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
-from mcp import Client
+from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
 from bot.agent_work import AgentWork
@@ -201,3 +204,29 @@ async def test_wait_for_work_returns_as_soon_as_a_directive_arrives(world: McpWo
         async with asyncio.timeout(5):
             result = payload(await waiting)
     assert result["work"] == [{"task": str(ref), "reason": "directive", "epoch": 1}]
+
+
+async def test_the_stdio_bridge_gives_a_local_client_the_same_tools_as_its_agent(
+    world: McpWorld, tmp_path: Path
+) -> None:
+    ref = await assigned(world)
+    bridge = StdioServerParameters(
+        command=str(Path(sys.executable).parent / "threadwork"),
+        args=["mcp", "--url", world.url],
+        env={
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": str(tmp_path),
+            "THREADWORK_MCP_TOKEN": world.tokens["cursor-bot"],
+        },
+    )
+    async with asyncio.timeout(60), Client(bridge) as client:
+        names = {t.name for t in (await client.list_tools()).tools}
+        assert "update_task_status" in names
+        mine = payload(await client.call_tool("list_my_tasks", {}))["tasks"]
+        assert [t["ref"] for t in mine] == [str(ref)]
+        moved = payload(
+            await client.call_tool(
+                "update_task_status", {"task": str(ref), "status": "in_progress"}
+            )
+        )
+        assert moved["status"] == "in_progress"
