@@ -289,7 +289,12 @@ class Board:
             return await load_policy_book(reader, self._policy)
 
     async def set_channel_policy(
-        self, channel_id: str, by: str, lease_ttl_s: float | None, max_attempts: int | None
+        self,
+        channel_id: str,
+        by: str,
+        lease_ttl_s: float | None,
+        max_attempts: int | None,
+        agents_may_close: bool | None = None,
     ) -> PolicyBook:
         """Overrides the TTL and/or attempts in ``channel_id``; None leaves a value as it is."""
         if lease_ttl_s is not None and lease_ttl_s <= 0:
@@ -307,6 +312,7 @@ class Board:
                 channel_id,
                 current.lease_ttl_s if lease_ttl_s is None else lease_ttl_s,
                 current.max_dispatch_attempts if max_attempts is None else max_attempts,
+                current.agents_may_close if agents_may_close is None else agents_may_close,
             )
             await unit.set_channel_policy(merged, by, self._clock())
             return await load_policy_book(unit, self._policy)

@@ -213,7 +213,13 @@ class Reconciler:
             effects.append(outbox.card_update(task, self._new_key()))
         for task in blocked:
             reason = f"no progress for {ttl_s}s after {task.attempts} attempt(s)"
-            data = {"reason": reason, "attempts": task.attempts, "agent": task.assignee}
+            data = {
+                "from": read[task.id].status.value,
+                "to": task.status.value,
+                "reason": reason,
+                "attempts": task.attempts,
+                "agent": task.assignee,
+            }
             events.append(NewEvent(task.id, EventKind.BLOCKED, RECONCILER, now, data))
             effects.append(outbox.escalation(task, reason, self._new_key()))
             effects.append(outbox.card_update(task, self._new_key()))

@@ -55,7 +55,6 @@ STATUS_EVENTS = frozenset(
 DISPATCH_EVENTS = frozenset({EventKind.DISPATCHED, EventKind.REDISPATCHED})
 #: Statuses in which no claim is held: finished, or waiting for a person.
 UNCLAIMED_STATUSES = TERMINAL_STATUSES | {TaskStatus.BLOCKED}
-DIRECTIVE = OutboxKind.DIRECTIVE
 
 tasks = st.sampled_from(TASKS)
 names = st.sampled_from((*AGENTS, STRANGER))
@@ -334,6 +333,7 @@ def recorded_target(event: TaskEvent, current: TaskStatus) -> TaskStatus | None:
 
 
 def check_status_moves(step: Step) -> None:
+    """Every status change, in the row and in the log, is one the table or a reopen allows."""
     for ref, before in step.before.tasks.items():
         after = step.after.tasks[ref]
         assert before.status == after.status or allowed(None, before.status, after.status), (
@@ -349,6 +349,7 @@ def check_status_moves(step: Step) -> None:
 
 
 def check_log_only_grows(step: Step) -> None:
+    """Each task's log and the outbox only gain rows at the end, in id and time order."""
     for ref, earlier in step.before.events.items():
         later = step.after.events[ref]
         assert later[: len(earlier)] == earlier, f"{ref}'s log was rewritten on {step.op}"
@@ -360,6 +361,7 @@ def check_log_only_grows(step: Step) -> None:
 
 
 def check_leases_lapse_within_ttl_and_one_interval(step: Step) -> None:
+    """No tick leaves a stale lease, so none goes unprogressed past TTL plus an interval."""
     now = step.after.at
     for task in step.after.tasks.values():
         ttl = POLICIES[task.channel_id].lease_ttl
@@ -371,6 +373,7 @@ def check_leases_lapse_within_ttl_and_one_interval(step: Step) -> None:
 
 
 def check_refusals_change_nothing(step: Step) -> None:
+    """A refused operation leaves every task, event and outbox row as it was."""
     if step.refused:
         assert step.after.tasks == step.before.tasks, f"{step.op} was refused yet changed a task"
         assert step.after.events == step.before.events, f"{step.op} was refused yet logged"
@@ -386,6 +389,7 @@ def agent_acting_on(step: Step, ref: TaskRef) -> str | None:
 
 
 def check_claims(step: Step) -> None:
+    """Live tasks are claimed by their assignee; only the holder, at its epoch, makes progress."""
     for ref, before in step.before.tasks.items():
         after = step.after.tasks[ref]
         if after.status in UNCLAIMED_STATUSES:
@@ -404,6 +408,7 @@ def check_claims(step: Step) -> None:
 
 
 def check_dispatches(step: Step) -> None:
+    """Each new epoch is logged and directed once, within the attempts; each give-up escalated."""
     fresh = step.after.outbox[len(step.before.outbox) :]
     for ref, before in step.before.tasks.items():
         after = step.after.tasks[ref]
@@ -414,7 +419,9 @@ def check_dispatches(step: Step) -> None:
         new_epochs = list(range(before.lease_epoch + 1, after.lease_epoch + 1))
         announced = [e.data["epoch"] for e in events if e.kind in DISPATCH_EVENTS]
         assert announced == new_epochs, f"{ref} went to epoch {after.lease_epoch} on {step.op}"
-        sent = [(r.payload["epoch"], r.payload["agent"]) for r in rows if r.kind == DIRECTIVE]
+        sent = [
+            (r.payload["epoch"], r.payload["agent"]) for r in rows if r.kind == OutboxKind.DIRECTIVE
+        ]
         assert sent == [(epoch, after.assignee) for epoch in new_epochs], f"{ref}: {sent}"
         gave_up = [e for e in events if e.kind == EventKind.BLOCKED and e.actor == RECONCILER]
         escalated = [r for r in rows if r.kind == OutboxKind.ESCALATION]

@@ -21,7 +21,7 @@ USAGE = {
     "agent list": "/task-admin agent list",
     "agent remove": "/task-admin agent remove <name>",
     "agent key": "/task-admin agent key <name>",
-    "policy": "/task-admin policy [show | ttl <seconds> | attempts <n>]",
+    "policy": "/task-admin policy [show | ttl <seconds> | attempts <n> | agents-close on|off]",
     "reconcile": "/task-admin reconcile",
     "stats": "/task-admin stats",
 }
@@ -211,7 +211,12 @@ def agent_key_view(name: str) -> dict[str, object]:
 
 async def _policy(command: SlashCommand, args: list[str], services: SlackServices) -> str:
     channel = command.channel_id
-    if args and args[0].lower() in ("ttl", "attempts"):
+    if args and args[0].lower() == "agents-close":
+        if len(args) != 2 or args[1].lower() not in ("on", "off"):
+            raise InvalidInput("`policy agents-close` takes `on` or `off`.")
+        allowed = args[1].lower() == "on"
+        await services.board.set_channel_policy(channel, command.user_id, None, None, allowed)
+    elif args and args[0].lower() in ("ttl", "attempts"):
         if len(args) != 2:
             raise InvalidInput(f"`policy {args[0]}` needs one number.")
         value = _number(args[1])
@@ -226,9 +231,15 @@ async def _policy(command: SlashCommand, args: list[str], services: SlackService
     book = await services.board.policies()
     policy, own = book.for_channel(channel), book.channels.get(channel)
     source = "this channel's own" if own else "the global defaults"
+    closers = (
+        "agents may mark tasks done"
+        if book.agents_may_close(channel)
+        else "only people mark tasks done"
+    )
     return (
         f"Lease policy in <#{channel}> ({source}): TTL {policy.lease_ttl.total_seconds():g}s, "
-        f"{policy.max_dispatch_attempts} dispatch attempt(s) before a silent task is blocked."
+        f"{policy.max_dispatch_attempts} dispatch attempt(s) before a silent task is blocked; "
+        f"{closers}."
     )
 
 

@@ -52,7 +52,7 @@ ADMIN_USAGE = """*`/task-admin` — for threadwork admins*
 • `/task-admin agent token <name> [revoke]` — an MCP token for an external agent, shown once
 • `/task-admin agent list` · `/task-admin agent remove <name>`
 • `/task-admin agent key <name>` — opens a form for the agent's API key
-• `/task-admin policy [show | ttl <seconds> | attempts <n>]` — this channel's lease policy
+• `/task-admin policy [show | ttl <seconds> | attempts <n> | agents-close on|off]` — this channel's policy
 • `/task-admin reconcile` — run one reconcile tick now
 • `/task-admin stats` — tasks by status, stale, blocked, outbox backlog"""
 

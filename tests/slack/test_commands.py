@@ -626,7 +626,7 @@ async def test_policy_shows_the_global_defaults_until_the_channel_overrides_them
 ) -> None:
     expected = (
         "Lease policy in <#C1> (the global defaults): TTL 600s, "
-        "2 dispatch attempt(s) before a silent task is blocked."
+        "2 dispatch attempt(s) before a silent task is blocked; only people mark tasks done."
     )
     assert await task_admin(service, "policy") == expected
     assert await task_admin(service, "policy show") == expected
@@ -637,7 +637,7 @@ async def test_policy_ttl_and_attempts_override_this_channel_only(service: Harne
     reply = await task_admin(service, "policy ttl 60")
     assert reply == (
         "Lease policy in <#C1> (this channel's own): TTL 60s, "
-        "2 dispatch attempt(s) before a silent task is blocked."
+        "2 dispatch attempt(s) before a silent task is blocked; only people mark tasks done."
     )
     assert await policies(service) == {"C1": ChannelPolicy("C1", 60.0, None)}
 
@@ -904,3 +904,14 @@ async def test_an_mcp_token_is_shown_once_works_and_can_be_revoked(service: Harn
     assert refused.startswith(
         ":warning: `agent token` needs the agent's name, and optionally `revoke`."
     )
+
+
+async def test_a_channel_can_let_agents_close_their_own_tasks(service: Harness) -> None:
+    reply = await task_admin(service, "policy agents-close on")
+    assert reply.endswith("agents may mark tasks done.")
+    assert (await service.core.board.policies()).agents_may_close("C1")
+    assert not (await service.core.board.policies()).agents_may_close("C2")
+    refused = await task_admin(service, "policy agents-close maybe")
+    assert refused.startswith(":warning: `policy agents-close` takes `on` or `off`.")
+    await task_admin(service, "policy agents-close off")
+    assert not (await service.core.board.policies()).agents_may_close("C1")
