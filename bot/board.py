@@ -4,12 +4,12 @@ Each use case is one transaction: it reads the task, checks the rules, writes th
 compare-and-set, appends one event per state change and enqueues the chat side effects.
 """
 
+import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from uuid import uuid4
 
 from bot import outbox
 from bot.agents import Agent
@@ -41,8 +41,8 @@ MAX_DISPATCH_ATTEMPTS = 100
 
 
 def new_key() -> str:
-    """A fresh, random outbox key."""
-    return uuid4().hex
+    """A fresh, random outbox key: 128 random bits as hex."""
+    return secrets.token_hex(16)
 
 
 @dataclass(frozen=True)

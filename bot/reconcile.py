@@ -71,7 +71,7 @@ class Reconciler:
         policy: LeasePolicy,
         new_key: Callable[[], str] = new_key,
         probe: ProgressProbe | None = None,
-        batch_size: int = 500,
+        batch_size: int = 1000,
         max_per_tick: int = 100_000,
         notify: Callable[[], None] = lambda: None,
     ) -> None:

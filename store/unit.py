@@ -137,6 +137,10 @@ class SqlUnit(SqlReader, AgentWorkWrites):
         query = (
             update(tasks)
             .where(
+                # The plain id list lets SQLite find the rows by primary key; without it the
+                # planner drives the row-value match from the status index, a scan that grows
+                # with every open task instead of with the stale set.
+                tasks.c.id.in_([t.id for t in stale]),
                 tuple_(tasks.c.id, tasks.c.attempts, tasks.c.last_progress_at).in_(read),
                 text(LEASED_SQL),
                 tasks.c.last_progress_at < cutoff,
