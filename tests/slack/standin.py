@@ -5,6 +5,7 @@ can be told to answer the next calls of a method with a 429 (Retry-After), a 500
 performing the call (as when Slack acts but the answer is lost).
 """
 
+import asyncio
 import json
 from collections import deque
 from collections.abc import Callable
@@ -13,11 +14,12 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 BOT_USER = "UBOT"
 BOT_ID = "BBOT"
 TOKEN = "xoxb-test-token"
+APP_TOKEN = "xapp-1-test-token"
 
 
 #: A "status" that closes the connection without any answer.
@@ -54,12 +56,16 @@ class SlackStandIn:
     #: Time as the service sees it, so message ts line up with leases (a FakeClock in tests).
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     _last_ts: float = 0.0
+    socket: web.WebSocketResponse | None = None
+    socket_connected: asyncio.Event = field(default_factory=asyncio.Event)
+    socket_acks: "asyncio.Queue[dict[str, Any]]" = field(default_factory=asyncio.Queue)
     _runner: web.AppRunner | None = None
     url: str = ""
 
     async def start(self) -> str:
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._handle)
+        app.router.add_get("/socket", self._socket)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -125,7 +131,8 @@ class SlackStandIn:
 
     async def _handle(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
-        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
+        expected = APP_TOKEN if method == "apps.connections.open" else TOKEN
+        if request.headers.get("Authorization") != f"Bearer {expected}":
             return web.json_response({"ok": False, "error": "invalid_auth"})
         args = await self._args(request)
         self.calls.append(Call(method, args))
@@ -170,6 +177,27 @@ class SlackStandIn:
         return web.Response(status=failure.status, text="upstream trouble")
 
     # The Web API methods -------------------------------------------------------------------
+
+    # Socket Mode ------------------------------------------------------------------------------
+
+    async def _socket(self, request: web.Request) -> web.WebSocketResponse:
+        """Slack's side of a Socket Mode connection: hello, then envelopes out and acks in."""
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        self.socket = socket
+        await socket.send_json({"type": "hello", "num_connections": 1, "debug_info": {}})
+        self.socket_connected.set()
+        async for message in socket:
+            if message.type == WSMsgType.TEXT:
+                await self.socket_acks.put(json.loads(message.data))
+        return socket
+
+    async def push(self, envelope: dict[str, Any]) -> None:
+        assert self.socket is not None
+        await self.socket.send_json(envelope)
+
+    def _apps_connections_open(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "url": self.url.replace("http://", "ws://").replace("/api/", "/socket")}
 
     def _auth_test(self, args: dict[str, Any]) -> dict[str, Any]:
         return {
