@@ -7,7 +7,13 @@ import structlog
 
 
 def configure_logging(level: str = "INFO", json: bool = False) -> None:
-    """Routes structlog to stderr at ``level``."""
+    """Routes structlog to stderr at ``level``; libraries' stdlib logs go to stderr too, and
+    chatty HTTP clients only say something when it matters."""
+    logging.basicConfig(
+        level=level, stream=sys.stderr, force=True, format="%(levelname)s %(name)s %(message)s"
+    )
+    for noisy in ("httpx2", "httpx", "uvicorn.access", "slack_bolt", "slack_sdk"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     )

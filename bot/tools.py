@@ -178,7 +178,8 @@ Resolver = Callable[[Mapping[str, str] | None], Awaitable[TaskTools]]
 
 def build_tool_server(resolve: Resolver) -> MCPServer:
     """The tool definitions. ``resolve`` finds the caller from HTTP headers (MCP front door)."""
-    server = MCPServer(name="threadwork", instructions=INSTRUCTIONS)
+    # WARNING: the SDK would otherwise set the root logger to INFO with its own handler.
+    server = MCPServer(name="threadwork", instructions=INSTRUCTIONS, log_level="WARNING")
 
     async def caller(ctx: Context) -> TaskTools:
         pinned = current_caller.get()
