@@ -164,6 +164,7 @@ async def serve(
         )
         core.signal.subscribe(slack.dispatcher.wake)
         agents = build_agent_services(core, slack.services.supervisor, slack.thread_status, worker)
+        loops = slack.loops
         scheduler = build_scheduler(
             slack.reconciler, settings.reconcile_interval, slack.gateway.forget_old_deliveries
         )
@@ -173,7 +174,7 @@ async def serve(
             await runner.setup()
             await web.TCPSite(runner, settings.host, settings.port).start()
             await slack.start()
-            await agents.start(slack.services.supervisor)
+            await agents.start(loops)
             logger.info(
                 "serve.started",
                 host=settings.host,

@@ -5,6 +5,7 @@ compare-and-set, appends one event per state change and enqueues the chat side e
 """
 
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -41,8 +42,9 @@ MAX_DISPATCH_ATTEMPTS = 100
 
 
 def new_key() -> str:
-    """A fresh, random outbox key: 128 random bits as hex."""
-    return secrets.token_hex(16)
+    """A fresh outbox key: time-ordered (new keys land at the end of the unique index, not on
+    a random page of it) then 64 random bits; 32 hex digits."""
+    return f"{time.time_ns():016x}{secrets.randbits(64):016x}"
 
 
 @dataclass(frozen=True)

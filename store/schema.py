@@ -73,6 +73,12 @@ tasks = Table(
     Index("ix_tasks_status", "status"),
     Index("ix_tasks_channel_thread", "channel_id", "thread_ts"),
     Index("ix_tasks_assigned_by", "assigned_by"),
+    Index(
+        "ix_tasks_awaiting_input",
+        "awaiting_input_since",
+        sqlite_where=text("awaiting_input_since IS NOT NULL"),
+        postgresql_where=text("awaiting_input_since IS NOT NULL"),
+    ),
 )
 
 channel_counters = Table(

@@ -18,6 +18,9 @@ from channels.slack.task_command import handle_task_command
 
 logger = structlog.get_logger(__name__)
 
+#: Thread messages stored after their ack, at most; beyond this they are stored before it.
+MAX_PENDING_WRITES = 500
+
 
 def build_bolt_app(services: SlackServices, client: AsyncWebClient) -> AsyncApp:
     """A Bolt app that answers only after its listener ran (so the work is committed first).
@@ -57,7 +60,14 @@ def register_commands(app: AsyncApp, services: SlackServices) -> None:
 def register_events(app: AsyncApp, services: SlackServices) -> None:
     @app.event("message")
     async def message(event: dict[str, Any]) -> None:
-        await on_thread_message(MessageEvent.from_event(event), services)
+        # Acknowledged at once, stored just after: the write is idempotent (unique on channel
+        # and ts), and a post lost to a crash is found by the reconcile's thread probe. Past
+        # MAX_PENDING_WRITES the write happens before the ack, so overload pushes back on Slack.
+        parsed = MessageEvent.from_event(event)
+        if services.supervisor.pending >= MAX_PENDING_WRITES:
+            await on_thread_message(parsed, services)
+            return
+        services.supervisor.spawn(on_thread_message(parsed, services), name=f"message:{parsed.ts}")
 
     @app.event("app_mention")
     async def mention(event: dict[str, Any], client: AsyncWebClient) -> None:

@@ -67,19 +67,23 @@ class SlackRuntime:
     reconciler: Reconciler
     thread_status: SlackThreadStatus
     socket: SocketModeClient | None = None
+    #: Endless loops (the outbox dispatcher, the agent runner), apart from short-lived work so
+    #: that draining that work never waits on them.
+    loops: Supervisor = field(default_factory=Supervisor)
     _auth_checked: float = field(default=-AUTH_CHECK_SECONDS)
 
     def routes(self) -> list[web.RouteDef]:
         return slack_routes(self.gateway)
 
     async def start(self) -> None:
-        self.services.supervisor.spawn(self.dispatcher.run(), name="outbox-dispatcher")
+        self.loops.spawn(self.dispatcher.run(), name="outbox-dispatcher")
         if self.socket is not None:
             await self.socket.connect()  # type: ignore[no-untyped-call]  # untyped in slack_sdk
 
     async def close(self) -> None:
         if self.socket is not None:
             await self.socket.close()  # type: ignore[no-untyped-call]  # untyped in slack_sdk
+        await self.loops.close()
         await self.services.supervisor.close()
         if self.client.session is not None:
             await self.client.session.close()

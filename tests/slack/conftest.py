@@ -116,6 +116,7 @@ class Harness:
             else {}
         )
         response = await self.post(body, "application/json", headers)
+        await self.runtime.services.supervisor.drain()  # the work that runs after the ack
         return response.status
 
     async def thread_message(

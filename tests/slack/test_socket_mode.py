@@ -103,6 +103,7 @@ async def test_an_event_redelivered_over_socket_mode_is_processed_once(
             },
         )
         assert ack["envelope_id"] == f"env-{attempt}"
+    await socket_service[1].services.supervisor.drain()
     async with core.store.read() as reader:
         [task] = await reader.list_tasks()
     assert (task.assignee, task.lease_epoch, task.thread_ts) == ("coder", 1, root["ts"])

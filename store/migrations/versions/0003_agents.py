@@ -19,12 +19,20 @@ depends_on: str | Sequence[str] | None = None
 
 Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 OPEN_WAKEUP = "done_at IS NULL"
+WAITING = "awaiting_input_since IS NOT NULL"
 
 
 def upgrade() -> None:
     with op.batch_alter_table("tasks") as batch:
         batch.add_column(sa.Column("awaiting_input_since", UTCDateTime()))
         batch.add_column(sa.Column("alive_at", UTCDateTime()))
+    op.create_index(
+        "ix_tasks_awaiting_input",
+        "tasks",
+        ["awaiting_input_since"],
+        sqlite_where=sa.text(WAITING),
+        postgresql_where=sa.text(WAITING),
+    )
     with op.batch_alter_table("channel_policies") as batch:
         batch.add_column(sa.Column("agents_may_close", sa.Boolean))
 
@@ -115,6 +123,7 @@ def downgrade() -> None:
         op.drop_table(table)
     with op.batch_alter_table("channel_policies") as batch:
         batch.drop_column("agents_may_close")
+    op.drop_index("ix_tasks_awaiting_input", "tasks")
     with op.batch_alter_table("tasks") as batch:
         batch.drop_column("alive_at")
         batch.drop_column("awaiting_input_since")
