@@ -1,0 +1,1 @@
+"""Benchmarks for threadwork's hot paths, run as ``python -m bench.<name>``."""

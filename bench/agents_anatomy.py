@@ -1,0 +1,126 @@
+"""Where a step's CPU goes: each part of a step, timed alone, one call at a time.
+
+A step of a run is: a claim check before the model call (a read transaction), the streamed model
+request through the SDK (and the INFO line httpx2 logs for it), the usage write, a claim check
+after, and the tool call (post_update through the MCP tool server, its own write transaction).
+Each commit also wakes the runner for a claim pass. The stand-in serves from its own process, so
+only this process's CPU is counted.
+"""
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from mcp.server.mcpserver import MCPServer
+
+from bench.agents_rig import AGENT, Rig, open_rig
+from bench.agents_standin_process import standin_process
+from bot.app import tools_for
+from bot.runtime.model import AgentModel, ToolSpec
+from bot.task import Task
+from bot.tools import RUNTIME_TOOLS, TaskTools, build_tool_server, current_caller
+from bot.work import Usage
+
+Call = Callable[[int], Awaitable[object]]
+
+
+@dataclass(frozen=True)
+class Part:
+    """One part of a step: how often a step does it (0: on wake-ups), its mean CPU and wall."""
+
+    name: str
+    per_step: int
+    cpu_ms: float
+    wall_ms: float
+
+
+async def measure_anatomy(directory: Path, repeats: int) -> list[Part]:
+    """Times each part of a step ``repeats`` times, sequentially, after one warm-up call."""
+    async with (
+        standin_process(updates=10 * repeats) as standin,
+        open_rig(directory / "anatomy.db", standin.url, max_steps=5) as rig,
+    ):
+        parts = await StepParts.build(rig, await rig.assigned("Anatomy probe"))
+        return [await _timed(name, n, call, repeats) for name, n, call in parts.catalogue()]
+
+
+async def _timed(name: str, per_step: int, call: Call, repeats: int) -> Part:
+    await call(0)
+    cpu, wall = time.process_time(), time.perf_counter()
+    for n in range(1, repeats + 1):
+        await call(n)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    return Part(name, per_step, 1000 * cpu / repeats, 1000 * wall / repeats)
+
+
+@dataclass
+class StepParts:
+    """The calls a step makes, against one assigned task, each callable on its own."""
+
+    rig: Rig
+    task: Task
+    model: AgentModel
+    specs: list[ToolSpec]
+    caller: TaskTools
+    #: A tool server like the runner's; the runtime calls it in-process with its caller pinned.
+    server: MCPServer
+
+    @classmethod
+    async def build(cls, rig: Rig, task: Task) -> "StepParts":
+        async with rig.core.store.read() as reader:
+            agent = await reader.get_agent(AGENT)
+        assert agent is not None
+        model = await rig.services.models.for_agent(agent)
+        server = build_tool_server(_unpinned)
+        specs = [
+            ToolSpec(t.name, t.description or "", dict(t.input_schema))
+            for t in await server.list_tools()
+            if t.name in RUNTIME_TOOLS
+        ]
+        caller = tools_for(rig.core)(AGENT, task.lease_epoch)
+        return cls(rig, task, model, specs, caller, server)
+
+    def catalogue(self) -> list[tuple[str, int, Call]]:
+        return [
+            ("claim check (read transaction, get_task)", 2, self.claim_check),
+            ("model request (anthropic SDK, streamed)", 1, self.model_request),
+            ("httpx2 INFO line through the root logger's Rich handler", 1, self.http_log_line),
+            ("usage write (record_usage transaction)", 1, self.usage_write),
+            ("post_update tool call (MCP tool server, write transaction)", 1, self.tool_call),
+            ("runner claim pass finding nothing (run_once)", 0, self.claim_pass),
+        ]
+
+    async def claim_check(self, _n: int) -> object:
+        async with self.rig.core.store.read() as reader:
+            return await reader.get_task(self.task.ref)
+
+    async def model_request(self, _n: int) -> object:
+        messages = [{"role": "user", "content": f"Directive: work on task {self.task.ref} (x)."}]
+        return await self.model.complete("You are a benchmark agent.", self.specs, messages, _idle)
+
+    async def http_log_line(self, _n: int) -> None:
+        logging.getLogger("httpx2").info('HTTP Request: %s %s "%s"', "POST", "/v1/messages", 200)
+
+    async def usage_write(self, _n: int) -> None:
+        await self.rig.core.work.record_usage(self.task.id, Usage(10, 5, 100, 10))
+
+    async def tool_call(self, n: int) -> object:
+        token = current_caller.set(self.caller)
+        try:
+            arguments = {"task": str(self.task.ref), "text": f"Step {n}"}
+            return await self.server.call_tool("post_update", arguments)
+        finally:
+            current_caller.reset(token)
+
+    async def claim_pass(self, _n: int) -> int:
+        return await self.rig.runner.run_once()
+
+
+async def _idle() -> None:
+    return None
+
+
+async def _unpinned(_headers: Mapping[str, str] | None) -> TaskTools:
+    raise AssertionError("every tool call here pins its caller")

@@ -1,0 +1,158 @@
+"""One core with the built-in runtime, as ``serve`` wires it: a fresh SQLite file, the real clock.
+
+The model is whatever stand-in listens at ``anthropic_url``; the MCP front door stays off. SQL
+statements are counted on the engine (``SqlCounter``) so a result can say what a step costs.
+"""
+
+import asyncio
+import contextlib
+import dataclasses
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from sqlalchemy import event, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.agents import AgentKind, AgentSettings
+from bot.app import AgentServices, build_agent_services
+from bot.clock import utc_now
+from bot.core import Core, open_core
+from bot.logging import configure_logging
+from bot.runtime.runner import AgentRunner
+from bot.settings import Settings
+from bot.signal import ChangeSignal
+from bot.supervisor import Supervisor
+from bot.task import Actor, Task
+from store.migrate import upgrade
+from store.schema import tasks
+
+AGENT = "claude-bench"
+MODEL = "claude-standin-1"
+PERSON = "UBENCH01"
+#: The SqlCounter key for the runner's claim query (one per claim pass).
+CLAIM_QUERIES = "claim queries"
+CHANNEL = "C1"
+
+
+class SqlCounter:
+    """Counts the statements an engine sends, by kind: write/read transactions, SELECT, ..."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def attach(self, engine: AsyncEngine) -> "SqlCounter":
+        event.listen(engine.sync_engine, "before_cursor_execute", self._seen)
+        return self
+
+    def snapshot(self) -> Counter[str]:
+        return Counter(self.counts)
+
+    def _seen(self, _conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        words = statement.lstrip().split(None, 2)
+        kind = " ".join(words[:2]) if words[:2] == ["BEGIN", "IMMEDIATE"] else words[0].upper()
+        self.counts[kind] += 1
+        if kind == "SELECT" and "agent_wakeups.claim_expires_at <" in statement:
+            self.counts[CLAIM_QUERIES] += 1  # the runner's claim query
+
+
+class RunWatcher:
+    """Notes every run the runner has going each time something commits (cheap: no I/O).
+
+    A run always commits while it is active (its final status change), so by the end every run
+    has been seen, and awaiting them gives the moment the last one finished.
+    """
+
+    def __init__(self, runner: AgentRunner) -> None:
+        self._runner = runner
+        self.runs: dict[int, asyncio.Task[Any]] = {}
+        self.peak = 0
+
+    def observe(self) -> None:
+        active = self._runner.active
+        self.peak = max(self.peak, len(active))
+        self.runs.update((task_id, handle.task) for task_id, handle in active.items())
+
+    async def until_finished(self, task_ids: set[int], signal: ChangeSignal) -> list[str]:
+        """Waits (bound it) until a run of each task was seen and every seen run has ended."""
+        while not task_ids <= self.runs.keys():
+            await signal.changed()
+        return [str(outcome) for outcome in await asyncio.gather(*self.runs.values())]
+
+
+@dataclass
+class Rig:
+    """The core, the runner's services and the supervisor that runs them."""
+
+    core: Core
+    supervisor: Supervisor
+    services: AgentServices
+    sql: SqlCounter
+    watcher: RunWatcher
+
+    @property
+    def runner(self) -> AgentRunner:
+        return self.services.runner
+
+    def start_runner(self) -> None:
+        """Starts ``runner.run()`` in the background, as ``serve`` does."""
+        self.supervisor.spawn(self.runner.run(), name="agent-runner")
+
+    async def until_finished(self, task_ids: set[int]) -> list[str]:
+        """The outcomes of every run seen, once each of ``task_ids`` has had one end (bound it)."""
+        return await self.watcher.until_finished(task_ids, self.core.signal)
+
+    async def assigned(self, title: str) -> Task:
+        """A new task in the channel, assigned to the benchmark's agent (committed)."""
+        task = await self.core.board.create_task(CHANNEL, title, Actor.user(PERSON))
+        return await self.core.board.assign_task(task.ref, AGENT, PERSON)
+
+    async def count_in_status(self, status: str) -> int:
+        async with self.core.engine.connect() as connection:
+            query = select(func.count()).select_from(tasks).where(tasks.c.status == status)
+            return int((await connection.execute(query)).scalar_one())
+
+
+def rig_settings(database: Path, anthropic_url: str, max_steps: int) -> Settings:
+    return Settings(
+        DATABASE_URL=f"sqlite:///{database}",
+        ANTHROPIC_API_KEY="sk-ant-bench-000",
+        ANTHROPIC_BASE_URL=anthropic_url,
+        THREADWORK_MCP_PORT=0,
+        THREADWORK_AGENT_MAX_STEPS=max_steps,
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_rig(
+    database: Path, anthropic_url: str, max_steps: int, wake_on_commit: bool = True
+) -> AsyncIterator[Rig]:
+    """Migrates ``database``, registers one Claude agent, and wires the runtime; runner stopped.
+
+    With ``wake_on_commit`` off, the runner is wired to a signal nothing notifies, so it is
+    woken by no commit at all and claims on its 1 s poll: for work that is all queued before the
+    runner starts, that is what waking it only for commits that enqueue a wake-up would cost.
+    """
+    settings = rig_settings(database, anthropic_url, max_steps)
+    async with open_core(settings, utc_now) as core:
+        await upgrade(core.engine)
+        agent_settings = AgentSettings(model=MODEL, max_tokens=1024)
+        await core.registry.add_agent(AGENT, AgentKind.CLAUDE, settings=agent_settings)
+        supervisor = Supervisor()
+        wired = core if wake_on_commit else dataclasses.replace(core, signal=ChangeSignal())
+        services = build_agent_services(wired, supervisor, None, "bench-runner")
+        watcher = RunWatcher(services.runner)
+        core.signal.subscribe(watcher.observe)
+        try:
+            yield Rig(core, supervisor, services, SqlCounter().attach(core.engine), watcher)
+        finally:
+            await services.close()
+            await supervisor.close()
+
+
+def log_to(stream: TextIO) -> None:
+    """INFO logs as ``threadwork serve`` writes them, into ``stream`` instead of stderr."""
+    with contextlib.redirect_stderr(stream):
+        configure_logging("INFO")
