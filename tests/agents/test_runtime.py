@@ -6,11 +6,20 @@ from typing import Any
 
 import structlog
 
+from bot.agents import AgentKind, AgentSettings
 from bot.outbox import OutboxKind
 from bot.status import TaskStatus
 from bot.task import Actor, EventKind, Task, ThreadMessage
 from tests.agents.conftest import ALICE, FALLBACK_KEY, Runtime, open_runtime
-from tests.agents.standins import AnthropicStandIn, Failure, Hang, Reply, Text, ToolUse
+from tests.agents.standins import (
+    AnthropicStandIn,
+    Failure,
+    Hang,
+    OpenAIStandIn,
+    Reply,
+    Text,
+    ToolUse,
+)
 from tests.conftest import FakeClock
 
 
@@ -302,3 +311,46 @@ async def test_the_agents_own_key_is_used_survives_a_restart_and_is_never_logged
         assert secret not in repr(logs)
         [agent] = [a for a in await again.core.registry.list_agents() if a.name == "claude-1"]
         assert agent.api_key_configured is True
+
+
+async def test_a_hung_stream_still_reports_the_agent_alive_without_renewing_the_lease(
+    runtime: Runtime,
+) -> None:
+    rt = runtime
+    task = await rt.assigned()
+    rt.anthropic.script(Hang())
+    await rt.runner.run_once()
+    async with asyncio.timeout(10):
+        await rt.anthropic.until_hung(1)
+        while (await rt.task(task)).alive_at is None:
+            await rt.core.signal.changed()  # the heartbeat's commit
+    current = await rt.task(task)
+    assert current.alive_at is not None
+    assert current.last_progress_at == task.last_progress_at
+    assert EventKind.HEARTBEAT in await kinds(rt, task)
+    await rt.runner.close()
+
+
+async def test_an_openai_compatible_agent_works_a_task_through_its_endpoint(
+    runtime: Runtime, openai_standin: OpenAIStandIn
+) -> None:
+    rt = runtime
+    await rt.core.registry.add_agent(
+        "local-llm",
+        AgentKind.OPENAI,
+        settings=AgentSettings(model="qwen-standin", base_url=openai_standin.url),
+    )
+    await rt.core.registry.set_api_key("local-llm", "ollama-key")
+    task = await rt.assigned("local-llm")
+    openai_standin.script(
+        Reply([Text("Starting."), status(task, "in_progress")]),
+        Reply([status(task, "in_review", "done locally")]),
+    )
+    await rt.settle()
+    assert (await rt.task(task)).status == TaskStatus.IN_REVIEW
+    assert await posts(rt, task) == ["Starting."]
+    second = openai_standin.requests[1].body
+    assert second["model"] == "qwen-standin"
+    assert [m["role"] for m in second["messages"]][:2] == ["system", "user"]
+    assert any(m["role"] == "tool" for m in second["messages"])
+    assert openai_standin.requests[0].api_key == "ollama-key"
