@@ -1,6 +1,7 @@
 """Writes inside one transaction: every task change is a compare-and-set with RETURNING."""
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -147,9 +148,31 @@ class SqlUnit(SqlReader, AgentWorkWrites):
                 tasks.c.awaiting_input_since.is_(None),
             )
             .values(**changes)
-            .returning(*tasks.c)
+            .returning(
+                tasks.c.id,
+                tasks.c.status,
+                tasks.c.claimed_by,
+                tasks.c.attempts,
+                tasks.c.lease_epoch,
+                tasks.c.last_progress_at,
+                tasks.c.updated_at,
+            )
         )
-        return [task_from_row(row) for row in await self._db.execute(query)]
+        # Only the changed columns come back; the rest is as read (the compare-and-set matched
+        # it), which saves decoding every column of every acted row.
+        read_by_id = {t.id: t for t in stale}
+        return [
+            replace(
+                read_by_id[row.id],
+                status=TaskStatus(row.status),
+                claimed_by=row.claimed_by,
+                attempts=row.attempts,
+                lease_epoch=row.lease_epoch,
+                last_progress_at=row.last_progress_at,
+                updated_at=row.updated_at,
+            )
+            for row in await self._db.execute(query)
+        ]
 
     async def append_events(self, events: Sequence[NewEvent]) -> None:
         if not events:
