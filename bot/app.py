@@ -22,7 +22,7 @@ from bot.runtime.models import ModelFactory
 from bot.runtime.runner import AgentRunner, RunnerSettings, ThreadStatus
 from bot.settings import Settings
 from bot.supervisor import Supervisor
-from bot.tools import TaskTools, build_tool_server
+from bot.tools import TaskTools, build_tool_server, make_caller_factory
 from channels.mcp.server import McpHttpServer, build_mcp_app, build_mcp_server
 from channels.slack.runtime import SlackRuntime, build_slack_runtime, missing_settings
 from scheduler.jobs import build_scheduler
@@ -129,11 +129,7 @@ def build_agent_services(
 
 def tools_for(core: Core) -> Callable[[str, int | None], TaskTools]:
     """The tool set as an agent sees it (pinned to an epoch for a built-in run)."""
-
-    def make(agent: str, epoch: int | None = None) -> TaskTools:
-        return TaskTools(agent, core.store, core.board, core.work, core.clock, core.signal, epoch)
-
-    return make
+    return make_caller_factory(core.store, core.board, core.work, core.clock, core.signal)
 
 
 async def _in_process_only(_headers: object) -> TaskTools:

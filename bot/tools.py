@@ -20,7 +20,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from bot.agent_work import AgentWork
 from bot.board import Board, check_claim, require_task
 from bot.clock import Clock
-from bot.errors import DomainError, InvalidInput, NotClaimHolder
+from bot.errors import DomainError, InvalidInput, Superseded
 from bot.ports import Store
 from bot.signal import ChangeSignal
 from bot.status import parse_status
@@ -97,7 +97,7 @@ class TaskTools:
         self, task: str, status: str, note: str | None = None, epoch: int | None = None
     ) -> dict[str, Any]:
         if self.epoch is not None and epoch is not None and epoch != self.epoch:
-            raise NotClaimHolder(f"superseded: this run holds epoch {self.epoch}, not {epoch}.")
+            raise Superseded(f"superseded: this run holds epoch {self.epoch}, not {epoch}.")
         updated = await self.board.update_task_status(
             TaskRef.parse(task),
             parse_status(status),

@@ -100,12 +100,6 @@ class AgentWorkReads:
         )
         return [task_from_row(row) for row in await self._db.execute(query)]
 
-    async def has_open_wakeups(self, agent: str) -> bool:
-        query = select(agent_wakeups.c.id).where(
-            agent_wakeups.c.agent == agent, agent_wakeups.c.done_at.is_(None)
-        )
-        return (await self._db.execute(query.limit(1))).first() is not None
-
 
 class AgentWorkWrites:
     """Writes; mixed into the unit of work."""
