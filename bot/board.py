@@ -6,7 +6,7 @@ compare-and-set, appends one event per state change and enqueues the chat side e
 
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,7 +32,16 @@ from bot.status import (
     check_reopen,
     check_transition,
 )
-from bot.task import Actor, EventKind, LeasePolicy, NewEvent, Task, TaskRef, ThreadMessage
+from bot.task import (
+    Actor,
+    EventKind,
+    IncomingReply,
+    LeasePolicy,
+    NewEvent,
+    Task,
+    TaskRef,
+    ThreadMessage,
+)
 from bot.work import WakeReason
 
 MAX_TITLE_LENGTH = 300
@@ -53,6 +62,12 @@ class ThreadReply:
 
     task_id: int
     renewed: bool
+
+
+def _wrote(agent: Agent, reply: IncomingReply) -> bool:
+    """Whether ``agent`` is the Slack user or bot who posted ``reply``."""
+    by_user = agent.slack_user_id is not None and agent.slack_user_id == reply.user_id
+    return by_user or (agent.slack_bot_id is not None and agent.slack_bot_id == reply.bot_id)
 
 
 @dataclass(frozen=True)
@@ -234,29 +249,65 @@ class Board:
                 await self._person_spoke(unit, message.task_id, now)
         return True
 
-    async def record_thread_reply(
-        self,
-        channel_id: str,
-        thread_ts: str,
-        ts: str,
-        user_id: str | None,
-        bot_id: str | None,
-        text: str,
-    ) -> ThreadReply | None:
-        """A reply seen in a thread, in one transaction: stored once (unique on channel and ts)
-        if the thread is a task's, then the lease renewed if its author's agent holds the claim,
-        or the agent woken if a person wrote. None when nothing was stored."""
+    async def record_thread_replies(self, replies: Sequence[IncomingReply]) -> list[ThreadReply]:
+        """Posts seen in threads, in one transaction whatever their number.
+
+        Each is stored once (unique on channel and ts) if its thread is a task's. Per task, a new
+        post by the agent holding the claim renews the lease, and a new post by a person (anyone
+        who is not a registered agent) wakes the agent and ends a wait for input. Returns what
+        was stored; redeliveries and posts outside task threads are left out.
+        """
         async with self._transaction() as unit:
             now = self._clock()
-            author = user_id or bot_id or "unknown"
-            task_id = await unit.record_reply(channel_id, thread_ts, ts, author, text, now)
-            if task_id is None:
-                return None
-            if await unit.renew_lease_by_author(task_id, user_id, bot_id, now):
-                return ThreadReply(task_id, renewed=True)
-            if await unit.find_agent_by_slack_id(user_id, bot_id) is None:
-                await self._person_spoke(unit, task_id, now)
-            return ThreadReply(task_id, renewed=False)
+            threads = {(r.channel_id, r.thread_ts) for r in replies}
+            by_thread = {
+                (t.channel_id, t.thread_ts): t for t in await unit.get_tasks_by_threads(threads)
+            }
+            found = {
+                (r.channel_id, r.ts): (r, by_thread[(r.channel_id, r.thread_ts)])
+                for r in replies
+                if (r.channel_id, r.thread_ts) in by_thread
+            }
+            messages = [
+                ThreadMessage(task.id, r.channel_id, r.ts, r.author, r.text, now)
+                for r, task in found.values()
+            ]
+            stored = [found[key] for key in sorted(await unit.record_messages(messages))]
+            if not stored:
+                return []
+            agents = await unit.find_agents_by_slack_ids(
+                {r.user_id for r, _ in stored if r.user_id},
+                {r.bot_id for r, _ in stored if r.bot_id},
+            )
+            renewed = await self._react_to_posts(unit, stored, agents, now)
+        return [ThreadReply(task.id, task.id in renewed) for _, task in stored]
+
+    async def _react_to_posts(
+        self,
+        unit: Unit,
+        posts: Sequence[tuple[IncomingReply, Task]],
+        agents: Sequence[Agent],
+        now: datetime,
+    ) -> set[int]:
+        """Renews leases whose holder posted and wakes agents a person wrote to; returns the
+        ids of the tasks whose lease was renewed."""
+        holders: set[int] = set()
+        spoken_to: set[int] = set()
+        for reply, task in posts:
+            agent = next((a for a in agents if _wrote(a, reply)), None)
+            if agent is None:
+                spoken_to.add(task.id)
+            elif agent.name == task.claimed_by:
+                holders.add(task.id)
+        claims = {task.id: task.claimed_by for _, task in posts}
+        renewed = set()
+        for task_id in sorted(holders):
+            holder = claims[task_id]
+            if holder is not None and await unit.renew_lease(task_id, holder, now):
+                renewed.add(task_id)
+        for task_id in sorted(spoken_to):
+            await self._person_spoke(unit, task_id, now)
+        return renewed
 
     async def _person_spoke(self, unit: Unit, task_id: int, now: datetime) -> None:
         """Wakes the claim holder; a wait for input ends and the lease starts afresh."""

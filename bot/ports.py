@@ -5,7 +5,7 @@ database transaction, so a task update, its events and its outbox rows commit to
 at all.
 """
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Protocol, TypedDict
@@ -86,6 +86,16 @@ class Reader(Protocol):
 
     async def find_agent_by_slack_id(self, user_id: str | None, bot_id: str | None) -> Agent | None:
         """The agent whose Slack user id or bot id matches, if any."""
+        ...
+
+    async def find_agents_by_slack_ids(
+        self, user_ids: Collection[str], bot_ids: Collection[str]
+    ) -> list[Agent]:
+        """Every agent whose Slack user id or bot id is among those given."""
+        ...
+
+    async def get_tasks_by_threads(self, threads: Collection[tuple[str, str]]) -> list[Task]:
+        """The tasks living in the given (channel, thread_ts) threads."""
         ...
 
     async def list_channel_policies(self) -> list[ChannelPolicy]: ...
@@ -194,18 +204,12 @@ class Unit(Reader, Protocol):
 
     async def revoke_tokens(self, agent: str, at: datetime) -> int: ...
 
-    async def record_reply(
-        self, channel_id: str, thread_ts: str, ts: str, author: str, text: str, at: datetime
-    ) -> int | None:
-        """Stores a reply in a task's thread once; the task id when stored, else None."""
-        ...
-
-    async def renew_lease_by_author(
-        self, task_id: int, user_id: str | None, bot_id: str | None, at: datetime
-    ) -> bool: ...
-
     async def record_message(self, message: ThreadMessage) -> bool:
         """Stores a thread message; False when (channel, ts) was already stored."""
+        ...
+
+    async def record_messages(self, messages: Sequence[ThreadMessage]) -> set[tuple[str, str]]:
+        """Stores thread messages in one statement; the (channel, ts) of those new here."""
         ...
 
     async def upsert_agent(

@@ -173,3 +173,19 @@ class ThreadMessage:
     author: str
     text: str
     at: datetime
+
+
+@dataclass(frozen=True)
+class IncomingReply:
+    """A post seen in some thread, not yet matched to a task; its author is a user or a bot."""
+
+    channel_id: str
+    thread_ts: str
+    ts: str
+    user_id: str | None
+    bot_id: str | None
+    text: str
+
+    @property
+    def author(self) -> str:
+        return self.user_id or self.bot_id or "unknown"

@@ -1,9 +1,9 @@
 """Read queries over one connection, mapping rows to domain values once."""
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 
-from sqlalchemy import and_, func, or_, select, text
+from sqlalchemy import and_, func, or_, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.agents import Agent
@@ -164,6 +164,28 @@ class SqlReader(AgentWorkReads):
         query = select(agents, _HAS_KEY).where(or_(*matches)).order_by(agents.c.id).limit(1)
         row = (await self._db.execute(query)).first()
         return agent_from_row(row, bool(row.api_key_configured)) if row else None
+
+    async def find_agents_by_slack_ids(
+        self, user_ids: Collection[str], bot_ids: Collection[str]
+    ) -> list[Agent]:
+        matches = []
+        if user_ids:
+            matches.append(agents.c.slack_user_id.in_(sorted(user_ids)))
+        if bot_ids:
+            matches.append(agents.c.slack_bot_id.in_(sorted(bot_ids)))
+        if not matches:
+            return []
+        query = select(agents, _HAS_KEY).where(or_(*matches)).order_by(agents.c.id)
+        return [
+            agent_from_row(row, bool(row.api_key_configured))
+            for row in await self._db.execute(query)
+        ]
+
+    async def get_tasks_by_threads(self, threads: Collection[tuple[str, str]]) -> list[Task]:
+        if not threads:
+            return []
+        pairs = tuple_(tasks.c.channel_id, tasks.c.thread_ts).in_(sorted(threads))
+        return [task_from_row(row) for row in await self._db.execute(select(tasks).where(pairs))]
 
     async def list_channel_policies(self) -> list[ChannelPolicy]:
         rows = await self._db.execute(select(channel_policies))

@@ -5,7 +5,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, Text, and_, delete, func, literal, or_, select, text, tuple_, update
+from sqlalchemy import and_, delete, func, or_, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.agents import Agent, AgentKind, AgentSettings
@@ -30,7 +30,6 @@ from store.schema import (
     task_messages,
     tasks,
 )
-from store.types import UTCDateTime
 
 
 def _column_values(fields: TaskFields) -> dict[str, Any]:
@@ -244,52 +243,6 @@ class SqlUnit(SqlReader, AgentWorkWrites):
         query = delete(inbound_deliveries).where(inbound_deliveries.c.received_at < before)
         return int((await self._db.execute(query)).rowcount)
 
-    async def record_reply(
-        self, channel_id: str, thread_ts: str, ts: str, author: str, text: str, at: datetime
-    ) -> int | None:
-        """Stores a reply if its thread is a task's, once; returns the task id when stored.
-
-        One statement: the task is found by its thread inside the INSERT, and (channel, ts)
-        uniqueness makes a redelivery a no-op.
-        """
-        source = select(
-            tasks.c.id,
-            literal(channel_id, String),
-            literal(ts, String),
-            literal(author, String),
-            literal(text, Text),
-            literal(at, UTCDateTime()),
-        ).where(tasks.c.channel_id == channel_id, tasks.c.thread_ts == thread_ts)
-        columns = ["task_id", "channel_id", "ts", "author", "text", "at"]
-        query = (
-            dialect_insert(self._db, task_messages)
-            .from_select(columns, source)
-            .on_conflict_do_nothing(index_elements=["channel_id", "ts"])
-            .returning(task_messages.c.task_id)
-        )
-        return (await self._db.execute(query)).scalar_one_or_none()
-
-    async def renew_lease_by_author(
-        self, task_id: int, user_id: str | None, bot_id: str | None, at: datetime
-    ) -> bool:
-        """Renews the lease when the author is the agent holding the claim; one statement."""
-        holders = select(agents.c.name).where(
-            or_(
-                and_(agents.c.slack_user_id.is_not(None), agents.c.slack_user_id == user_id),
-                and_(agents.c.slack_bot_id.is_not(None), agents.c.slack_bot_id == bot_id),
-            )
-        )
-        query = (
-            update(tasks)
-            .where(
-                tasks.c.id == task_id,
-                tasks.c.claimed_by.in_(holders.scalar_subquery()),
-                or_(tasks.c.last_progress_at.is_(None), tasks.c.last_progress_at < at),
-            )
-            .values(last_progress_at=at)
-        )
-        return (await self._db.execute(query)).rowcount == 1
-
     async def record_message(self, message: ThreadMessage) -> bool:
         query = (
             dialect_insert(self._db, task_messages)
@@ -304,6 +257,28 @@ class SqlUnit(SqlReader, AgentWorkWrites):
             .on_conflict_do_nothing(index_elements=["channel_id", "ts"])
         )
         return bool((await self._db.execute(query)).rowcount == 1)
+
+    async def record_messages(self, messages: Sequence[ThreadMessage]) -> set[tuple[str, str]]:
+        if not messages:
+            return set()
+        rows = [
+            {
+                "task_id": m.task_id,
+                "channel_id": m.channel_id,
+                "ts": m.ts,
+                "author": m.author,
+                "text": m.text,
+                "at": m.at,
+            }
+            for m in messages
+        ]
+        query = (
+            dialect_insert(self._db, task_messages)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=["channel_id", "ts"])
+            .returning(task_messages.c.channel_id, task_messages.c.ts)
+        )
+        return {(row.channel_id, row.ts) for row in await self._db.execute(query)}
 
     async def upsert_agent(
         self,

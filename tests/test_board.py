@@ -7,7 +7,8 @@ from bot.errors import IllegalTransition, InvalidInput, NotClaimHolder, NotFound
 from bot.outbox import OutboxKind
 from bot.registry import AgentRegistry
 from bot.status import TaskStatus
-from bot.task import Actor, EventKind, Task, TaskRef, ThreadMessage
+from bot.task import Actor, EventKind, IncomingReply, Task, TaskRef, ThreadMessage
+from bot.work import WakeReason
 from store.repository import SqlStore
 from tests.conftest import FakeClock
 
@@ -270,27 +271,74 @@ async def test_a_compare_and_set_on_a_stale_read_matches_nothing(
     assert lost is None
 
 
+def reply(ts: str, user: str, text: str = "", thread: str = "100.0") -> IncomingReply:
+    return IncomingReply("C1", thread, ts, user, None, text)
+
+
 async def test_a_thread_reply_is_stored_once_and_renews_only_for_the_claim_holder(
     board: Board, store: SqlStore, task: Task, clock: FakeClock
 ) -> None:
     await board.assign_task(task.ref, "coder", ALICE)
     async with store.transaction() as unit:
         await unit.record_card(task.id, "100.0")
-    assert (
-        await board.record_thread_reply("C1", "999.0", "1.1", "U_CODER", None, "elsewhere") is None
-    )
+    assert await board.record_thread_replies([reply("1.1", "U_CODER", thread="999.0")]) == []
     clock.advance(30)
-    person = await board.record_thread_reply("C1", "100.0", "101.0", "U_BOB", None, "status?")
-    assert person is not None
-    assert person.renewed is False
+    person = await board.record_thread_replies([reply("101.0", "U_BOB", "status?")])
+    assert [(r.task_id, r.renewed) for r in person] == [(task.id, False)]
     clock.advance(30)
-    agent = await board.record_thread_reply("C1", "100.0", "102.0", "U_CODER", None, "on it")
-    assert agent is not None
-    assert agent.renewed is True
-    assert await board.record_thread_reply("C1", "100.0", "102.0", "U_CODER", None, "on it") is None
+    agent = await board.record_thread_replies([reply("102.0", "U_CODER", "on it")])
+    assert [(r.task_id, r.renewed) for r in agent] == [(task.id, True)]
+    assert await board.record_thread_replies([reply("102.0", "U_CODER", "on it")]) == []
     async with store.read() as reader:
         current = await reader.get_task_by_id(task.id)
         messages = await reader.list_messages(task.id)
     assert current is not None
     assert current.last_progress_at == clock.now
     assert [m.author for m in messages] == ["U_BOB", "U_CODER"]
+
+
+async def test_one_batch_of_replies_over_several_threads_is_judged_per_task(
+    board: Board, registry: AgentRegistry, store: SqlStore, task: Task, clock: FakeClock
+) -> None:
+    other = await board.create_task("C1", "Second", Actor.user(ALICE))
+    await board.assign_task(task.ref, "coder", ALICE)
+    await board.assign_task(other.ref, "reviewer", ALICE)
+    await registry.add_agent("helper", slack_user_id="U_HELPER")
+    async with store.transaction() as unit:
+        await unit.record_card(task.id, "100.0")
+        await unit.record_card(other.id, "200.0")
+        await unit.consume_wakeups("coder", clock.now)
+        await unit.consume_wakeups("reviewer", clock.now)
+    await board.record_thread_replies([reply("101.0", "U_CODER", "seen before")])
+    before = await current(store, other)
+    clock.advance(60)
+    stored = await board.record_thread_replies(
+        [
+            reply("101.0", "U_CODER", "seen before"),  # a redelivery: already stored
+            reply("102.0", "U_CODER", "progress"),  # the holder: renews task
+            reply("102.0", "U_CODER", "progress"),  # the same post twice in one batch
+            reply("103.0", "U_BOB", "any news?"),  # a person: wakes the holder
+            reply("1.0", "U_CODER", "not a task thread", thread="555.0"),
+            reply("201.0", "U_HELPER", "drive-by", thread="200.0"),  # an agent not holding it
+        ]
+    )
+    assert sorted((r.task_id, r.renewed) for r in stored) == [
+        (task.id, True),
+        (task.id, True),
+        (other.id, False),
+    ]
+    assert (await current(store, task)).last_progress_at == clock.now
+    assert (await current(store, other)).last_progress_at == before.last_progress_at
+    async with store.transaction() as unit:
+        woken = await unit.consume_wakeups("coder", clock.now)
+        assert await unit.consume_wakeups("reviewer", clock.now) == []
+        assert [m.ts for m in await unit.list_messages(task.id)] == ["101.0", "102.0", "103.0"]
+        assert [m.author for m in await unit.list_messages(other.id)] == ["U_HELPER"]
+    assert [(w.task_id, w.reason) for w in woken] == [(task.id, WakeReason.MESSAGE)]
+
+
+async def current(store: SqlStore, task: Task) -> Task:
+    async with store.read() as reader:
+        row = await reader.get_task_by_id(task.id)
+    assert row is not None
+    return row

@@ -10,16 +10,13 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from channels.slack import interactive
 from channels.slack.admin_command import AGENT_KEY_VIEW, handle_admin_command
-from channels.slack.events import on_mention, on_thread_message
+from channels.slack.events import on_mention, thread_reply
 from channels.slack.home import publish_home
 from channels.slack.parsing import MessageEvent, SlashCommand
 from channels.slack.services import SlackServices
 from channels.slack.task_command import handle_task_command
 
 logger = structlog.get_logger(__name__)
-
-#: Thread messages stored after their ack, at most; beyond this they are stored before it.
-MAX_PENDING_WRITES = 500
 
 
 def build_bolt_app(services: SlackServices, client: AsyncWebClient) -> AsyncApp:
@@ -60,14 +57,11 @@ def register_commands(app: AsyncApp, services: SlackServices) -> None:
 def register_events(app: AsyncApp, services: SlackServices) -> None:
     @app.event("message")
     async def message(event: dict[str, Any]) -> None:
-        # Acknowledged at once, stored just after: the write is idempotent (unique on channel
-        # and ts), and a post lost to a crash is found by the reconcile's thread probe. Past
-        # MAX_PENDING_WRITES the write happens before the ack, so overload pushes back on Slack.
-        parsed = MessageEvent.from_event(event)
-        if services.supervisor.pending >= MAX_PENDING_WRITES:
-            await on_thread_message(parsed, services)
-            return
-        services.supervisor.spawn(on_thread_message(parsed, services), name=f"message:{parsed.ts}")
+        # Acknowledged at once, stored just after (see bot.inbox); when too many wait to be
+        # stored, this waits for room, so overload pushes back on Slack.
+        reply = thread_reply(MessageEvent.from_event(event))
+        if reply is not None:
+            await services.inbox.put(reply)
 
     @app.event("app_mention")
     async def mention(event: dict[str, Any], client: AsyncWebClient) -> None:

@@ -1,14 +1,16 @@
 """Events: thread messages feed the lease; a mention can turn a thread into an assigned task."""
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.board import Board
 from bot.errors import DomainError
-from bot.task import Actor, Task
+from bot.task import Actor, IncomingReply, Task
 from channels.slack.parsing import MessageEvent, error_code
 from channels.slack.services import SlackServices
 from channels.slack.task_command import resolve_agent
@@ -25,17 +27,21 @@ MENTION_USAGE = (
 )
 
 
-async def on_thread_message(event: MessageEvent, services: SlackServices) -> None:
-    """Stores a reply in a task's thread; the assignee's reply renews the lease."""
+def thread_reply(event: MessageEvent) -> IncomingReply | None:
+    """The reply ``event`` carries, if it is someone saying something in a thread."""
     if event.subtype in IGNORED_SUBTYPES or not event.thread_ts or event.thread_ts == event.ts:
-        return
-    reply = await services.board.record_thread_reply(
+        return None
+    return IncomingReply(
         event.channel_id, event.thread_ts, event.ts, event.user_id, event.bot_id, event.text
     )
-    if reply is not None:
-        logger.info(
-            "thread.message", task_id=reply.task_id, author=event.author, renewed=reply.renewed
-        )
+
+
+async def store_replies(board: Board, replies: Sequence[IncomingReply]) -> None:
+    """Stores a batch of thread replies; the assignee's renew its lease."""
+    stored = await board.record_thread_replies(replies)
+    if stored:
+        renewed = sum(1 for reply in stored if reply.renewed)
+        logger.info("thread.replies", received=len(replies), stored=len(stored), renewed=renewed)
 
 
 async def on_mention(event: MessageEvent, services: SlackServices, client: AsyncWebClient) -> None:

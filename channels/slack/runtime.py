@@ -5,6 +5,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import aiohttp
 from aiohttp import web
@@ -15,6 +16,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.board import Board
 from bot.clock import Clock
 from bot.dispatch import DispatchSettings, OutboxDispatcher
+from bot.inbox import ReplyInbox
 from bot.reconcile import Reconciler
 from bot.registry import AgentRegistry
 from bot.settings import Settings
@@ -22,6 +24,7 @@ from bot.supervisor import Supervisor
 from channels.slack.adapter_http import slack_routes
 from channels.slack.app import build_bolt_app
 from channels.slack.delivery import SlackDeliverer
+from channels.slack.events import store_replies
 from channels.slack.gateway import SlackGateway
 from channels.slack.probe import SlackThreadProbe
 from channels.slack.services import AdminCheck, SlackServices
@@ -117,6 +120,7 @@ def build_slack_runtime(
     dispatcher = OutboxDispatcher(store, deliverer, clock, worker, dispatch or DispatchSettings())
     probe = SlackThreadProbe(client, store, board, clock)
     reconciler = Reconciler(store, clock, settings.lease_policy, probe=probe, notify=notify)
+    supervisor = Supervisor()
     services = SlackServices(
         board=board,
         registry=registry,
@@ -124,7 +128,8 @@ def build_slack_runtime(
         store=store,
         clock=clock,
         admins=AdminCheck(client, frozenset(settings.admins)),
-        supervisor=Supervisor(),
+        supervisor=supervisor,
+        inbox=ReplyInbox(partial(store_replies, board), supervisor),
         wake_delivery=dispatcher.wake,
     )
     secret = settings.slack_signing_secret

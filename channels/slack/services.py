@@ -10,6 +10,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.board import Board
 from bot.clock import Clock
+from bot.inbox import ReplyInbox
 from bot.reconcile import Reconciler
 from bot.registry import AgentRegistry
 from bot.supervisor import Supervisor
@@ -58,4 +59,5 @@ class SlackServices:
     clock: Clock
     admins: AdminCheck
     supervisor: Supervisor
+    inbox: ReplyInbox
     wake_delivery: Callable[[], None]
