@@ -21,10 +21,11 @@ import asyncio
 import dataclasses
 import os
 import shlex
+import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,8 @@ class Target:
     base: str
     pid: int
     source: EventSource
+    #: How many thread messages the server has stored, for a server that stores them.
+    stored: Callable[[], int] | None = None
 
     @property
     def url(self) -> str:
@@ -119,23 +122,41 @@ async def with_cpu(target: Target, run: Awaitable[LoadResult]) -> LoadResult:
     return dataclasses.replace(result, cpu=cpu_seconds(target.pid) - before)
 
 
+async def until_stored(target: Target, count: int, run: Awaitable[LoadResult]) -> LoadResult:
+    """``run``'s result, its wall time running on until the target has stored the ``count``
+    events it was sent (a server that stores nothing ends with the last answer)."""
+    if target.stored is None:
+        return await run
+    before = target.stored()
+    started = time.perf_counter()
+    result = await run
+    async with asyncio.timeout(PHASE_TIMEOUT):
+        # Another process writes the rows: there is nothing to wait on but the database.
+        while target.stored() < before + count:  # noqa: ASYNC110
+            await asyncio.sleep(0.001)
+    return dataclasses.replace(result, wall=time.perf_counter() - started)
+
+
 async def measure_events(
     http: aiohttp.ClientSession, targets: list[Target], w: Workload
 ) -> list[ServerResult]:
     """Warm-up, throughput in alternating rounds, then each target alone at the steady rate."""
     for target in targets:
-        await closed_loop(http, target.url, target.source, w.warmup, w.concurrency)
+        warmup = closed_loop(http, target.url, target.source, w.warmup, w.concurrency)
+        await until_stored(target, w.warmup, warmup)
     rounds: dict[str, list[LoadResult]] = {t.name: [] for t in targets}
     for _ in range(w.rounds):
         for target in targets:
             batch = closed_loop(http, target.url, target.source, w.per_round, w.concurrency)
-            rounds[target.name].append(await with_cpu(target, batch))
+            rounds[target.name].append(
+                await with_cpu(target, until_stored(target, w.per_round, batch))
+            )
     results = []
     for target in targets:
         throughput = LoadResult.combine(rounds[target.name])
         _say(f"{target.name}: {throughput.rate:.0f} events/s, {throughput.ok} ok")
         steady_run = steady_events(http, target.url, target.source, w.rate, w.seconds)
-        steady = await with_cpu(target, steady_run)
+        steady = await with_cpu(target, until_stored(target, round(w.rate * w.seconds), steady_run))
         _say(f"{target.name}: ack p99 {percentile(steady.latencies, 99) * 1000:.1f} ms")
         results.append(ServerResult(target.name, throughput, steady))
     return results
@@ -231,6 +252,7 @@ async def bench_both(
                 tw,
                 _pid(tw_process.pid),
                 _source(await prepare_thread(http, tw, standin)),
+                stored=_message_counter(workdir / "threadwork.db"),
             ),
         ]
         run.bolt, run.threadwork = await measure_events(http, targets, run.workload)
@@ -241,6 +263,17 @@ async def bench_both(
             series = channels[n * w.assigns : (n + 1) * w.assigns]
             run.directives.append(await measure_directives(http, tw, standin, rate, series))
     await read_back(run, database_url)
+
+
+def _message_counter(path: Path) -> Callable[[], int]:
+    """Counts the thread messages in threadwork's database, read-only (WAL lets this reader
+    run beside the server's writes without blocking them)."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+    def count() -> int:
+        return int(db.execute("SELECT count(*) FROM task_messages").fetchone()[0])
+
+    return count
 
 
 def _pid(pid: int | None) -> int:

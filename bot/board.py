@@ -331,10 +331,12 @@ class Board:
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[Unit]:
-        """One unit of work; after it commits, whoever waits for changes is told."""
+        """One unit of work; if it queued work, whoever waits for work is told once it commits.
+        (A lease renewed by a post, the commonest write, queues none and wakes no one.)"""
         async with self._store.transaction() as unit:
             yield unit
-        self._notify()
+        if unit.queued_work:
+            self._notify()
 
     async def policies(self) -> PolicyBook:
         """The global lease policy and every channel's overrides."""

@@ -120,6 +120,10 @@ class Reader(Protocol):
 class Unit(Reader, Protocol):
     """One write transaction. Every method that changes a task is a compare-and-set."""
 
+    #: Whether this transaction enqueued outbox rows or agent wake-ups: work for the
+    #: dispatcher or the runner to pick up once it commits.
+    queued_work: bool
+
     async def insert_task(self, new: NewTask) -> Task: ...
 
     async def compare_and_set(

@@ -105,6 +105,7 @@ class AgentWorkWrites:
     """Writes; mixed into the unit of work."""
 
     _db: AsyncConnection
+    queued_work: bool
 
     async def insert_artifact(
         self,
@@ -177,6 +178,7 @@ class AgentWorkWrites:
             for t, a, r, e in wakeups
         ]
         if rows:
+            self.queued_work = True
             await self._db.execute(agent_wakeups.insert(), rows)
 
     async def claim_wakeups(

@@ -45,6 +45,7 @@ class SqlUnit(SqlReader, AgentWorkWrites):
     def __init__(self, connection: AsyncConnection) -> None:
         super().__init__(connection)
         self._db = connection
+        self.queued_work = False
 
     async def insert_task(self, new: NewTask) -> Task:
         number = await self._next_number(new["channel_id"])
@@ -191,6 +192,7 @@ class SqlUnit(SqlReader, AgentWorkWrites):
     async def enqueue(self, messages: Sequence[OutboxMessage], at: datetime) -> None:
         if not messages:
             return
+        self.queued_work = True
         rows = [
             {
                 "key": m.key,
@@ -272,13 +274,14 @@ class SqlUnit(SqlReader, AgentWorkWrites):
             }
             for m in messages
         ]
+        # One statement with the rows as parameters (executemany): SQLAlchemy compiles it once
+        # and sends it as multi-row INSERTs, however many rows a batch has.
         query = (
             dialect_insert(self._db, task_messages)
-            .values(rows)
             .on_conflict_do_nothing(index_elements=["channel_id", "ts"])
             .returning(task_messages.c.channel_id, task_messages.c.ts)
         )
-        return {(row.channel_id, row.ts) for row in await self._db.execute(query)}
+        return {(row.channel_id, row.ts) for row in await self._db.execute(query, rows)}
 
     async def upsert_agent(
         self,

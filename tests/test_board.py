@@ -7,7 +7,15 @@ from bot.errors import IllegalTransition, InvalidInput, NotClaimHolder, NotFound
 from bot.outbox import OutboxKind
 from bot.registry import AgentRegistry
 from bot.status import TaskStatus
-from bot.task import Actor, EventKind, IncomingReply, Task, TaskRef, ThreadMessage
+from bot.task import (
+    Actor,
+    EventKind,
+    IncomingReply,
+    LeasePolicy,
+    Task,
+    TaskRef,
+    ThreadMessage,
+)
 from bot.work import WakeReason
 from store.repository import SqlStore
 from tests.conftest import FakeClock
@@ -342,3 +350,21 @@ async def current(store: SqlStore, task: Task) -> Task:
         row = await reader.get_task_by_id(task.id)
     assert row is not None
     return row
+
+
+async def test_only_a_commit_that_queued_work_tells_the_dispatcher_and_runner(
+    store: SqlStore, registry: AgentRegistry, clock: FakeClock, policy: LeasePolicy
+) -> None:
+    told: list[str] = []
+    board = Board(store, clock, policy, notify=lambda: told.append("changed"))
+    await registry.add_agent("coder", slack_user_id="U_CODER")
+    task = await board.create_task("C1", "Watch the signal", Actor.user(ALICE))
+    await board.assign_task(task.ref, "coder", ALICE)
+    assert told == ["changed", "changed"]  # a card to post; a directive and a wake-up
+    async with store.transaction() as unit:
+        await unit.record_card(task.id, "100.0")
+    clock.advance(10)
+    await board.record_thread_replies([reply("101.0", "U_CODER", "working")])
+    assert told == ["changed", "changed"]  # a renewed lease is nobody's work
+    await board.record_thread_replies([reply("102.0", "U_BOB", "how is it going?")])
+    assert told == ["changed", "changed", "changed"]  # the holder has a wake-up
