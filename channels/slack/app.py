@@ -29,6 +29,8 @@ def build_bolt_app(services: SlackServices, client: AsyncWebClient) -> AsyncApp:
         client=client,
         process_before_response=True,
         request_verification_enabled=False,
+        # Assistant-pane helpers (say, set_status, ...) for DM threads; threadwork has none.
+        attaching_conversation_kwargs_enabled=False,
         logger=logging.getLogger("slack_bolt"),
     )
     # Bolt tries listeners in the order registered, and thread messages are most of the

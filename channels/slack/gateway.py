@@ -6,7 +6,7 @@ Slack's retry is processed after all.
 """
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -76,8 +76,7 @@ class SlackGateway:
         body = parse_body(raw, headers.get("Content-Type", ""))
         if body is None:
             return _error(400, "not a Slack payload")
-        request = AsyncBoltRequest(body=raw, query=query, headers=dict(headers))
-        return await self.dispatch(request, body)
+        return await self.dispatch(body, query, dict(headers))
 
     def _signed_by_slack(self, raw: str, headers: Mapping[str, str]) -> bool:
         """Slack's v0 signature over the raw body, from within the last five minutes."""
@@ -89,13 +88,25 @@ class SlackGateway:
 
     async def handle_socket(self, body: dict[str, Any]) -> BoltResponse:
         """A Socket Mode envelope's payload (already authenticated by the connection)."""
-        return await self.dispatch(AsyncBoltRequest(body=body, mode="socket_mode"), body)
+        return await self.dispatch(body)
 
-    async def dispatch(self, request: AsyncBoltRequest, body: dict[str, Any]) -> BoltResponse:
+    async def dispatch(
+        self,
+        body: dict[str, Any],
+        query: str = "",
+        headers: dict[str, str | Sequence[str]] | None = None,
+    ) -> BoltResponse:
+        """Hands a parsed payload to Bolt, once per event."""
         key = _delivery_key(body)
         if key and not await self._first_time(key):
             logger.info("slack.redelivery_ignored", key=key)
             return BoltResponse(status=200, body="")
+        # Bolt gets the body parsed here, never the raw text. Its own parser takes any form body
+        # containing the word "payload" for an interactivity payload and returns nothing, so a
+        # slash command saying "payload" (or sent from a channel or by a user so named) would
+        # be lost. A parsed body is what Bolt's "socket_mode" takes; Bolt reads the mode only to
+        # skip its signature check, which the gateway has done, and to copy the request.
+        request = AsyncBoltRequest(body=body, query=query, headers=headers, mode="socket_mode")
         response = await self.app.async_dispatch(request)
         if key and response.status >= 500:
             async with self.store.transaction() as unit:

@@ -915,3 +915,9 @@ async def test_a_channel_can_let_agents_close_their_own_tasks(service: Harness) 
     assert refused.startswith(":warning: `policy agents-close` takes `on` or `off`.")
     await task_admin(service, "policy agents-close off")
     assert not (await service.core.board.policies()).agents_may_close("C1")
+
+
+async def test_a_command_that_says_payload_is_still_a_command(service: Harness) -> None:
+    # Bolt's own body parser mistakes any form body containing "payload" for interactivity.
+    assert "Created *C1#1*" in await service.command("new Fix the payload parser")
+    assert (await service.task(1)).title == "Fix the payload parser"
