@@ -1,7 +1,7 @@
 """Lease policy per channel: a channel may override the global TTL and dispatch attempts."""
 
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from bot.task import LeasePolicy
@@ -40,6 +40,13 @@ class PolicyBook:
     def agents_may_close(self, channel_id: str) -> bool:
         override = self.channels.get(channel_id)
         return bool(override and override.agents_may_close)
+
+    def stale_cutoffs(self, now: datetime) -> tuple[datetime, dict[str, datetime]]:
+        """The progress time before which a lease has lapsed: everywhere by default, and in
+        each channel whose TTL differs."""
+        default = now - self.default.lease_ttl
+        own = {c: now - self.for_channel(c).lease_ttl for c in self.channels}
+        return default, {c: at for c, at in own.items() if at != default}
 
     @property
     def shortest_ttl(self) -> timedelta:

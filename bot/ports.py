@@ -5,7 +5,7 @@ database transaction, so a task update, its events and its outbox rows commit to
 at all.
 """
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Protocol, TypedDict
@@ -78,7 +78,12 @@ class Reader(Protocol):
         """Leased tasks whose last progress is strictly before ``cutoff``, oldest first."""
         ...
 
-    async def count_stale_tasks(self, cutoff: datetime) -> int: ...
+    async def count_stale_tasks(
+        self, cutoff: datetime, channel_cutoffs: Mapping[str, datetime] | None = None
+    ) -> int:
+        """Leased tasks with no progress since ``cutoff``, or since the channel's own cutoff
+        for the channels in ``channel_cutoffs``; a task waiting for input is not stale."""
+        ...
 
     async def board_stats(self) -> BoardStats: ...
 

@@ -1,6 +1,6 @@
 """Read queries over one connection, mapping rows to domain values once."""
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 
 from sqlalchemy import and_, func, or_, select, text, tuple_
@@ -131,10 +131,20 @@ class SqlReader(AgentWorkReads):
         )
         return [task_from_row(row) for row in await self._db.execute(query)]
 
-    async def count_stale_tasks(self, cutoff: datetime) -> int:
+    async def count_stale_tasks(
+        self, cutoff: datetime, channel_cutoffs: Mapping[str, datetime] | None = None
+    ) -> int:
+        overrides = channel_cutoffs or {}
+        lapsed = [
+            and_(tasks.c.channel_id == channel, tasks.c.last_progress_at < at)
+            for channel, at in sorted(overrides.items())
+        ]
+        elsewhere = tasks.c.last_progress_at < cutoff
+        if overrides:
+            elsewhere = and_(tasks.c.channel_id.not_in(sorted(overrides)), elsewhere)
         query = select(func.count()).where(
             text(LEASED_SQL),
-            tasks.c.last_progress_at < cutoff,
+            or_(elsewhere, *lapsed),
             tasks.c.awaiting_input_since.is_(None),
         )
         return int((await self._db.execute(query.select_from(tasks))).scalar_one())

@@ -1,5 +1,7 @@
 """The loop's use cases on both backends: each one transaction, with events and outbox rows."""
 
+from datetime import timedelta
+
 import pytest
 
 from bot.board import Board
@@ -368,3 +370,21 @@ async def test_only_a_commit_that_queued_work_tells_the_dispatcher_and_runner(
     assert told == ["changed", "changed"]  # a renewed lease is nobody's work
     await board.record_thread_replies([reply("102.0", "U_BOB", "how is it going?")])
     assert told == ["changed", "changed", "changed"]  # the holder has a wake-up
+
+
+async def test_stale_tasks_are_counted_by_each_channels_own_cutoff(
+    board: Board, registry: AgentRegistry, store: SqlStore, clock: FakeClock
+) -> None:
+    await registry.add_agent("coder", slack_user_id="U_CODER")
+    for channel in ("C1", "C2", "C3"):
+        created = await board.create_task(channel, "Lease me", Actor.user(ALICE))
+        await board.assign_task(created.ref, "coder", ALICE)
+    clock.advance(120)
+    now = clock.now
+    async with store.read() as reader:
+        assert await reader.count_stale_tasks(now - timedelta(seconds=600)) == 0
+        assert await reader.count_stale_tasks(now - timedelta(seconds=60)) == 3
+        shorter_in_c2 = {"C2": now - timedelta(seconds=60)}
+        assert await reader.count_stale_tasks(now - timedelta(seconds=600), shorter_in_c2) == 1
+        longer_in_c3 = {"C3": now - timedelta(seconds=600)}
+        assert await reader.count_stale_tasks(now - timedelta(seconds=60), longer_in_c3) == 2

@@ -275,11 +275,11 @@ async def _stats(command: SlashCommand, args: list[str], services: SlackServices
     now = services.clock()
     async with services.store.read() as reader:
         stats = await reader.board_stats()
-        stale = await reader.count_stale_tasks(now - book.default.lease_ttl)
+        stale = await reader.count_stale_tasks(*book.stale_cutoffs(now))
     by_status = ", ".join(f"{s} {n}" for s, n in sorted(stats["by_status"].items())) or "no tasks"
     blocked = stats["by_status"].get("blocked", 0)
     return (
-        f"*Tasks*: {by_status}\n*Stale leases* (global TTL): {stale}\n*Blocked*: {blocked}\n"
+        f"*Tasks*: {by_status}\n*Stale leases*: {stale}\n*Blocked*: {blocked}\n"
         f"*Outbox backlog*: {stats['outbox_backlog']} undelivered"
     )
 

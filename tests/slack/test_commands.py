@@ -747,7 +747,7 @@ async def test_stats_counts_tasks_by_status_stale_blocked_and_the_outbox_backlog
     board: Harness,
 ) -> None:
     assert await task_admin(board, "stats") == (
-        "*Tasks*: blocked 1, done 1, todo 1\n*Stale leases* (global TTL): 0\n*Blocked*: 1\n"
+        "*Tasks*: blocked 1, done 1, todo 1\n*Stale leases*: 0\n*Blocked*: 1\n"
         "*Outbox backlog*: 0 undelivered"
     )
 
@@ -757,9 +757,15 @@ async def test_stats_counts_tasks_by_status_stale_blocked_and_the_outbox_backlog
     assert len(backlog) == 1
 
     assert await task_admin(board, "stats") == (
-        "*Tasks*: blocked 1, done 1, todo 2\n*Stale leases* (global TTL): 1\n*Blocked*: 1\n"
+        "*Tasks*: blocked 1, done 1, todo 2\n*Stale leases*: 1\n*Blocked*: 1\n"
         "*Outbox backlog*: 1 undelivered"
     )
+
+
+async def test_stats_judges_staleness_by_each_channels_own_ttl(board: Harness) -> None:
+    assert "TTL 60s" in await task_admin(board, "policy ttl 60")
+    board.clock.advance(61)  # past this channel's 60 s, well within the global 600 s
+    assert "*Stale leases*: 1\n" in await task_admin(board, "stats")
 
 
 async def test_stats_on_an_empty_board_says_no_tasks(service: Harness) -> None:
