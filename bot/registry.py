@@ -9,6 +9,7 @@ from bot.clock import Clock
 from bot.errors import InvalidInput, NotFound
 from bot.ports import Store
 from bot.secrets import SecretBox
+from bot.task import Task
 
 API_KEY = "api_key"
 
@@ -64,6 +65,16 @@ class AgentRegistry:
         async with self._store.transaction() as unit:
             if not await unit.delete_agent(normalize_agent_name(name)):
                 raise NotFound(f"There is no agent named `{name}`.")
+
+    async def set_enabled(self, name: str, enabled: bool) -> list[Task]:
+        """Enables or disables the agent; returns the tasks it holds a claim on. A disabled
+        agent cannot be assigned, its MCP tokens are refused and the runtime does not run it;
+        the claims it holds lapse as any silent agent's do."""
+        handle = normalize_agent_name(name)
+        async with self._store.transaction() as unit:
+            if not await unit.set_agent_enabled(handle, enabled, self._clock()):
+                raise NotFound(f"There is no agent named `{name}`.")
+            return await unit.list_tasks_claimed_by(handle)
 
     async def list_agents(self) -> list[Agent]:
         async with self._store.read() as reader:

@@ -20,6 +20,8 @@ USAGE = {
     "agent token": "/task-admin agent token <name> [revoke]",
     "agent list": "/task-admin agent list",
     "agent remove": "/task-admin agent remove <name>",
+    "agent disable": "/task-admin agent disable <name>",
+    "agent enable": "/task-admin agent enable <name>",
     "agent key": "/task-admin agent key <name>",
     "policy": "/task-admin policy [show | ttl <seconds> | attempts <n> | agents-close on|off]",
     "reconcile": "/task-admin reconcile",
@@ -157,6 +159,32 @@ async def _agent_remove(command: SlashCommand, args: list[str], services: SlackS
     return f"Agent `{normalize_agent_name(args[0])}` is removed; its tasks keep their history."
 
 
+async def _agent_disable(command: SlashCommand, args: list[str], services: SlackServices) -> str:
+    if len(args) != 1:
+        raise InvalidInput("`agent disable` needs the agent's name.")
+    name = normalize_agent_name(args[0])
+    held = await services.registry.set_enabled(name, False)
+    reply = (
+        f"Agent `{name}` is disabled: it cannot be assigned, its MCP tokens are refused and "
+        "the built-in runtime stops running it."
+    )
+    if held:
+        refs = ", ".join(f"*{t.ref}*" for t in held[:10]) + (" …" if len(held) > 10 else "")
+        reply += (
+            f" It still holds {len(held)} task(s): {refs}. Reassign them, or they are blocked "
+            "when their leases lapse."
+        )
+    return reply + f" `/task-admin agent enable {name}` undoes this."
+
+
+async def _agent_enable(command: SlashCommand, args: list[str], services: SlackServices) -> str:
+    if len(args) != 1:
+        raise InvalidInput("`agent enable` needs the agent's name.")
+    name = normalize_agent_name(args[0])
+    await services.registry.set_enabled(name, True)
+    return f"Agent `{name}` is enabled and can be assigned again."
+
+
 async def _agent_token(command: SlashCommand, args: list[str], services: SlackServices) -> str:
     if len(args) not in (1, 2) or (len(args) == 2 and args[1].lower() != "revoke"):
         raise InvalidInput("`agent token` needs the agent's name, and optionally `revoke`.")
@@ -288,6 +316,8 @@ HANDLERS: dict[str, Handler] = {
     "agent add": _agent_add,
     "agent list": _agent_list,
     "agent remove": _agent_remove,
+    "agent disable": _agent_disable,
+    "agent enable": _agent_enable,
     "agent key": _agent_key,
     "agent token": _agent_token,
     "policy": _policy,

@@ -51,6 +51,7 @@ ADMIN_USAGE = """*`/task-admin` — for threadwork admins*
 • `/task-admin agent add <name> openai base_url=<url> [model=<model>] ...` — any OpenAI-compatible endpoint
 • `/task-admin agent token <name> [revoke]` — an MCP token for an external agent, shown once
 • `/task-admin agent list` · `/task-admin agent remove <name>`
+• `/task-admin agent disable <name>` · `/task-admin agent enable <name>` — stop or resume its work
 • `/task-admin agent key <name>` — opens a form for the agent's API key
 • `/task-admin policy [show | ttl <seconds> | attempts <n> | agents-close on|off]` — this channel's policy
 • `/task-admin reconcile` — run one reconcile tick now

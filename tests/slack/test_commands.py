@@ -408,6 +408,8 @@ async def test_assign_by_mention_with_a_label_finds_the_agent(service: Harness) 
     [
         f"agent add <@{NEWCOMER}>",
         "agent remove coder",
+        "agent disable coder",
+        "agent enable coder",
         "agent key coder",
         "agent list",
         "policy ttl 60",
@@ -573,6 +575,26 @@ async def test_agent_remove_unregisters_it_and_its_tasks_keep_their_history(
     assert "There is no agent named `coder`" in await board.command("assign 2 coder")
 
 
+async def test_a_disabled_agent_cannot_be_assigned_until_enabled_again(board: Harness) -> None:
+    reply = await task_admin(board, "agent disable Coder")
+
+    assert reply == (
+        "Agent `coder` is disabled: it cannot be assigned, its MCP tokens are refused and the "
+        "built-in runtime stops running it. It still holds 1 task(s): *C1#1*. Reassign them, "
+        "or they are blocked when their leases lapse. `/task-admin agent enable coder` undoes this."
+    )
+    assert "· disabled" in await task_admin(board, "agent list")
+    await board.command("new Another job")
+    refused = await board.command("assign 4 coder")
+    assert "Agent `coder` is disabled and cannot take tasks." in refused
+    assert (await board.task(4)).assignee is None
+
+    assert await task_admin(board, "agent enable coder") == (
+        "Agent `coder` is enabled and can be assigned again."
+    )
+    assert "Assigned *C1#4* to `coder`" in await board.command("assign 4 coder")
+
+
 @pytest.mark.parametrize(
     ("text", "problem", "usage"),
     [
@@ -580,10 +602,14 @@ async def test_agent_remove_unregisters_it_and_its_tasks_keep_their_history(
         ("agent remove", "`agent remove` needs the agent's name.", "agent remove"),
         ("agent remove coder ghost", "`agent remove` needs the agent's name.", "agent remove"),
         ("agent key ghost", "There is no agent named `ghost`.", "agent key"),
+        ("agent disable ghost", "There is no agent named `ghost`.", "agent disable"),
+        ("agent disable", "`agent disable` needs the agent's name.", "agent disable"),
+        ("agent enable ghost", "There is no agent named `ghost`.", "agent enable"),
+        ("agent enable a b", "`agent enable` needs the agent's name.", "agent enable"),
         ("agent key", "`agent key` needs the agent's name.", "agent key"),
     ],
 )
-async def test_removing_or_keying_an_unknown_agent_is_refused(
+async def test_an_agent_command_naming_no_or_an_unknown_agent_is_refused(
     service: Harness, text: str, problem: str, usage: str
 ) -> None:
     before = await snapshot(service)
