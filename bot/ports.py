@@ -65,9 +65,10 @@ class Reader(Protocol):
     ) -> list[Task]: ...
 
     async def list_tasks_for_viewer(
-        self, user_id: str, channel_ids: Sequence[str], limit: int
+        self, user_id: str, channel_ids: Sequence[str], finished_since: datetime, limit: int
     ) -> list[Task]:
-        """Open and recent tasks assigned or created by ``user_id`` or in ``channel_ids``."""
+        """Tasks assigned or created by ``user_id`` or in ``channel_ids``: the open ones, and
+        the done or canceled ones last changed since ``finished_since``; latest change first."""
         ...
 
     async def list_events(self, task_id: int) -> list[TaskEvent]: ...

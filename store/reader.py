@@ -69,19 +69,18 @@ class SqlReader(AgentWorkReads):
         return [task_from_row(row) for row in await self._db.execute(query)]
 
     async def list_tasks_for_viewer(
-        self, user_id: str, channel_ids: Sequence[str], limit: int
+        self, user_id: str, channel_ids: Sequence[str], finished_since: datetime, limit: int
     ) -> list[Task]:
         mine = or_(
             tasks.c.assigned_by == user_id,
             tasks.c.created_by == f"user:{user_id}",
             tasks.c.channel_id.in_(list(channel_ids)),
         )
-        query = (
-            select(tasks)
-            .where(mine, tasks.c.status.not_in([s.value for s in TERMINAL_STATUSES]))
-            .order_by(tasks.c.updated_at.desc())
-            .limit(limit)
+        current = or_(
+            tasks.c.status.not_in([s.value for s in TERMINAL_STATUSES]),
+            tasks.c.updated_at >= finished_since,
         )
+        query = select(tasks).where(mine, current).order_by(tasks.c.updated_at.desc()).limit(limit)
         return [task_from_row(row) for row in await self._db.execute(query)]
 
     async def list_events(self, task_id: int) -> list[TaskEvent]:

@@ -1,6 +1,6 @@
 """App Home: the viewer's board, stale and blocked first."""
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 from slack_sdk.errors import SlackApiError
@@ -8,7 +8,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.agents import Agent
 from bot.policy import PolicyBook
-from bot.status import TaskStatus
+from bot.status import TERMINAL_STATUSES, TaskStatus
 from bot.task import Task, is_stale
 from channels.slack.parsing import error_code
 from channels.slack.render import STATUS_EMOJI, Block, age, agent_label, task_heading
@@ -22,14 +22,19 @@ GROUPS = [
     (TaskStatus.IN_PROGRESS, ":large_blue_circle: In progress"),
     (TaskStatus.TODO, ":white_circle: To do"),
     (TaskStatus.IN_REVIEW, ":eyes: In review"),
+    (TaskStatus.DONE, ":white_check_mark: Done this week"),
+    (TaskStatus.CANCELED, ":heavy_multiplication_x: Canceled this week"),
 ]
+#: How far back the board shows finished (done or canceled) tasks.
+FINISHED_WINDOW = timedelta(days=7)
 
 
 async def publish_home(client: AsyncWebClient, services: SlackServices, user_id: str) -> None:
     """Renders and publishes ``user_id``'s board to their App Home."""
     channels = await _member_channels(client, user_id)
     async with services.store.read() as reader:
-        tasks = await reader.list_tasks_for_viewer(user_id, channels, limit=200)
+        since = services.clock() - FINISHED_WINDOW
+        tasks = await reader.list_tasks_for_viewer(user_id, channels, since, limit=200)
         agents = {a.name: a for a in await reader.list_agents()}
     book = await services.board.policies()
     view = {"type": "home", "blocks": home_blocks(tasks, book, agents, services.clock())}
@@ -73,7 +78,10 @@ def home_blocks(
         blocks.append(
             {
                 "type": "section",
-                "text": {"type": "mrkdwn", "text": "Nothing open. `/task new <title>` starts one."},
+                "text": {
+                    "type": "mrkdwn",
+                    "text": "Nothing open or recently finished. `/task new <title>` starts one.",
+                },
             }
         )
         return blocks
@@ -81,12 +89,7 @@ def home_blocks(
         members = [t for t in tasks if group_of(t, book, now) == key]
         if not members:
             continue
-        lines = [
-            f"{STATUS_EMOJI[t.status]} {task_heading(t)} · {agent_label(t.assignee, agents)}"
-            f" · attempt {t.attempts}/{book.for_channel(t.channel_id).max_dispatch_attempts}"
-            f" · {age(t.created_at, now).replace(' ago', ' old')}"
-            for t in members[:15]
-        ]
+        lines = [_line(t, book, agents, now) for t in members[:15]]
         blocks.append(
             {
                 "type": "section",
@@ -95,3 +98,15 @@ def home_blocks(
         )
         blocks.append({"type": "divider"})
     return blocks[:100]
+
+
+def _line(task: Task, book: PolicyBook, agents: dict[str, Agent], now: datetime) -> str:
+    """One task: heading, assignee, then its attempt and age, or when it was finished."""
+    head = (
+        f"{STATUS_EMOJI[task.status]} {task_heading(task)} · {agent_label(task.assignee, agents)}"
+    )
+    if task.status in TERMINAL_STATUSES:
+        return f"{head} · {task.status.value} {age(task.updated_at, now)}"
+    attempts = book.for_channel(task.channel_id).max_dispatch_attempts
+    old = age(task.created_at, now).replace(" ago", " old")
+    return f"{head} · attempt {task.attempts}/{attempts} · {old}"

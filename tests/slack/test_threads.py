@@ -284,6 +284,35 @@ async def test_app_home_shows_the_viewers_board_with_lapsed_leases_first(service
     assert "*C1#2*" in sections[1]
 
 
+async def test_app_home_shows_what_was_finished_this_week_last(service: Harness) -> None:
+    await service.command("new Old news")
+    await service.command("status 1 done")
+    service.clock.advance(8 * 24 * 3600)
+    await service.command("new Shipped")
+    await service.command("status 2 done")
+    await service.command("new Dropped")
+    await service.command("cancel 3")
+    await service.command("new Still open")
+    service.standin.channels_of[ALICE] = [CHANNEL]
+    home = {"type": "app_home_opened", "user": ALICE, "tab": "home", "channel": "D1"}
+    assert await service.event(home) == 200
+    await service.runtime.services.supervisor.drain()
+    [published] = service.standin.calls_to("views.publish")
+    sections = [
+        b["text"]["text"] for b in published.args["view"]["blocks"] if b["type"] == "section"
+    ]
+    assert [s.splitlines()[0] for s in sections] == [
+        "*:white_circle: To do*",
+        "*:white_check_mark: Done this week*",
+        "*:heavy_multiplication_x: Canceled this week*",
+    ]
+    assert "*C1#4*" in sections[0]
+    assert "*C1#2*" in sections[1]
+    assert "unassigned · done 0s ago" in sections[1]
+    assert "*C1#3*" in sections[2]
+    assert "C1#1" not in "".join(sections)  # finished eight days ago
+
+
 def test_a_socket_mode_reply_carries_the_listeners_answer() -> None:
     empty = envelope_reply("env-1", BoltResponse(status=200, body=""))
     assert (empty.envelope_id, empty.payload) == ("env-1", None)
