@@ -156,9 +156,8 @@ async def serve(
             core.registry,
             clock,
             socket_mode,
-            notify=core.signal.notify,
+            core.signal,
         )
-        core.signal.subscribe(slack.dispatcher.wake)
         agents = build_agent_services(core, slack.services.supervisor, slack.thread_status, worker)
         loops = slack.loops
         scheduler = build_scheduler(

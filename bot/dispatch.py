@@ -17,6 +17,7 @@ import structlog
 from bot.clock import Clock
 from bot.outbox import OutboxKind, OutboxRow
 from bot.ports import OutboxQueue
+from bot.signal import work_loop
 from bot.task import TaskRef
 
 logger = structlog.get_logger(__name__)
@@ -89,19 +90,9 @@ class OutboxDispatcher:
 
     async def run(self) -> None:
         """Delivers rows as they come, until cancelled."""
-        while True:
-            self._wake.clear()
-            try:
-                delivered = await self.run_once()
-            except Exception:
-                logger.exception("outbox.dispatch_failed")
-                delivered = 0
-            if delivered == 0:
-                try:
-                    async with asyncio.timeout(self._settings.idle_poll):
-                        await self._wake.wait()
-                except TimeoutError:
-                    pass
+        await work_loop(
+            self.run_once, self._wake, self._settings.idle_poll, "outbox.dispatch_failed"
+        )
 
     async def run_once(self) -> int:
         """Claims one batch and delivers it, channels in parallel; returns rows attempted."""

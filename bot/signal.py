@@ -1,7 +1,12 @@
 """A process-local "something changed" signal: waiters wake at once instead of polling."""
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+logger = structlog.get_logger(__name__)
 
 
 class ChangeSignal:
@@ -23,3 +28,22 @@ class ChangeSignal:
     async def changed(self) -> None:
         """Returns at the next change; callers bound the wait with ``asyncio.timeout``."""
         await self._event.wait()
+
+
+async def work_loop(
+    once: Callable[[], Awaitable[int]], wake: asyncio.Event, idle_s: float, failed: str
+) -> None:
+    """Runs ``once`` until cancelled: again at once while it finds work, else after ``wake`` is
+    set or ``idle_s`` seconds pass (work written by another process is found by polling). A
+    failure is logged as ``failed`` and counts as finding nothing."""
+    while True:
+        wake.clear()
+        try:
+            found = await once()
+        except Exception:
+            logger.exception(failed)
+            found = 0
+        if found == 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(idle_s):
+                    await wake.wait()

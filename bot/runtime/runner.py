@@ -25,6 +25,7 @@ from bot.runtime import prompt
 from bot.runtime.model import ToolSpec
 from bot.runtime.models import ModelFactory
 from bot.runtime.run import AgentRun
+from bot.signal import work_loop
 from bot.supervisor import Supervisor
 from bot.task import Task
 from bot.tools import RUNTIME_TOOLS, TaskTools
@@ -95,19 +96,7 @@ class AgentRunner:
 
     async def run(self) -> None:
         """Claims and starts work until cancelled."""
-        while True:
-            self._wake.clear()
-            try:
-                started = await self.run_once()
-            except Exception:
-                logger.exception("runner.failed")
-                started = 0
-            if started == 0:
-                try:
-                    async with asyncio.timeout(self._settings.poll):
-                        await self._wake.wait()
-                except TimeoutError:
-                    pass
+        await work_loop(self.run_once, self._wake, self._settings.poll, "runner.failed")
 
     async def run_once(self) -> int:
         """Claims due wake-ups of built-in agents and acts on them; returns how many."""

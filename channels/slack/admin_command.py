@@ -283,7 +283,6 @@ def _number(text: str) -> float:
 
 async def _reconcile(command: SlashCommand, args: list[str], services: SlackServices) -> str:
     report = await services.reconciler.reconcile_stale_tasks()
-    services.wake_delivery()
     return report_text(report)
 
 

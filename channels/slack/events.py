@@ -61,9 +61,6 @@ async def on_mention(event: MessageEvent, services: SlackServices, client: Async
         await services.board.assign_task(task.ref, agent.name, event.author)
     except DomainError as exc:
         await _tell(client, event, f":warning: {exc.message}\n{MENTION_USAGE}")
-        return
-    finally:
-        services.wake_delivery()
 
 
 async def _create_from_thread(

@@ -44,8 +44,6 @@ async def on_card_action(
     except DomainError as exc:
         channel = (body.get("channel") or {}).get("id")
         await _tell(client, channel, user_id, f":warning: {exc.message}")
-    finally:
-        services.wake_delivery()
 
 
 async def _tell(client: AsyncWebClient, channel: str | None, user_id: str, text: str) -> None:
@@ -154,8 +152,6 @@ async def submit_create_task(
             await services.board.assign_task(task.ref, agent, user_id)
     except DomainError as exc:
         logger.warning("create_task.assign_refused", task=str(task.ref), error=exc.message)
-    finally:
-        services.wake_delivery()
     return None
 
 

@@ -3,7 +3,6 @@
 import os
 import socket
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -20,6 +19,7 @@ from bot.inbox import ReplyInbox
 from bot.reconcile import Reconciler
 from bot.registry import AgentRegistry
 from bot.settings import Settings
+from bot.signal import ChangeSignal
 from bot.supervisor import Supervisor
 from channels.slack.adapter_http import slack_routes
 from channels.slack.app import build_bolt_app
@@ -110,16 +110,18 @@ def build_slack_runtime(
     registry: AgentRegistry,
     clock: Clock,
     socket_mode: bool,
+    signal: ChangeSignal,
     dispatch: DispatchSettings | None = None,
-    notify: Callable[[], None] = lambda: None,
 ) -> SlackRuntime:
-    """Wires the Slack adapter around the core's use cases."""
+    """Wires the Slack adapter around the core's use cases; a commit that queues outbox rows
+    (``signal``) wakes the dispatcher."""
     client = web_client(settings)
     worker = f"{socket.gethostname()}:{os.getpid()}"
     deliverer = SlackDeliverer(client, store, board, clock)
     dispatcher = OutboxDispatcher(store, deliverer, clock, worker, dispatch or DispatchSettings())
     probe = SlackThreadProbe(client, store, board, clock)
-    reconciler = Reconciler(store, clock, settings.lease_policy, probe=probe, notify=notify)
+    signal.subscribe(dispatcher.wake)
+    reconciler = Reconciler(store, clock, settings.lease_policy, probe=probe, notify=signal.notify)
     supervisor = Supervisor()
     services = SlackServices(
         board=board,
@@ -130,7 +132,6 @@ def build_slack_runtime(
         admins=AdminCheck(client, frozenset(settings.admins)),
         supervisor=supervisor,
         inbox=ReplyInbox(partial(store_replies, board), supervisor),
-        wake_delivery=dispatcher.wake,
     )
     secret = settings.slack_signing_secret
     verifier = SignatureVerifier(secret.get_secret_value()) if secret else None

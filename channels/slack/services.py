@@ -60,4 +60,3 @@ class SlackServices:
     admins: AdminCheck
     supervisor: Supervisor
     inbox: ReplyInbox
-    wake_delivery: Callable[[], None]

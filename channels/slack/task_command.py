@@ -39,7 +39,6 @@ async def handle_task_command(command: SlashCommand, services: SlackServices) ->
         reply = await handler(command, rest.strip(), services)
     except DomainError as exc:
         return f":warning: {exc.message}\nUsage: `{USAGE[sub]}`"
-    services.wake_delivery()
     return reply
 
 

@@ -187,7 +187,14 @@ async def start_service(
     settings = settings_for(database_url, standin.url)
     async with open_core(settings, clock) as core, aiohttp.ClientSession() as http:
         runtime = build_slack_runtime(
-            settings, core.store, core.board, core.registry, clock, socket_mode=False, dispatch=FAST
+            settings,
+            core.store,
+            core.board,
+            core.registry,
+            clock,
+            socket_mode=False,
+            signal=core.signal,
+            dispatch=FAST,
         )
         scheduler = build_scheduler(runtime.reconciler, 3600)
         runner = web.AppRunner(build_web_app(core, scheduler, runtime), access_log=None)

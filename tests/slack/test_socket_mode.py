@@ -23,7 +23,14 @@ async def socket_service(
     )
     async with open_core(settings, clock) as core:
         runtime = build_slack_runtime(
-            settings, core.store, core.board, core.registry, clock, socket_mode=True, dispatch=FAST
+            settings,
+            core.store,
+            core.board,
+            core.registry,
+            clock,
+            socket_mode=True,
+            signal=core.signal,
+            dispatch=FAST,
         )
         await runtime.start()
         try:
