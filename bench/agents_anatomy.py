@@ -84,10 +84,10 @@ class StepParts:
 
     def catalogue(self) -> list[tuple[str, int, Call]]:
         return [
-            ("claim check (read transaction, get_task)", 2, self.claim_check),
+            ("claim check (read transaction, get_task)", 1, self.claim_check),
             ("model request (anthropic SDK, streamed)", 1, self.model_request),
             ("httpx2 INFO line through the root logger's Rich handler", 1, self.http_log_line),
-            ("usage write (record_usage transaction)", 1, self.usage_write),
+            ("usage write with the claim check (record_usage transaction)", 1, self.usage_write),
             ("post_update tool call (MCP tool server, write transaction)", 1, self.tool_call),
             ("runner claim pass finding nothing (run_once)", 0, self.claim_pass),
         ]
@@ -104,7 +104,9 @@ class StepParts:
         logging.getLogger("httpx2").info('HTTP Request: %s %s "%s"', "POST", "/v1/messages", 200)
 
     async def usage_write(self, _n: int) -> None:
-        await self.rig.core.work.record_usage(self.task.id, Usage(10, 5, 100, 10))
+        await self.rig.core.work.record_usage(
+            self.task.ref, self.task.claimed_by or "", self.task.lease_epoch, Usage(10, 5, 100, 10)
+        )
 
     async def tool_call(self, n: int) -> object:
         token = current_caller.set(self.caller)

@@ -136,9 +136,14 @@ class AgentWork:
             await unit.enqueue([outbox.card_update(waiting, self._new_key())], now)
             return waiting
 
-    async def record_usage(self, task_id: int, usage: Usage) -> None:
+    async def record_usage(self, ref: TaskRef, agent: str, epoch: int, usage: Usage) -> bool:
+        """Adds a model call's tokens to the task (spent whether or not the run may go on);
+        returns whether ``agent`` still holds the claim at ``epoch``, read in the same
+        transaction, so a run learns it was superseded without another round trip."""
         async with self._store.transaction() as unit:
-            await unit.add_usage(task_id, usage, self._clock())
+            task = await require_task(unit, ref)
+            await unit.add_usage(task.id, usage, self._clock())
+        return task.claimed_by == agent and task.lease_epoch == epoch
 
     async def _progress(self, unit: Unit, task: Task, now: datetime) -> Task:
         """Renews the lease (the claim was checked in this transaction)."""

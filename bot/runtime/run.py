@@ -55,7 +55,6 @@ class AgentRun:
     finished: str | None = None
     #: Set when a person writes in the thread during the run; read at the next step.
     inbox: asyncio.Event = field(default_factory=asyncio.Event)
-    task_id: int = 0
     _last_beat: float = 0.0
 
     async def run(self) -> str:
@@ -106,8 +105,7 @@ class AgentRun:
             task = await self.tools.get_task(str(self.ref))
             self.messages.append({"role": "user", "content": prompt.new_messages(task)})
         turn = await self.model.complete(self.system, self.specs, self.messages, self._beat)
-        await self.work.record_usage(self.task_id, turn.usage)
-        await self._still_holding()
+        await self._spent(turn)
         self.messages.append(
             {"role": "assistant", "content": turn.content or [{"type": "text", "text": "…"}]}
         )
@@ -137,7 +135,7 @@ class AgentRun:
         """Asks the model for its most reasonable assumption, posts it, and goes on."""
         self.messages.append({"role": "user", "content": prompt.ASK_FOR_ASSUMPTION})
         turn = await self.model.complete(self.system, [], self.messages, self._beat)
-        await self.work.record_usage(self.task_id, turn.usage)
+        await self._spent(turn)
         assumption = turn.text.strip() or "Assuming the simplest reading of the task."
         if not assumption.lower().startswith("assuming"):
             assumption = f"Assuming: {assumption}"
@@ -161,12 +159,16 @@ class AgentRun:
         except DomainError as exc:
             logger.warning("run.post_refused", task=str(self.ref), error=exc.message)
 
+    async def _spent(self, turn: ModelTurn) -> None:
+        """Records the turn's tokens; stops the run if the task moved on while the model ran."""
+        if not await self.work.record_usage(self.ref, self.agent, self.epoch, turn.usage):
+            raise RunStopped("the task moved on")
+
     async def _still_holding(self) -> None:
         async with self.tools.store.read() as reader:
             task = await reader.get_task(self.ref)
         if task is None or task.claimed_by != self.agent or task.lease_epoch != self.epoch:
             raise RunStopped("the task moved on")
-        self.task_id = task.id
 
     async def _beat(self) -> None:
         """Liveness while the model streams, at most every 15 s; never renews the lease."""

@@ -217,6 +217,10 @@ async def test_cancel_mid_run_stops_it_and_nothing_more_is_posted(runtime: Runti
         await rt.supervisor.drain()
     assert await posts(rt, task) == ["first step"]
     assert (await rt.task(task)).status == TaskStatus.CANCELED
+    async with rt.core.store.read() as reader:
+        usage = await reader.get_usage(task.id)
+    assert usage is not None
+    assert usage.steps == 2  # the late answer's tokens were spent, and are counted
 
 
 async def test_the_sdk_retries_rate_limits_and_overload_then_the_step_succeeds(
