@@ -180,8 +180,8 @@ async def serve(
             await stop.wait()
         finally:
             await agents.close()
+            await runner.cleanup()  # no more requests: what was acked is finished next
             await slack.close()
-            await runner.cleanup()
             if scheduler.running:
                 scheduler.shutdown(wait=False)
             logger.info("serve.stopped")

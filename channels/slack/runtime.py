@@ -1,5 +1,7 @@
 """Builds the Slack side of the service from settings and the core: client, app, delivery."""
 
+import asyncio
+import contextlib
 import os
 import socket
 import time
@@ -33,6 +35,8 @@ from channels.slack.thread_status import SlackThreadStatus
 from store.repository import SqlStore
 
 AUTH_CHECK_SECONDS = 30.0
+#: At shutdown, how long acknowledged work (thread posts waiting to be stored) may take to finish.
+SHUTDOWN_DRAIN_SECONDS = 10.0
 
 
 def missing_settings(settings: Settings, socket_mode: bool) -> list[str]:
@@ -84,9 +88,14 @@ class SlackRuntime:
             await self.socket.connect()  # type: ignore[no-untyped-call]  # untyped in slack_sdk
 
     async def close(self) -> None:
+        """Stops taking events, finishes what was acknowledged (for a bounded time), then
+        stops. What is cut off then is found again by the reconcile's thread probe."""
         if self.socket is not None:
             await self.socket.close()  # type: ignore[no-untyped-call]  # untyped in slack_sdk
         await self.loops.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SHUTDOWN_DRAIN_SECONDS):
+                await self.services.supervisor.drain()
         await self.services.supervisor.close()
         if self.client.session is not None:
             await self.client.session.close()

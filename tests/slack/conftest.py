@@ -95,9 +95,14 @@ class Harness:
         return str(reply["text"])
 
     async def event(
-        self, event: dict[str, Any], event_id: str | None = None, retry: int | None = None
+        self,
+        event: dict[str, Any],
+        event_id: str | None = None,
+        retry: int | None = None,
+        settle: bool = True,
     ) -> int:
-        """Delivers an Events API callback; returns the HTTP status."""
+        """Delivers an Events API callback; returns the HTTP status. With ``settle``, also
+        waits for the work that runs after the ack."""
         body = json.dumps(
             {
                 "token": "x",
@@ -116,7 +121,8 @@ class Harness:
             else {}
         )
         response = await self.post(body, "application/json", headers)
-        await self.runtime.services.supervisor.drain()  # the work that runs after the ack
+        if settle:
+            await self.runtime.services.supervisor.drain()
         return response.status
 
     async def thread_message(
@@ -126,11 +132,12 @@ class Harness:
         thread_ts: str,
         bot_id: str | None = None,
         event_id: str | None = None,
+        settle: bool = True,
     ) -> dict[str, Any]:
         """A reply that Slack both stores and announces as a message event."""
         message = self.standin.add_message(CHANNEL, user, text, thread_ts=thread_ts, bot_id=bot_id)
         event = {"type": "message", "channel": CHANNEL, "channel_type": "channel"} | message
-        assert await self.event(event, event_id=event_id) == 200
+        assert await self.event(event, event_id=event_id, settle=settle) == 200
         return message
 
     async def interact(self, payload: dict[str, Any]) -> aiohttp.ClientResponse:

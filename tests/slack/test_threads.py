@@ -1,5 +1,6 @@
 """Threads and interactivity: mentions, missed events, the card's controls, modals, App Home."""
 
+import asyncio
 import json
 from typing import Any
 
@@ -311,6 +312,22 @@ async def test_app_home_shows_what_was_finished_this_week_last(service: Harness)
     assert "unassigned · done 0s ago" in sections[1]
     assert "*C1#3*" in sections[2]
     assert "C1#1" not in "".join(sections)  # finished eight days ago
+
+
+async def test_shutdown_first_stores_the_posts_already_acknowledged(service: Harness) -> None:
+    thread_ts = await assigned_task(service)
+    task = await service.task(1)
+    async with service.core.store.transaction():  # holds the writer: posts can only queue
+        for n in range(5):
+            await service.thread_message(AGENT_USER, f"step {n}", thread_ts, settle=False)
+        closing = asyncio.create_task(service.runtime.close())
+        await asyncio.sleep(0.05)
+        assert not closing.done()  # waiting for the acknowledged posts to be stored
+    async with asyncio.timeout(10):
+        await closing
+    async with service.core.store.read() as reader:
+        stored = [m.text for m in await reader.list_messages(task.id)]
+    assert [t for t in stored if t.startswith("step")] == [f"step {n}" for n in range(5)]
 
 
 def test_a_socket_mode_reply_carries_the_listeners_answer() -> None:
