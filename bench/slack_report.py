@@ -136,8 +136,8 @@ def _setup(run: Run) -> str:
         "- threadwork: `bot.app.serve` unchanged (SQLite file in WAL mode, real clock, default "
         "DispatchSettings, reconcile scheduler running, INFO logs to a file). Per event: "
         "signature check, Bolt dispatch, then the ack; the post goes to the reply inbox, which "
-        "stores every post waiting in one transaction (message insert, de-duplicated on channel "
-        "and ts, and the lease renewal). **The database write is inside the measurement:** a "
+        "stores the posts waiting (up to 200) in one transaction (message insert, de-duplicated "
+        "on channel and ts, and the lease renewal). **The database write is inside the measurement:** a "
         "run's wall time (throughput) and CPU (both runs) last until the load generator, "
         "reading the server's SQLite file, counts every event it sent stored.",
         "- bare Bolt: `AsyncApp(client=..., signing_secret=...)`, a no-op `message` listener, "

@@ -70,6 +70,11 @@ def _wrote(agent: Agent, reply: IncomingReply) -> bool:
     return by_user or (agent.slack_bot_id is not None and agent.slack_bot_id == reply.bot_id)
 
 
+def _by_holder(reply: IncomingReply, task: Task, agents: Sequence[Agent]) -> bool:
+    """Whether ``reply`` was posted by the agent holding ``task``'s claim."""
+    return any(a.name == task.claimed_by and _wrote(a, reply) for a in agents)
+
+
 @dataclass(frozen=True)
 class Change:
     """What a use case decided: the columns to write and the events and effects that follow."""
@@ -279,33 +284,26 @@ class Board:
                 {r.user_id for r, _ in stored if r.user_id},
                 {r.bot_id for r, _ in stored if r.bot_id},
             )
-            renewed = await self._react_to_posts(unit, stored, agents, now)
-        return [ThreadReply(task.id, task.id in renewed) for _, task in stored]
+            holders = {i for i, (r, task) in enumerate(stored) if _by_holder(r, task, agents)}
+            people = {i for i, (r, _) in enumerate(stored) if not any(_wrote(a, r) for a in agents)}
+            renewed = await self._react_to_posts(
+                unit, [stored[i][1] for i in holders], [stored[i][1] for i in people], now
+            )
+        return [
+            ThreadReply(task.id, i in holders and task.id in renewed)
+            for i, (_, task) in enumerate(stored)
+        ]
 
     async def _react_to_posts(
-        self,
-        unit: Unit,
-        posts: Sequence[tuple[IncomingReply, Task]],
-        agents: Sequence[Agent],
-        now: datetime,
+        self, unit: Unit, held: Sequence[Task], spoken_to: Sequence[Task], now: datetime
     ) -> set[int]:
-        """Renews leases whose holder posted and wakes agents a person wrote to; returns the
-        ids of the tasks whose lease was renewed."""
-        holders: set[int] = set()
-        spoken_to: set[int] = set()
-        for reply, task in posts:
-            agent = next((a for a in agents if _wrote(a, reply)), None)
-            if agent is None:
-                spoken_to.add(task.id)
-            elif agent.name == task.claimed_by:
-                holders.add(task.id)
-        claims = {task.id: task.claimed_by for _, task in posts}
+        """Renews the leases of ``held`` (their holder posted) and wakes the holders of
+        ``spoken_to`` (a person posted); returns the ids of the tasks whose lease was renewed."""
         renewed = set()
-        for task_id in sorted(holders):
-            holder = claims[task_id]
-            if holder is not None and await unit.renew_lease(task_id, holder, now):
-                renewed.add(task_id)
-        for task_id in sorted(spoken_to):
+        for task in sorted({t.id: t for t in held}.values(), key=lambda t: t.id):
+            if task.claimed_by and await unit.renew_lease(task.id, task.claimed_by, now):
+                renewed.add(task.id)
+        for task_id in sorted({t.id for t in spoken_to}):
             await self._person_spoke(unit, task_id, now)
         return renewed
 

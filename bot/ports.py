@@ -67,8 +67,9 @@ class Reader(Protocol):
     async def list_tasks_for_viewer(
         self, user_id: str, channel_ids: Sequence[str], finished_since: datetime, limit: int
     ) -> list[Task]:
-        """Tasks assigned or created by ``user_id`` or in ``channel_ids``: the open ones, and
-        the done or canceled ones last changed since ``finished_since``; latest change first."""
+        """Tasks assigned or created by ``user_id`` or in ``channel_ids``: up to ``limit`` open
+        ones, then up to ``limit`` done or canceled since ``finished_since``; latest change
+        first in each."""
         ...
 
     async def list_events(self, task_id: int) -> list[TaskEvent]: ...

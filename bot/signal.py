@@ -10,7 +10,8 @@ logger = structlog.get_logger(__name__)
 
 
 class ChangeSignal:
-    """Set after every commit: subscribers are called, and any number of waiters wake."""
+    """Notified after a commit that queued work (outbox rows, agent wake-ups) and after agent
+    work and reconcile commits: subscribers are called, and any number of waiters wake."""
 
     def __init__(self) -> None:
         self._event = asyncio.Event()

@@ -8,6 +8,8 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SqlAlchemyTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from bot.errors import ConfigurationError
@@ -15,6 +17,14 @@ from bot.errors import ConfigurationError
 #: Execution option that marks a connection's transactions as read-only on SQLite.
 _READ_ONLY = "threadwork_read_only"
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether ``error`` says the database was unreachable, busy or timed out (worth retrying),
+    rather than that the statement itself was wrong."""
+    if isinstance(error, OperationalError | InterfaceError | SqlAlchemyTimeout | OSError):
+        return True
+    return isinstance(error, DBAPIError) and error.connection_invalidated
 
 
 def async_url(database_url: str) -> URL:

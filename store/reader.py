@@ -76,12 +76,14 @@ class SqlReader(AgentWorkReads):
             tasks.c.created_by == f"user:{user_id}",
             tasks.c.channel_id.in_(list(channel_ids)),
         )
-        current = or_(
-            tasks.c.status.not_in([s.value for s in TERMINAL_STATUSES]),
-            tasks.c.updated_at >= finished_since,
+        finished = tasks.c.status.in_([s.value for s in TERMINAL_STATUSES])
+        latest = select(tasks).order_by(tasks.c.updated_at.desc()).limit(limit)
+        # Two queries, so a busy week of finished tasks never crowds out the open ones.
+        open_now = await self._db.execute(latest.where(mine, ~finished))
+        recent = await self._db.execute(
+            latest.where(mine, finished, tasks.c.updated_at >= finished_since)
         )
-        query = select(tasks).where(mine, current).order_by(tasks.c.updated_at.desc()).limit(limit)
-        return [task_from_row(row) for row in await self._db.execute(query)]
+        return [task_from_row(row) for row in [*open_now, *recent]]
 
     async def list_events(self, task_id: int) -> list[TaskEvent]:
         query = (

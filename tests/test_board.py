@@ -333,7 +333,7 @@ async def test_one_batch_of_replies_over_several_threads_is_judged_per_task(
         ]
     )
     assert sorted((r.task_id, r.renewed) for r in stored) == [
-        (task.id, True),
+        (task.id, False),  # the person's post renews nothing
         (task.id, True),
         (other.id, False),
     ]
@@ -388,3 +388,41 @@ async def test_stale_tasks_are_counted_by_each_channels_own_cutoff(
         assert await reader.count_stale_tasks(now - timedelta(seconds=600), shorter_in_c2) == 1
         longer_in_c3 = {"C3": now - timedelta(seconds=600)}
         assert await reader.count_stale_tasks(now - timedelta(seconds=60), longer_in_c3) == 2
+
+
+async def test_a_post_renews_when_either_its_user_or_its_bot_is_the_claim_holder(
+    board: Board, registry: AgentRegistry, store: SqlStore, task: Task, clock: FakeClock
+) -> None:
+    await registry.add_agent("helper", slack_user_id="U_HELPER")
+    await registry.add_agent("botty", slack_bot_id="B_BOTTY")
+    await board.assign_task(task.ref, "botty", ALICE)
+    async with store.transaction() as unit:
+        await unit.record_card(task.id, "100.0")
+    clock.advance(60)
+    # Posted by a bot user that is also registered as another agent: its bot id holds the claim.
+    post = IncomingReply("C1", "100.0", "101.0", "U_HELPER", "B_BOTTY", "progress")
+    [stored] = await board.record_thread_replies([post])
+    assert stored.renewed is True
+    assert (await current(store, task)).last_progress_at == clock.now
+
+
+async def test_the_viewers_board_keeps_room_for_open_tasks_however_many_finished(
+    board: Board, store: SqlStore, clock: FakeClock
+) -> None:
+    old = await board.create_task("C1", "Long-running", Actor.user(ALICE))
+    clock.advance(3600)
+    newer = await board.create_task("C1", "Newer", Actor.user(ALICE))
+    finished = []
+    for n in range(3):
+        clock.advance(60)
+        done = await board.create_task("C1", f"Quick {n}", Actor.user(ALICE))
+        finished.append(
+            await board.update_task_status(done.ref, TaskStatus.DONE, Actor.user(ALICE))
+        )
+    forgotten = await board.create_task("C9", "Someone else's", Actor.user("U_BOB"))
+    async with store.read() as reader:
+        shown = await reader.list_tasks_for_viewer(
+            ALICE, [], finished_since=clock.now - timedelta(days=7), limit=2
+        )
+    assert [t.id for t in shown] == [newer.id, old.id, finished[2].id, finished[1].id]
+    assert forgotten.id not in [t.id for t in shown]

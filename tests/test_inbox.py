@@ -4,12 +4,14 @@ import asyncio
 from collections.abc import Sequence
 
 import pytest
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 
 from bot.board import Board
 from bot.inbox import ReplyInbox
 from bot.registry import AgentRegistry
 from bot.supervisor import Supervisor
 from bot.task import Actor, IncomingReply, Task
+from store.database import is_transient
 from store.repository import SqlStore
 from tests.conftest import FakeClock
 
@@ -94,7 +96,8 @@ async def test_a_full_inbox_makes_put_wait_until_a_batch_is_taken(
     await inbox.put(post(2))
     await inbox.put(post(3))
     blocked = asyncio.create_task(inbox.put(post(4)))
-    await asyncio.sleep(0.01)
+    for _ in range(10):  # let every task run as far as it can
+        await asyncio.sleep(0)
     assert not blocked.done()  # two waiting, the limit: the fifth must wait
     release.set()
     await blocked
@@ -127,3 +130,41 @@ async def test_a_failing_batch_is_retried_post_by_post_and_only_the_bad_post_is_
         [post(1).ts],
     ]
     assert await stored_ts(store, task) == [post(0).ts, post(1).ts]
+
+
+async def test_while_the_database_is_unavailable_the_batch_is_retried_whole_with_growing_waits(
+    board: Board, store: SqlStore, task: Task
+) -> None:
+    outages = 3
+    waits: list[float] = []
+
+    async def flaky(replies: Sequence[IncomingReply]) -> None:
+        nonlocal outages
+        if outages:
+            outages -= 1
+            raise ConnectionRefusedError("the database is restarting")
+        await board.record_thread_replies(replies)
+
+    async def no_sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    supervisor = Supervisor()
+    inbox = ReplyInbox(
+        flaky, supervisor, is_transient=lambda e: isinstance(e, OSError), sleep=no_sleep
+    )
+    for n in range(3):
+        await inbox.put(post(n))
+    await supervisor.drain()
+    assert waits == [0.1, 0.2, 0.4]
+    assert await stored_ts(store, task) == [post(n).ts for n in range(3)]
+
+
+def test_connection_and_locking_errors_are_transient_and_a_bad_statement_is_not() -> None:
+    cause = Exception("driver error")
+    assert is_transient(OperationalError("BEGIN IMMEDIATE", {}, cause))  # database is locked
+    assert is_transient(InterfaceError("SELECT 1", {}, cause))
+    assert is_transient(ConnectionResetError("connection reset by peer"))
+    invalidated = DBAPIError("SELECT 1", {}, cause, connection_invalidated=True)
+    assert is_transient(invalidated)
+    assert not is_transient(IntegrityError("INSERT", {}, cause))
+    assert not is_transient(ValueError("naive datetime given to a UTCDateTime column"))

@@ -86,6 +86,8 @@ class AgentRunner:
         self._runs: dict[int, RunHandle] = {}
         self._specs: list[ToolSpec] = []
         self._wake = asyncio.Event()
+        self._loop: asyncio.Task[Any] | None = None
+        self._closed = False
 
     def wake(self) -> None:
         self._wake.set()
@@ -95,11 +97,14 @@ class AgentRunner:
         return dict(self._runs)
 
     async def run(self) -> None:
-        """Claims and starts work until cancelled."""
+        """Claims and starts work until cancelled or closed."""
+        self._loop = asyncio.current_task()
         await work_loop(self.run_once, self._wake, self._settings.poll, "runner.failed")
 
     async def run_once(self) -> int:
         """Claims due wake-ups of built-in agents and acts on them; returns how many."""
+        if self._closed:
+            return 0
         agents = [a.name for a in await self._registry.list_agents() if a.built_in and a.enabled]
         now = self._clock()
         until = now + timedelta(seconds=self._settings.claim_ttl)
@@ -207,6 +212,11 @@ class AgentRunner:
         return "\n".join(texts), bool(getattr(result, "is_error", False))
 
     async def close(self) -> None:
+        """Claims nothing more and cancels the runs under way (their wake-ups are done; the
+        lease of a cancelled run lapses and the reconcile re-dispatches it)."""
+        self._closed = True
+        if self._loop is not None:
+            self._loop.cancel()
         for handle in list(self._runs.values()):
             handle.task.cancel()
         await asyncio.gather(*(h.task for h in self._runs.values()), return_exceptions=True)

@@ -166,7 +166,7 @@ async def _agent_disable(command: SlashCommand, args: list[str], services: Slack
     held = await services.registry.set_enabled(name, False)
     reply = (
         f"Agent `{name}` is disabled: it cannot be assigned, its MCP tokens are refused and "
-        "the built-in runtime stops running it."
+        "the built-in runtime starts no new runs for it."
     )
     if held:
         refs = ", ".join(f"*{t.ref}*" for t in held[:10]) + (" …" if len(held) > 10 else "")

@@ -34,7 +34,7 @@ async def publish_home(client: AsyncWebClient, services: SlackServices, user_id:
     channels = await _member_channels(client, user_id)
     async with services.store.read() as reader:
         since = services.clock() - FINISHED_WINDOW
-        tasks = await reader.list_tasks_for_viewer(user_id, channels, since, limit=200)
+        tasks = await reader.list_tasks_for_viewer(user_id, channels, since, limit=100)
         agents = {a.name: a for a in await reader.list_agents()}
     book = await services.board.policies()
     view = {"type": "home", "blocks": home_blocks(tasks, book, agents, services.clock())}

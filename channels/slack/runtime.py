@@ -32,6 +32,7 @@ from channels.slack.probe import SlackThreadProbe
 from channels.slack.services import AdminCheck, SlackServices
 from channels.slack.socket_mode import build_socket_client
 from channels.slack.thread_status import SlackThreadStatus
+from store.database import is_transient
 from store.repository import SqlStore
 
 AUTH_CHECK_SECONDS = 30.0
@@ -140,7 +141,7 @@ def build_slack_runtime(
         clock=clock,
         admins=AdminCheck(client, frozenset(settings.admins)),
         supervisor=supervisor,
-        inbox=ReplyInbox(partial(store_replies, board), supervisor),
+        inbox=ReplyInbox(partial(store_replies, board), supervisor, is_transient=is_transient),
     )
     secret = settings.slack_signing_secret
     verifier = SignatureVerifier(secret.get_secret_value()) if secret else None

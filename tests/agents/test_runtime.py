@@ -10,6 +10,7 @@ from bot.agents import AgentKind, AgentSettings
 from bot.outbox import OutboxKind
 from bot.status import TaskStatus
 from bot.task import Actor, EventKind, Task, ThreadMessage
+from bot.work import WakeReason
 from tests.agents.conftest import ALICE, FALLBACK_KEY, Runtime, open_runtime
 from tests.agents.standins import (
     AnthropicStandIn,
@@ -358,3 +359,20 @@ async def test_an_openai_compatible_agent_works_a_task_through_its_endpoint(
     assert [m["role"] for m in second["messages"]][:2] == ["system", "user"]
     assert any(m["role"] == "tool" for m in second["messages"])
     assert openai_standin.requests[0].api_key == "ollama-key"
+
+
+async def test_a_closed_runner_stops_its_loop_and_leaves_new_wakeups_for_the_next_start(
+    runtime: Runtime,
+) -> None:
+    rt = runtime
+    loop = asyncio.create_task(rt.runner.run())
+    await asyncio.sleep(0)  # the loop makes its first (empty) pass and waits
+    await rt.runner.close()
+    async with asyncio.timeout(10):
+        await asyncio.gather(loop, return_exceptions=True)
+    assert loop.cancelled()
+    task = await rt.assigned()  # a wake-up arrives during shutdown
+    assert await rt.runner.run_once() == 0
+    async with rt.core.store.transaction() as unit:
+        left = await unit.consume_wakeups("claude-1", rt.core.clock())
+    assert [(w.task_id, w.reason) for w in left] == [(task.id, WakeReason.DIRECTIVE)]

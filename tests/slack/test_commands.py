@@ -580,8 +580,9 @@ async def test_a_disabled_agent_cannot_be_assigned_until_enabled_again(board: Ha
 
     assert reply == (
         "Agent `coder` is disabled: it cannot be assigned, its MCP tokens are refused and the "
-        "built-in runtime stops running it. It still holds 1 task(s): *C1#1*. Reassign them, "
-        "or they are blocked when their leases lapse. `/task-admin agent enable coder` undoes this."
+        "built-in runtime starts no new runs for it. It still holds 1 task(s): *C1#1*. Reassign "
+        "them, or they are blocked when their leases lapse. `/task-admin agent enable coder` "
+        "undoes this."
     )
     assert "· disabled" in await task_admin(board, "agent list")
     await board.command("new Another job")

@@ -317,11 +317,14 @@ async def test_app_home_shows_what_was_finished_this_week_last(service: Harness)
 async def test_shutdown_first_stores_the_posts_already_acknowledged(service: Harness) -> None:
     thread_ts = await assigned_task(service)
     task = await service.task(1)
-    async with service.core.store.transaction():  # holds the writer: posts can only queue
+    # The service runs on SQLite, where an open write transaction holds the one writer: the
+    # posts can be acknowledged but only queue until it ends.
+    async with service.core.store.transaction():
         for n in range(5):
             await service.thread_message(AGENT_USER, f"step {n}", thread_ts, settle=False)
         closing = asyncio.create_task(service.runtime.close())
-        await asyncio.sleep(0.05)
+        for _ in range(20):  # let the shutdown run as far as it can
+            await asyncio.sleep(0)
         assert not closing.done()  # waiting for the acknowledged posts to be stored
     async with asyncio.timeout(10):
         await closing
