@@ -19,6 +19,9 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     impl = DateTime(timezone=True)
     cache_ok = True
+    #: The last SQLite value written, as (datetime, text): a batch writes the same ``now`` into
+    #: every row, and formatting it once instead of per row shows in a reconcile of 10k tasks.
+    _last_text: tuple[datetime | None, str] = (None, "")
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         if dialect.name == "sqlite":
@@ -32,9 +35,14 @@ class UTCDateTime(TypeDecorator[datetime]):
             raise ValueError("naive datetime given to a UTCDateTime column")
         if value.tzinfo is not UTC:
             value = value.astimezone(UTC)
-        if dialect.name == "sqlite":
-            return value.replace(tzinfo=None).isoformat(" ", "microseconds")
-        return value
+        if dialect.name != "sqlite":
+            return value
+        last = self._last_text  # one read of a tuple: safe if threads share the type
+        if last[0] is value:
+            return last[1]
+        formatted = value.replace(tzinfo=None).isoformat(" ", "microseconds")
+        self._last_text = (value, formatted)
+        return formatted
 
     def process_result_value(
         self, value: datetime | str | None, dialect: Dialect
