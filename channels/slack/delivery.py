@@ -21,7 +21,7 @@ from bot.dispatch import Delivered, DeliveryFailed
 from bot.errors import NotFound
 from bot.outbox import OutboxKind, OutboxRow
 from bot.ports import Reader
-from bot.task import Task, TaskRef, ThreadMessage
+from bot.task import LeasePolicy, Task, TaskRef, ThreadMessage
 from channels.slack import render
 from channels.slack.parsing import error_code
 from store.repository import SqlStore
@@ -69,18 +69,21 @@ class SlackDeliverer:
             handoff = (
                 await self._handoff(reader, task, agents) if row.payload.get("redispatch") else None
             )
+            book = await self._board.policy_book(reader)
+        policy = book.for_channel(task.channel_id)
         if row.kind == OutboxKind.CARD_UPDATE:
-            return await self._update_card(task, agents)
+            return await self._update_card(task, agents, policy)
         if row.uncertain:
             earlier = await self._find_posted(task, row)
             if earlier is not None:
                 return Delivered(earlier, recovered=True)
-        return await self._post(task, row, agents, handoff)
+        return await self._post(task, row, agents, handoff, policy)
 
-    async def _update_card(self, task: Task, agents: dict[str, Agent]) -> Delivered:
+    async def _update_card(
+        self, task: Task, agents: dict[str, Agent], policy: LeasePolicy
+    ) -> Delivered:
         if task.card_ts is None:
             raise NotFound(f"the card of {task.ref} has not been posted")
-        policy = (await self._board.policies()).for_channel(task.channel_id)
         await self._client.chat_update(
             channel=task.channel_id,
             ts=task.card_ts,
@@ -90,7 +93,12 @@ class SlackDeliverer:
         return Delivered(task.card_ts)
 
     async def _post(
-        self, task: Task, row: OutboxRow, agents: dict[str, Agent], handoff: str | None
+        self,
+        task: Task,
+        row: OutboxRow,
+        agents: dict[str, Agent],
+        handoff: str | None,
+        policy: LeasePolicy,
     ) -> Delivered:
         metadata = {
             "event_type": EVENT_TYPES[row.kind],
@@ -99,7 +107,6 @@ class SlackDeliverer:
         }
         message: dict[str, Any] = {"channel": task.channel_id, "metadata": metadata}
         if row.kind == OutboxKind.CARD_POST:
-            policy = (await self._board.policies()).for_channel(task.channel_id)
             message |= {
                 "text": render.card_text(task),
                 "blocks": render.card_blocks(task, policy, agents, self._clock()),
