@@ -6,10 +6,10 @@ event can be acknowledged at once, and the posts that arrive while one transacti
 stored together by the next (up to ``MAX_BATCH``): under load the cost of a transaction is
 shared by the batch.
 
-The thread probe reads only the threads of stale tasks, for their assignee's posts: a person's
-post acknowledged but never stored (the process killed, or shut down with posts still queued
-past its drain time) is not recovered, so the inbox retries rather than drops while the database
-is unavailable.
+The thread probe reads only the threads of stale tasks: a post acknowledged but never stored
+(the process killed, or shut down with posts still queued past its drain time) in a task whose
+lease does not lapse is not found again. So the inbox retries, rather than drops, while the
+database is unavailable.
 """
 
 import asyncio

@@ -17,8 +17,8 @@ from bot.agents import Agent
 from bot.board import Board
 from bot.clock import Clock
 from bot.reconcile import FoundProgress
-from bot.task import Task, ThreadMessage
-from channels.slack.parsing import error_code
+from bot.task import IncomingReply, Task, ThreadMessage
+from channels.slack.parsing import error_code, unescape
 from store.repository import SqlStore
 
 logger = structlog.get_logger(__name__)
@@ -85,18 +85,47 @@ class SlackThreadProbe:
         except SlackApiError as exc:
             logger.warning("probe.read_failed", task=str(task.ref), error=error_code(exc))
             return None
-        messages = response.get("messages") or []
-        posts = [m for m in messages if _by(m, agent) and float(m["ts"]) > since]
+        messages = [m for m in response.get("messages") or [] if float(m["ts"]) > since]
+        await self._record_people(task, [m for m in messages if _by_a_person(m, agent)])
+        posts = [m for m in messages if _by(m, agent)]
         missed = []
         for post in posts:
             author = str(post.get("user") or post.get("bot_id"))
-            text = str(post.get("text", ""))
+            text = unescape(str(post.get("text", "")))
             message = ThreadMessage(
                 task.id, task.channel_id, str(post["ts"]), author, text, self._clock()
             )
             if await self._board.record_thread_message(message, agent=agent.name, renew=False):
                 missed.append(message.ts)
         return max(missed, key=float, default="")
+
+    async def _record_people(self, task: Task, posts: list[dict[str, Any]]) -> None:
+        """Stores people's posts the events missed; each one wakes the assignee, as it would
+        have on time. Posts already stored are left as they are."""
+        assert task.thread_ts is not None
+        replies = [
+            IncomingReply(
+                task.channel_id,
+                task.thread_ts,
+                str(m["ts"]),
+                str(m["user"]),
+                None,
+                unescape(str(m.get("text", ""))),
+            )
+            for m in posts
+            if m["ts"] != task.thread_ts
+        ]
+        if replies:
+            stored = await self._board.record_thread_replies(replies)
+            if stored:
+                logger.info("probe.found_people_posts", task=str(task.ref), stored=len(stored))
+
+
+def _by_a_person(message: dict[str, Any], assignee: Agent) -> bool:
+    """A post by a user, not by a bot (this app's own posts carry its bot id) nor the assignee.
+    (A registered agent posting as a user is told apart when the post is stored.)"""
+    plain = not message.get("bot_id") and not message.get("subtype")
+    return plain and bool(message.get("user")) and not _by(message, assignee)
 
 
 def _by(message: dict[str, Any], agent: Agent) -> bool:

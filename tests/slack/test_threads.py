@@ -7,8 +7,10 @@ from typing import Any
 from slack_bolt.response import BoltResponse
 
 from bot.status import TaskStatus
+from bot.work import WakeReason
 from channels.slack.socket_mode import envelope_reply
 from tests.slack.conftest import AGENT_USER, ALICE, CHANNEL, Harness
+from tests.slack.standin import BOT_USER
 
 
 async def assigned_task(service: Harness) -> str:
@@ -102,6 +104,27 @@ async def test_a_post_whose_event_slack_never_sent_still_counts_before_a_redispa
     async with service.core.store.read() as reader:
         [missed] = await reader.list_messages(task.id)
     assert (missed.author, missed.text) == (AGENT_USER, "pushed a fix, testing now")
+
+
+async def test_a_persons_post_that_slack_never_sent_is_stored_and_wakes_the_assignee(
+    service: Harness,
+) -> None:
+    thread_ts = await assigned_task(service)
+    task = await service.task(1)
+    async with service.core.store.transaction() as unit:
+        await unit.consume_wakeups("coder", service.clock())  # the directive's, taken
+    service.clock.advance(300)
+    service.standin.add_message(CHANNEL, ALICE, "use the staging DB &amp; skip CI", thread_ts)
+    service.clock.advance(400)
+    report = await service.runtime.reconciler.reconcile_stale_tasks()
+    assert [str(r) for r in report.redispatched] == ["C1#1"]  # the assignee stayed silent
+    async with service.core.store.transaction() as unit:
+        messages = await unit.list_messages(task.id)
+        woken = await unit.consume_wakeups("coder", service.clock())
+    assert [(m.author, m.text) for m in messages] == [(ALICE, "use the staging DB & skip CI")]
+    assert sorted(w.reason for w in woken) == [WakeReason.MESSAGE, WakeReason.REDISPATCH]
+    # The app's own posts in the thread (card, directive) were not taken for a person's.
+    assert all(m.author != BOT_USER for m in messages)
 
 
 async def test_when_the_thread_cannot_be_read_the_reconcile_waits_instead_of_redispatching(
