@@ -15,6 +15,7 @@ from bot.clock import Clock
 from bot.errors import Conflict, InvalidInput
 from bot.outbox import OutboxKind, OutboxMessage
 from bot.ports import Store, Unit
+from bot.signal import Notify, ignore
 from bot.task import Actor, EventKind, NewEvent, Task, TaskRef
 from bot.work import Artifact, Usage
 
@@ -32,7 +33,7 @@ class AgentWork:
         store: Store,
         clock: Clock,
         new_key: Callable[[], str] = new_key,
-        notify: Callable[[], None] = lambda: None,
+        notify: Notify = ignore,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -48,7 +49,7 @@ class AgentWork:
             task = await require_task(unit, ref)
             check_claim(task, agent, epoch)
             yield unit, task
-        self._notify()
+        self._notify(frozenset(unit.queued))
 
     async def post_update(
         self, ref: TaskRef, agent: str, text: str, epoch: int | None = None
@@ -114,7 +115,7 @@ class AgentWork:
             refreshed = await unit.get_task_by_id(task.id)
             assert refreshed is not None
             await unit.enqueue([outbox.card_update(refreshed, self._new_key())], now)
-        self._notify()
+        self._notify(frozenset(unit.queued))
         return True
 
     async def await_input(self, ref: TaskRef, agent: str, epoch: int, question: str) -> Task:

@@ -21,6 +21,7 @@ from bot.errors import ConfigurationError
 from bot.runtime.models import ModelFactory
 from bot.runtime.runner import AgentRunner, RunnerSettings, ThreadStatus
 from bot.settings import Settings
+from bot.signal import Queued
 from bot.supervisor import Supervisor
 from bot.tools import TaskTools, build_tool_server, make_caller_factory
 from channels.mcp.server import McpHttpServer, build_mcp_app, build_mcp_server
@@ -118,7 +119,7 @@ def build_agent_services(
         RunnerSettings(max_steps=settings.agent_max_steps),
         thread_status,
     )
-    core.signal.subscribe(runner.wake)
+    core.signal.subscribe(runner.wake, to=Queued.WAKEUPS)
     mcp = None
     if settings.mcp_port:
         server = build_mcp_server(core.registry, tools_for(core))

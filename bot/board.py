@@ -25,6 +25,7 @@ from bot.errors import (
 )
 from bot.policy import ChannelPolicy, PolicyBook, load_policy_book
 from bot.ports import Reader, Store, TaskFields, Unit
+from bot.signal import Notify, ignore
 from bot.status import (
     LEASED_STATUSES,
     TERMINAL_STATUSES,
@@ -114,7 +115,7 @@ class Board:
         clock: Clock,
         policy: LeasePolicy,
         new_key: Callable[[], str] = new_key,
-        notify: Callable[[], None] = lambda: None,
+        notify: Notify = ignore,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -333,8 +334,8 @@ class Board:
         (A lease renewed by a post, the commonest write, queues none and wakes no one.)"""
         async with self._store.transaction() as unit:
             yield unit
-        if unit.queued_work:
-            self._notify()
+        if unit.queued:
+            self._notify(frozenset(unit.queued))
 
     async def policies(self) -> PolicyBook:
         """The global lease policy and every channel's overrides."""

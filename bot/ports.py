@@ -13,6 +13,7 @@ from typing import Protocol, TypedDict
 from bot.agents import Agent, AgentKind, AgentSettings
 from bot.outbox import OutboxMessage, OutboxRow
 from bot.policy import ChannelPolicy
+from bot.signal import Queued
 from bot.status import TaskStatus
 from bot.task import NewEvent, Task, TaskEvent, TaskRef, ThreadMessage
 from bot.work import Artifact, TaskUsage, Usage, WakeReason, Wakeup
@@ -127,9 +128,9 @@ class Reader(Protocol):
 class Unit(Reader, Protocol):
     """One write transaction. Every method that changes a task is a compare-and-set."""
 
-    #: Whether this transaction enqueued outbox rows or agent wake-ups: work for the
-    #: dispatcher or the runner to pick up once it commits.
-    queued_work: bool
+    #: What this transaction enqueued (outbox rows, agent wake-ups): work for the dispatcher
+    #: or the runner to pick up once it commits.
+    queued: set[Queued]
 
     async def insert_task(self, new: NewTask) -> Task: ...
 

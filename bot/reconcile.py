@@ -18,6 +18,7 @@ from bot.board import new_key
 from bot.clock import Clock
 from bot.policy import PolicyBook, load_policy_book
 from bot.ports import Store, Unit
+from bot.signal import EVERYTHING, Notify, ignore
 from bot.task import Actor, EventKind, LeasePolicy, NewEvent, Task, TaskRef, is_stale
 from bot.work import WakeReason
 
@@ -73,7 +74,7 @@ class Reconciler:
         probe: ProgressProbe | None = None,
         batch_size: int = 1000,
         max_per_tick: int = 100_000,
-        notify: Callable[[], None] = lambda: None,
+        notify: Notify = ignore,
     ) -> None:
         self._notify = notify
         self._store = store
@@ -101,7 +102,7 @@ class Reconciler:
                 await self._act(batch, policy, now, report)
         await self._expire_waits(book, now, report)
         if report.acted or report.renewed or report.assumed:
-            self._notify()
+            self._notify(EVERYTHING)
         if stale:
             logger.info(
                 "reconcile.tick",

@@ -3,26 +3,46 @@
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from enum import StrEnum
 
 import structlog
 
 logger = structlog.get_logger(__name__)
 
 
+class Queued(StrEnum):
+    """What a commit queued, and so whom it concerns."""
+
+    #: Outbox rows: the dispatcher's work.
+    OUTBOX = "outbox"
+    #: Agent wake-ups: the runner's work, and that of MCP clients waiting for work.
+    WAKEUPS = "wakeups"
+
+
+EVERYTHING = frozenset(Queued)
+#: Told after a commit what it queued (possibly nothing).
+Notify = Callable[[frozenset[Queued]], None]
+
+
+def ignore(_queued: frozenset[Queued]) -> None:
+    """A ``Notify`` for use cases run without a signal (the CLI, tests)."""
+
+
 class ChangeSignal:
-    """Notified after a commit that queued work (outbox rows, agent wake-ups) and after agent
-    work and reconcile commits: subscribers are called, and any number of waiters wake."""
+    """Notified after commits: each subscriber is called when the commit queued what it
+    subscribed to (or always, when it subscribed to everything), and every waiter wakes."""
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
-        self._subscribers: list[Callable[[], None]] = []
+        self._subscribers: list[tuple[Queued | None, Callable[[], None]]] = []
 
-    def subscribe(self, callback: Callable[[], None]) -> None:
-        self._subscribers.append(callback)
+    def subscribe(self, callback: Callable[[], None], to: Queued | None = None) -> None:
+        self._subscribers.append((to, callback))
 
-    def notify(self) -> None:
-        for callback in self._subscribers:
-            callback()
+    def notify(self, queued: frozenset[Queued] = EVERYTHING) -> None:
+        for to, callback in self._subscribers:
+            if to is None or to in queued:
+                callback()
         self._event.set()
         self._event = asyncio.Event()
 

@@ -8,6 +8,7 @@ from sqlalchemy import Row, and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.agents import Agent
+from bot.signal import Queued
 from bot.status import TERMINAL_STATUSES
 from bot.task import Task
 from bot.work import Artifact, TaskUsage, Usage, WakeReason, Wakeup
@@ -105,7 +106,7 @@ class AgentWorkWrites:
     """Writes; mixed into the unit of work."""
 
     _db: AsyncConnection
-    queued_work: bool
+    queued: set[Queued]
 
     async def insert_artifact(
         self,
@@ -178,7 +179,7 @@ class AgentWorkWrites:
             for t, a, r, e in wakeups
         ]
         if rows:
-            self.queued_work = True
+            self.queued.add(Queued.WAKEUPS)
             await self._db.execute(agent_wakeups.insert(), rows)
 
     async def claim_wakeups(

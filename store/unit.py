@@ -11,6 +11,7 @@ from bot.agents import Agent, AgentKind, AgentSettings
 from bot.outbox import OutboxMessage, OutboxState
 from bot.policy import ChannelPolicy
 from bot.ports import NewTask, TaskFields
+from bot.signal import Queued
 from bot.status import TaskStatus
 from bot.task import NewEvent, Task, ThreadMessage
 from store.agent_work import AgentWorkWrites
@@ -44,7 +45,7 @@ class SqlUnit(SqlReader, AgentWorkWrites):
     def __init__(self, connection: AsyncConnection) -> None:
         super().__init__(connection)
         self._db = connection
-        self.queued_work = False
+        self.queued: set[Queued] = set()
 
     async def insert_task(self, new: NewTask) -> Task:
         number = await self._next_number(new["channel_id"])
@@ -195,7 +196,7 @@ class SqlUnit(SqlReader, AgentWorkWrites):
     async def enqueue(self, messages: Sequence[OutboxMessage], at: datetime) -> None:
         if not messages:
             return
-        self.queued_work = True
+        self.queued.add(Queued.OUTBOX)
         rows = [
             {
                 "key": m.key,

@@ -8,6 +8,7 @@ from bot.board import Board
 from bot.errors import IllegalTransition, InvalidInput, NotClaimHolder, NotFound, Superseded
 from bot.outbox import OutboxKind
 from bot.registry import AgentRegistry
+from bot.signal import ChangeSignal, Queued
 from bot.status import TaskStatus
 from bot.task import (
     Actor,
@@ -357,19 +358,32 @@ async def current(store: SqlStore, task: Task) -> Task:
 async def test_only_a_commit_that_queued_work_tells_the_dispatcher_and_runner(
     store: SqlStore, registry: AgentRegistry, clock: FakeClock, policy: LeasePolicy
 ) -> None:
-    told: list[str] = []
-    board = Board(store, clock, policy, notify=lambda: told.append("changed"))
+    told: list[set[Queued]] = []
+    board = Board(store, clock, policy, notify=lambda queued: told.append(set(queued)))
     await registry.add_agent("coder", slack_user_id="U_CODER")
     task = await board.create_task("C1", "Watch the signal", Actor.user(ALICE))
     await board.assign_task(task.ref, "coder", ALICE)
-    assert told == ["changed", "changed"]  # a card to post; a directive and a wake-up
+    outbox, wakeups = Queued.OUTBOX, Queued.WAKEUPS
+    assert told == [{outbox}, {outbox, wakeups}]  # a card; a directive, a card and a wake-up
     async with store.transaction() as unit:
         await unit.record_card(task.id, "100.0")
     clock.advance(10)
     await board.record_thread_replies([reply("101.0", "U_CODER", "working")])
-    assert told == ["changed", "changed"]  # a renewed lease is nobody's work
+    assert len(told) == 2  # a renewed lease is nobody's work
     await board.record_thread_replies([reply("102.0", "U_BOB", "how is it going?")])
-    assert told == ["changed", "changed", "changed"]  # the holder has a wake-up
+    assert told[2:] == [{wakeups}]  # the holder has a wake-up; the dispatcher has nothing
+
+
+def test_a_subscriber_is_called_only_for_what_it_subscribed_to() -> None:
+    signal = ChangeSignal()
+    calls: list[str] = []
+    signal.subscribe(lambda: calls.append("dispatcher"), to=Queued.OUTBOX)
+    signal.subscribe(lambda: calls.append("runner"), to=Queued.WAKEUPS)
+    signal.subscribe(lambda: calls.append("watcher"))
+    signal.notify(frozenset({Queued.OUTBOX}))
+    signal.notify(frozenset({Queued.WAKEUPS}))
+    signal.notify(frozenset())
+    assert calls == ["dispatcher", "watcher", "runner", "watcher", "watcher"]
 
 
 async def test_stale_tasks_are_counted_by_each_channels_own_cutoff(

@@ -21,7 +21,7 @@ from bot.inbox import ReplyInbox
 from bot.reconcile import Reconciler
 from bot.registry import AgentRegistry
 from bot.settings import Settings
-from bot.signal import ChangeSignal
+from bot.signal import ChangeSignal, Queued
 from bot.supervisor import Supervisor
 from channels.slack.adapter_http import slack_routes
 from channels.slack.app import build_bolt_app
@@ -130,7 +130,7 @@ def build_slack_runtime(
     deliverer = SlackDeliverer(client, store, board, clock)
     dispatcher = OutboxDispatcher(store, deliverer, clock, worker, dispatch or DispatchSettings())
     probe = SlackThreadProbe(client, store, board, clock)
-    signal.subscribe(dispatcher.wake)
+    signal.subscribe(dispatcher.wake, to=Queued.OUTBOX)
     reconciler = Reconciler(store, clock, settings.lease_policy, probe=probe, notify=signal.notify)
     supervisor = Supervisor()
     services = SlackServices(
