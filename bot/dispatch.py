@@ -7,6 +7,7 @@ Rows are claimed head-of-thread only, so a thread's side effects land in the ord
 import asyncio
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -61,7 +62,14 @@ class DispatchSettings:
 
 
 class OutboxDispatcher:
-    """Delivers the outbox until stopped; ``wake()`` after a commit makes it look at once."""
+    """Delivers the outbox until stopped; ``wake()`` after a commit makes it look at once.
+
+    Each channel's rows are delivered in order by that channel's own task, so one channel's
+    pacing (about a second between posts) or a slow call never holds up the other channels:
+    the loop hands claimed rows to the channel tasks and claims again without waiting for them.
+    Rows stay claimed while queued (their claim outlasts any channel's queue), and a task's next
+    row becomes claimable only once the previous one is delivered, so order per thread holds.
+    """
 
     def __init__(
         self,
@@ -84,28 +92,37 @@ class OutboxDispatcher:
         self._monotonic = monotonic
         self._next_post: dict[str, float] = {}
         self._wake = asyncio.Event()
+        self._queued: dict[str, deque[OutboxRow]] = {}
+        self._channels: dict[str, asyncio.Task[None]] = {}
 
     def wake(self) -> None:
         self._wake.set()
 
     async def run(self) -> None:
         """Delivers rows as they come, until cancelled."""
-        await work_loop(
-            self.run_once, self._wake, self._settings.idle_poll, "outbox.dispatch_failed"
-        )
+        try:
+            await work_loop(
+                self._claim, self._wake, self._settings.idle_poll, "outbox.claim_failed"
+            )
+        finally:
+            for task in self._channels.values():
+                task.cancel()
+            await self._settle()
 
     async def run_once(self) -> int:
-        """Claims one batch and delivers it, channels in parallel; returns rows attempted."""
-        now = self._clock()
-        claim_until = now + timedelta(seconds=self._settings.claim_ttl)
-        rows = await self._queue.claim_outbox(
-            self._worker, now, claim_until, self._settings.batch_size
-        )
-        by_channel: dict[str, list[OutboxRow]] = {}
-        for row in rows:
-            by_channel.setdefault(TaskRef.parse(row.payload["ref"]).channel_id, []).append(row)
-        await asyncio.gather(*(self._deliver_channel(c, rs) for c, rs in by_channel.items()))
-        return len(rows)
+        """Claims one batch and waits until it is delivered; returns rows attempted."""
+        claimed = await self._claim()
+        await self._settle()
+        return claimed
+
+    async def _settle(self) -> None:
+        """Waits until every channel task has ended (including any started meanwhile)."""
+        while self._channels:
+            await asyncio.gather(*self._channels.values(), return_exceptions=True)
+            for channel, task in list(self._channels.items()):
+                if task.done():  # also one cancelled before it ever ran
+                    self._channels.pop(channel, None)
+                    self._queued.pop(channel, None)
 
     async def drain(self, max_rounds: int = 1000) -> None:
         """Delivers until nothing is due (for tests and the CLI); bounded by ``max_rounds``."""
@@ -113,11 +130,39 @@ class OutboxDispatcher:
             if await self.run_once() == 0:
                 return
 
-    async def _deliver_channel(self, channel: str, rows: list[OutboxRow]) -> None:
+    async def _claim(self) -> int:
+        """Claims due rows and hands each to its channel's task; does not wait for delivery."""
+        now = self._clock()
+        claim_until = now + timedelta(seconds=self._settings.claim_ttl)
+        rows = await self._queue.claim_outbox(
+            self._worker, now, claim_until, self._settings.batch_size
+        )
         for row in rows:
-            if row.kind in POSTING_KINDS:
-                await self._pace(channel)
-            await self._deliver(row)
+            channel = TaskRef.parse(row.payload["ref"]).channel_id
+            self._queued.setdefault(channel, deque()).append(row)
+            if channel not in self._channels:
+                task = asyncio.create_task(self._deliver_channel(channel), name=f"outbox:{channel}")
+                self._channels[channel] = task
+        return len(rows)
+
+    async def _deliver_channel(self, channel: str) -> None:
+        """Delivers the channel's queued rows in order, then ends (a new claim starts it again)."""
+        queue = self._queued[channel]
+        try:
+            while queue:
+                row = queue.popleft()
+                if row.kind in POSTING_KINDS:
+                    await self._pace(channel)
+                try:
+                    await self._deliver(row)
+                except Exception:
+                    # Recording the result failed: the row is claimed until its claim expires,
+                    # then claimed again as uncertain, and looked up before any re-post.
+                    logger.exception("outbox.record_failed", outbox_id=row.id)
+                self.wake()  # the task's next row may be claimable now
+        finally:
+            self._queued.pop(channel, None)
+            self._channels.pop(channel, None)
 
     async def _pace(self, channel: str) -> None:
         """Keeps posts in one channel about ``channel_interval`` apart, as Slack asks."""

@@ -1,5 +1,7 @@
 """The dispatcher's pacing and back-off, with a recording deliverer and no real sleeping."""
 
+import asyncio
+
 from bot.board import Board
 from bot.dispatch import Delivered, DeliveryFailed, DispatchSettings, OutboxDispatcher
 from bot.outbox import OutboxKind, OutboxRow, OutboxState
@@ -115,3 +117,66 @@ async def test_failures_back_off_exponentially_with_jitter_and_honour_retry_afte
         4,
         {"ts": "1.0", "recovered": False},
     )
+
+
+class GatedTime(FakeTime):
+    """A clock whose sleeps (the pacing between posts) last until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.sleeping = asyncio.Event()
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(round(seconds, 6))
+        self.sleeping.set()
+        await self.gate.wait()
+        self.now += seconds
+
+
+class Watched(Recorder):
+    """A recorder that says when something was delivered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.progress = asyncio.Condition()
+
+    async def deliver(self, row: OutboxRow) -> Delivered:
+        delivered = await super().deliver(row)
+        async with self.progress:
+            self.progress.notify_all()
+        return delivered
+
+    def refs(self) -> set[str]:
+        return {str(row.payload["ref"]) for row in self.delivered}
+
+    async def until(self, refs: set[str]) -> None:
+        async with asyncio.timeout(10), self.progress:
+            await self.progress.wait_for(lambda: refs <= self.refs())
+
+
+async def test_a_channel_waiting_out_its_pacing_holds_up_no_other_channel(
+    board: Board, store: SqlStore, clock: FakeClock
+) -> None:
+    for channel in ("C1", "C1", "C2"):
+        await board.create_task(channel, "t", Actor.user("U1"))
+    time, recorder = GatedTime(), Watched()
+    worker = dispatcher(store, clock, recorder, time)
+    loop = asyncio.create_task(worker.run())
+    try:
+        await recorder.until({"C1#1", "C2#1"})
+        async with asyncio.timeout(10):
+            await time.sleeping.wait()  # C1's second card waits a second after its first
+        await board.create_task("C3", "t", Actor.user("U1"))
+        worker.wake()
+        await recorder.until({"C3#1"})  # claimed and delivered while C1 still waits
+        assert "C1#2" not in recorder.refs()
+        time.gate.set()
+        await recorder.until({"C1#2"})
+        await worker.run_once()  # waits for the channel tasks still recording their results
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+    assert time.slept == [1.0]
+    rows = await store.list_outbox()
+    assert all(r.state == OutboxState.DELIVERED for r in rows)
