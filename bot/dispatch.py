@@ -94,6 +94,8 @@ class OutboxDispatcher:
         self._wake = asyncio.Event()
         self._queued: dict[str, deque[OutboxRow]] = {}
         self._channels: dict[str, asyncio.Task[None]] = {}
+        #: Rows claimed and not yet done with, queued or being delivered.
+        self._holding = 0
 
     def wake(self) -> None:
         self._wake.set()
@@ -122,7 +124,7 @@ class OutboxDispatcher:
             for channel, task in list(self._channels.items()):
                 if task.done():  # also one cancelled before it ever ran
                     self._channels.pop(channel, None)
-                    self._queued.pop(channel, None)
+                    self._holding -= len(self._queued.pop(channel, ()))
 
     async def drain(self, max_rounds: int = 1000) -> None:
         """Delivers until nothing is due (for tests and the CLI); bounded by ``max_rounds``."""
@@ -131,12 +133,18 @@ class OutboxDispatcher:
                 return
 
     async def _claim(self) -> int:
-        """Claims due rows and hands each to its channel's task; does not wait for delivery."""
+        """Claims due rows and hands each to its channel's task; does not wait for delivery.
+
+        At most ``batch_size`` rows wait in the channel tasks at once, so a claimed row is
+        delivered (at worst after ``batch_size`` paced posts) well before its claim expires.
+        """
+        room = self._settings.batch_size - self._holding
+        if room <= 0:
+            return 0
         now = self._clock()
         claim_until = now + timedelta(seconds=self._settings.claim_ttl)
-        rows = await self._queue.claim_outbox(
-            self._worker, now, claim_until, self._settings.batch_size
-        )
+        rows = await self._queue.claim_outbox(self._worker, now, claim_until, room)
+        self._holding += len(rows)
         for row in rows:
             channel = TaskRef.parse(row.payload["ref"]).channel_id
             self._queued.setdefault(channel, deque()).append(row)
@@ -151,16 +159,19 @@ class OutboxDispatcher:
         try:
             while queue:
                 row = queue.popleft()
-                if row.kind in POSTING_KINDS:
-                    await self._pace(channel)
                 try:
+                    if row.kind in POSTING_KINDS:
+                        await self._pace(channel)
                     await self._deliver(row)
                 except Exception:
                     # Recording the result failed: the row is claimed until its claim expires,
                     # then claimed again as uncertain, and looked up before any re-post.
                     logger.exception("outbox.record_failed", outbox_id=row.id)
+                finally:
+                    self._holding -= 1
                 self.wake()  # the task's next row may be claimable now
         finally:
+            self._holding -= len(queue)  # left undelivered by a cancellation
             self._queued.pop(channel, None)
             self._channels.pop(channel, None)
 

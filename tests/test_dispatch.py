@@ -180,3 +180,31 @@ async def test_a_channel_waiting_out_its_pacing_holds_up_no_other_channel(
     assert time.slept == [1.0]
     rows = await store.list_outbox()
     assert all(r.state == OutboxState.DELIVERED for r in rows)
+
+
+async def test_no_more_rows_are_claimed_than_a_batch_while_earlier_ones_wait_their_turn(
+    board: Board, store: SqlStore, clock: FakeClock
+) -> None:
+    for channel in ("C1", "C1", "C1", "C2"):
+        await board.create_task(channel, "t", Actor.user("U1"))
+    time, recorder = GatedTime(), Watched()
+    settings = DispatchSettings(channel_interval=1.0, batch_size=2)
+    worker = OutboxDispatcher(
+        store, recorder, clock, "w1", settings, sleep=time.sleep, monotonic=time.monotonic
+    )
+    loop = asyncio.create_task(worker.run())
+    try:
+        await recorder.until({"C1#1"})
+        async with asyncio.timeout(10):
+            await time.sleeping.wait()  # C1#2 waits out the pacing: two rows held
+        states = [r.state for r in await store.list_outbox()]
+        # C1#2 waits, and at most one more row is claimed: the batch of two is never exceeded.
+        assert states.count(OutboxState.IN_FLIGHT) <= 2
+        assert states.count(OutboxState.PENDING) >= 1
+        time.gate.set()
+        await recorder.until({"C1#2", "C1#3", "C2#1"})
+        await worker.run_once()
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+    assert all(r.state == OutboxState.DELIVERED for r in await store.list_outbox())
