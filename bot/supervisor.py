@@ -15,11 +15,6 @@ class Supervisor:
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    @property
-    def pending(self) -> int:
-        """How many spawned tasks have not finished yet."""
-        return len(self._tasks)
-
     def spawn(self, work: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """Starts ``work``; a failure is logged once, here, with its name."""
         task = asyncio.create_task(work, name=name)

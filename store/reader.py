@@ -165,16 +165,10 @@ class SqlReader(AgentWorkReads):
         }
 
     async def find_agent_by_slack_id(self, user_id: str | None, bot_id: str | None) -> Agent | None:
-        matches = []
-        if user_id:
-            matches.append(agents.c.slack_user_id == user_id)
-        if bot_id:
-            matches.append(agents.c.slack_bot_id == bot_id)
-        if not matches:
-            return None
-        query = select(agents, _HAS_KEY).where(or_(*matches)).order_by(agents.c.id).limit(1)
-        row = (await self._db.execute(query)).first()
-        return agent_from_row(row, bool(row.api_key_configured)) if row else None
+        found = await self.find_agents_by_slack_ids(
+            [user_id] if user_id else [], [bot_id] if bot_id else []
+        )
+        return found[0] if found else None
 
     async def find_agents_by_slack_ids(
         self, user_ids: Collection[str], bot_ids: Collection[str]

@@ -152,17 +152,21 @@ async def _agent_list(command: SlashCommand, args: list[str], services: SlackSer
     return "\n".join(lines)
 
 
-async def _agent_remove(command: SlashCommand, args: list[str], services: SlackServices) -> str:
+def _one_name(args: list[str], subcommand: str) -> str:
+    """The one agent name a subcommand takes, normalized; anything else is refused."""
     if len(args) != 1:
-        raise InvalidInput("`agent remove` needs the agent's name.")
-    await services.registry.remove_agent(args[0])
-    return f"Agent `{normalize_agent_name(args[0])}` is removed; its tasks keep their history."
+        raise InvalidInput(f"`{subcommand}` needs the agent's name.")
+    return normalize_agent_name(args[0])
+
+
+async def _agent_remove(command: SlashCommand, args: list[str], services: SlackServices) -> str:
+    name = _one_name(args, "agent remove")
+    await services.registry.remove_agent(name)
+    return f"Agent `{name}` is removed; its tasks keep their history."
 
 
 async def _agent_disable(command: SlashCommand, args: list[str], services: SlackServices) -> str:
-    if len(args) != 1:
-        raise InvalidInput("`agent disable` needs the agent's name.")
-    name = normalize_agent_name(args[0])
+    name = _one_name(args, "agent disable")
     held = await services.registry.set_enabled(name, False)
     reply = (
         f"Agent `{name}` is disabled: it cannot be assigned, its MCP tokens are refused and "
@@ -178,9 +182,7 @@ async def _agent_disable(command: SlashCommand, args: list[str], services: Slack
 
 
 async def _agent_enable(command: SlashCommand, args: list[str], services: SlackServices) -> str:
-    if len(args) != 1:
-        raise InvalidInput("`agent enable` needs the agent's name.")
-    name = normalize_agent_name(args[0])
+    name = _one_name(args, "agent enable")
     await services.registry.set_enabled(name, True)
     return f"Agent `{name}` is enabled and can be assigned again."
 
@@ -201,9 +203,7 @@ async def _agent_token(command: SlashCommand, args: list[str], services: SlackSe
 
 
 async def _agent_key(command: SlashCommand, args: list[str], services: SlackServices) -> str:
-    if len(args) != 1:
-        raise InvalidInput("`agent key` needs the agent's name.")
-    name = normalize_agent_name(args[0])
+    name = _one_name(args, "agent key")
     async with services.store.read() as reader:
         if await reader.get_agent(name) is None:
             raise InvalidInput(f"There is no agent named `{name}`.")
