@@ -162,7 +162,7 @@ async def serve(
         agents = build_agent_services(core, slack.services.supervisor, slack.thread_status, worker)
         loops = slack.loops
         scheduler = build_scheduler(
-            slack.reconciler, settings.reconcile_interval, slack.gateway.forget_old_deliveries
+            slack.reconciler, settings.reconcile_interval, slack.gateway.prune_inbound_event_ids
         )
         runner = web.AppRunner(build_web_app(core, scheduler, slack), access_log=None)
         try:

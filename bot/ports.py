@@ -128,7 +128,7 @@ class Reader(Protocol):
 class Unit(Reader, Protocol):
     """One write transaction. Every method that changes a task is a compare-and-set."""
 
-    #: What this transaction enqueued (outbox rows, agent wake-ups): work for the dispatcher
+    #: What this transaction enqueued (outbox rows, agent wake-ups): work for outbox delivery
     #: or the runner to pick up once it commits.
     queued: set[Queued]
 
@@ -165,16 +165,6 @@ class Unit(Reader, Protocol):
         ...
 
     async def set_channel_policy(self, policy: ChannelPolicy, by: str, at: datetime) -> None: ...
-
-    async def mark_delivered_once(self, key: str, at: datetime) -> bool:
-        """Remembers an inbound delivery key; False when it was seen before."""
-        ...
-
-    async def forget_delivery(self, key: str) -> None:
-        """Forgets a delivery key whose processing failed, so a redelivery is processed."""
-        ...
-
-    async def prune_deliveries(self, before: datetime) -> int: ...
 
     async def insert_artifact(
         self,
@@ -265,6 +255,22 @@ class OutboxQueue(Protocol):
     async def release_for_retry(
         self, row_id: int, worker: str, available_at: datetime, error: str, uncertain: bool = False
     ) -> bool: ...
+
+
+class InboundEventIds(Protocol):
+    """The ids of inbound chat events already processed; each call is its own transaction."""
+
+    async def remember_inbound_event(self, event_id: str, at: datetime) -> bool:
+        """Records ``event_id``; False when it was recorded before (a redelivery)."""
+        ...
+
+    async def forget_inbound_event(self, event_id: str) -> None:
+        """Forgets an event whose processing failed, so the platform's retry is processed."""
+        ...
+
+    async def prune_inbound_event_ids(self, before: datetime) -> int:
+        """Forgets the ids received before ``before``; returns how many."""
+        ...
 
 
 class Store(Protocol):

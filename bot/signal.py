@@ -13,7 +13,7 @@ logger = structlog.get_logger(__name__)
 class Queued(StrEnum):
     """What a commit queued, and so whom it concerns."""
 
-    #: Outbox rows: the dispatcher's work.
+    #: Outbox rows: outbox delivery's work.
     OUTBOX = "outbox"
     #: Agent wake-ups: the runner's work, and that of MCP clients waiting for work.
     WAKEUPS = "wakeups"

@@ -11,7 +11,7 @@ from bot.reconcile import Reconciler
 logger = structlog.get_logger(__name__)
 
 RECONCILE_JOB_ID = "reconcile"
-PRUNE_JOB_ID = "prune_deliveries"
+PRUNE_JOB_ID = "prune_inbound_event_ids"
 PRUNE_INTERVAL_S = 3600.0
 
 
@@ -23,14 +23,14 @@ async def reconcile_job(reconciler: Reconciler) -> None:
         logger.exception("reconcile.failed")
 
 
-async def prune_job(prune: Callable[[], Awaitable[int]]) -> None:
-    """Forgets old inbound delivery keys; a failure waits for the next run."""
+async def prune_inbound_event_ids_job(prune: Callable[[], Awaitable[int]]) -> None:
+    """Forgets old inbound event ids; a failure waits for the next run."""
     try:
         forgotten = await prune()
     except Exception:
-        logger.exception("prune.failed")
+        logger.exception("prune_inbound_event_ids.failed")
         return
-    logger.info("prune.done", forgotten=forgotten)
+    logger.info("prune_inbound_event_ids.done", forgotten=forgotten)
 
 
 def build_scheduler(
@@ -52,7 +52,7 @@ def build_scheduler(
     )
     if prune is not None:
         scheduler.add_job(
-            prune_job,
+            prune_inbound_event_ids_job,
             "interval",
             seconds=PRUNE_INTERVAL_S,
             args=[prune],

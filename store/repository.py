@@ -8,7 +8,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.outbox import OutboxRow
-from store import outbox
+from store import inbound, outbox
 from store.database import read_transaction, write_transaction
 from store.reader import SqlReader
 from store.unit import SqlUnit
@@ -63,6 +63,18 @@ class SqlStore:
             return await outbox.release_for_retry(
                 connection, row_id, worker, available_at, error, uncertain
             )
+
+    async def remember_inbound_event(self, event_id: str, at: datetime) -> bool:
+        async with write_transaction(self.engine) as connection:
+            return await inbound.remember(connection, event_id, at)
+
+    async def forget_inbound_event(self, event_id: str) -> None:
+        async with write_transaction(self.engine) as connection:
+            await inbound.forget(connection, event_id)
+
+    async def prune_inbound_event_ids(self, before: datetime) -> int:
+        async with write_transaction(self.engine) as connection:
+            return await inbound.prune(connection, before)
 
     async def list_outbox(self, task_id: int | None = None) -> list[OutboxRow]:
         async with read_transaction(self.engine) as connection:

@@ -177,11 +177,11 @@ channel_policies = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
 )
 
-#: Keys of inbound deliveries already processed (Slack event ids, message (channel, ts)).
-inbound_deliveries = Table(
-    "inbound_deliveries",
+#: Ids of inbound Slack events already processed, so a redelivery is not processed twice.
+inbound_event_ids = Table(
+    "inbound_event_ids",
     metadata,
-    Column("key", String(128), primary_key=True),
+    Column("event_id", String(128), primary_key=True),
     Column("received_at", UTCDateTime(), nullable=False, index=True),
 )
 

@@ -24,7 +24,6 @@ from store.schema import (
     agents,
     channel_counters,
     channel_policies,
-    inbound_deliveries,
     outbox,
     task_events,
     task_messages,
@@ -233,21 +232,6 @@ class SqlUnit(SqlReader, AgentWorkWrites):
             .on_conflict_do_update(index_elements=["channel_id"], set_=values)
         )
         await self._db.execute(query)
-
-    async def mark_delivered_once(self, key: str, at: datetime) -> bool:
-        query = (
-            dialect_insert(self._db, inbound_deliveries)
-            .values(key=key, received_at=at)
-            .on_conflict_do_nothing(index_elements=["key"])
-        )
-        return bool((await self._db.execute(query)).rowcount == 1)
-
-    async def forget_delivery(self, key: str) -> None:
-        await self._db.execute(delete(inbound_deliveries).where(inbound_deliveries.c.key == key))
-
-    async def prune_deliveries(self, before: datetime) -> int:
-        query = delete(inbound_deliveries).where(inbound_deliveries.c.received_at < before)
-        return int((await self._db.execute(query)).rowcount)
 
     async def record_message(self, message: ThreadMessage) -> bool:
         query = (

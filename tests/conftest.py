@@ -31,7 +31,7 @@ from store.repository import SqlStore
 PG_URL = os.environ.get("THREADWORK_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 TABLES = (
     "agent_secrets, agents, outbox, task_messages, task_events, tasks, channel_counters, "
-    "channel_policies, inbound_deliveries, agent_tokens, artifacts, agent_wakeups, agent_cursors, "
+    "channel_policies, inbound_event_ids, agent_tokens, artifacts, agent_wakeups, agent_cursors, "
     "task_usage"
 )
 START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)

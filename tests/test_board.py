@@ -355,7 +355,7 @@ async def current(store: SqlStore, task: Task) -> Task:
     return row
 
 
-async def test_only_a_commit_that_queued_work_tells_the_dispatcher_and_runner(
+async def test_only_a_commit_that_queued_work_tells_outbox_delivery_and_the_runner(
     store: SqlStore, registry: AgentRegistry, clock: FakeClock, policy: LeasePolicy
 ) -> None:
     told: list[set[Queued]] = []
@@ -371,19 +371,19 @@ async def test_only_a_commit_that_queued_work_tells_the_dispatcher_and_runner(
     await board.record_thread_replies([reply("101.0", "U_CODER", "working")])
     assert len(told) == 2  # a renewed lease is nobody's work
     await board.record_thread_replies([reply("102.0", "U_BOB", "how is it going?")])
-    assert told[2:] == [{wakeups}]  # the holder has a wake-up; the dispatcher has nothing
+    assert told[2:] == [{wakeups}]  # the holder has a wake-up; outbox delivery has nothing
 
 
 def test_a_subscriber_is_called_only_for_what_it_subscribed_to() -> None:
     signal = ChangeSignal()
     calls: list[str] = []
-    signal.subscribe(lambda: calls.append("dispatcher"), to=Queued.OUTBOX)
+    signal.subscribe(lambda: calls.append("delivery"), to=Queued.OUTBOX)
     signal.subscribe(lambda: calls.append("runner"), to=Queued.WAKEUPS)
     signal.subscribe(lambda: calls.append("watcher"))
     signal.notify(frozenset({Queued.OUTBOX}))
     signal.notify(frozenset({Queued.WAKEUPS}))
     signal.notify(frozenset())
-    assert calls == ["dispatcher", "watcher", "runner", "watcher", "watcher"]
+    assert calls == ["delivery", "watcher", "runner", "watcher", "watcher"]
 
 
 async def test_stale_tasks_are_counted_by_each_channels_own_cutoff(

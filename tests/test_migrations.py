@@ -24,7 +24,7 @@ def _diff(connection: Connection) -> list[object]:
 async def test_migrating_an_empty_database_reaches_head_and_matches_the_table_definitions(
     database_url: str, engine: AsyncEngine
 ) -> None:
-    assert await current_revision(engine) == "0003"
+    assert await current_revision(engine) == "0004"
     async with engine.connect() as conn:
         assert await conn.run_sync(_diff) == []
         tables = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
@@ -33,7 +33,7 @@ async def test_migrating_an_empty_database_reaches_head_and_matches_the_table_de
 
 async def test_upgrading_twice_is_a_no_op(engine: AsyncEngine) -> None:
     await upgrade(engine)
-    assert await current_revision(engine) == "0003"
+    assert await current_revision(engine) == "0004"
 
 
 async def test_the_schema_can_be_rolled_back_to_empty_and_rebuilt(engine: AsyncEngine) -> None:
@@ -42,7 +42,7 @@ async def test_the_schema_can_be_rolled_back_to_empty_and_rebuilt(engine: AsyncE
         tables = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
     assert tables <= {"alembic_version"}
     await upgrade(engine)
-    assert await current_revision(engine) == "0003"
+    assert await current_revision(engine) == "0004"
 
 
 async def test_a_brand_new_sqlite_file_is_created_and_migrated(tmp_path: Path) -> None:
@@ -70,3 +70,18 @@ async def test_the_database_refuses_to_rewrite_or_delete_a_task_event(
         kinds = (await conn.execute(text("SELECT kind FROM task_events"))).scalars().all()
     assert kinds == ["created"]
     assert task.id == 1
+
+
+async def test_upgrading_to_0004_keeps_the_event_ids_already_seen(engine: AsyncEngine) -> None:
+    await downgrade(engine, "0003")
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO inbound_deliveries (key, received_at) "
+                "VALUES ('event:Ev1', '2026-01-05 09:00:00+00:00')"
+            )
+        )
+    await upgrade(engine)
+    async with engine.connect() as conn:
+        ids = (await conn.execute(text("SELECT event_id FROM inbound_event_ids"))).scalars().all()
+    assert ids == ["Ev1"]

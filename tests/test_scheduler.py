@@ -8,7 +8,13 @@ from bot.board import Board
 from bot.reconcile import Reconciler
 from bot.registry import AgentRegistry
 from bot.task import Actor
-from scheduler.jobs import PRUNE_JOB_ID, RECONCILE_JOB_ID, build_scheduler, prune_job, reconcile_job
+from scheduler.jobs import (
+    PRUNE_JOB_ID,
+    RECONCILE_JOB_ID,
+    build_scheduler,
+    prune_inbound_event_ids_job,
+    reconcile_job,
+)
 from tests.conftest import FakeClock
 
 
@@ -62,5 +68,5 @@ async def test_a_failing_prune_is_logged_not_raised() -> None:
         raise RuntimeError("locked")
 
     with structlog.testing.capture_logs() as logs:
-        await prune_job(prune)
-    assert logs[0]["event"] == "prune.failed"
+        await prune_inbound_event_ids_job(prune)
+    assert logs[0]["event"] == "prune_inbound_event_ids.failed"

@@ -118,10 +118,10 @@ class AgentRunner:
             if wakeup.task_id not in latest or wakeup.epoch >= latest[wakeup.task_id].epoch:
                 latest[wakeup.task_id] = wakeup
         for wakeup in latest.values():
-            await self._dispatch(wakeup)
+            await self._take(wakeup)
         return len(wakeups)
 
-    async def _dispatch(self, wakeup: Wakeup) -> None:
+    async def _take(self, wakeup: Wakeup) -> None:
         handle = self._runs.get(wakeup.task_id)
         if handle is not None and not handle.task.done():
             if wakeup.epoch <= handle.epoch:

@@ -17,7 +17,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.agents import Agent
 from bot.board import Board
 from bot.clock import Clock
-from bot.dispatch import Delivered, DeliveryFailed
+from bot.delivery import Delivered, DeliveryFailed
 from bot.errors import NotFound
 from bot.outbox import OutboxKind, OutboxRow
 from bot.ports import Reader

@@ -19,20 +19,20 @@ from slack_bolt.response import BoltResponse
 from slack_sdk.signature import SignatureVerifier
 
 from bot.clock import Clock
-from store.repository import SqlStore
+from bot.ports import InboundEventIds
 
 logger = structlog.get_logger(__name__)
 
 #: How long an event id is remembered: far longer than Slack's retries (minutes) take.
-DELIVERY_MEMORY = timedelta(days=1)
+EVENT_ID_MEMORY = timedelta(days=1)
 
 
 def _error(status: int, message: str) -> BoltResponse:
     return BoltResponse(status=status, body=json.dumps({"error": message}))
 
 
-def _delivery_key(body: dict[str, Any]) -> str | None:
-    """The key that makes processing an event idempotent, when the event needs one.
+def _event_id(body: dict[str, Any]) -> str | None:
+    """The id that makes processing an event idempotent, when the event needs one.
 
     Message events need none: storing a message is unique on (channel, ts) in the same
     transaction that acts on it, so a redelivery changes nothing and costs one transaction less.
@@ -41,7 +41,7 @@ def _delivery_key(body: dict[str, Any]) -> str | None:
         return None
     if (body.get("event") or {}).get("type") == "message":
         return None
-    return f"event:{body['event_id']}"
+    return str(body["event_id"])
 
 
 def parse_body(raw: str, content_type: str) -> dict[str, Any] | None:
@@ -61,10 +61,10 @@ def parse_body(raw: str, content_type: str) -> dict[str, Any] | None:
 
 @dataclass
 class SlackGateway:
-    """Turns a raw Slack request into a Bolt dispatch, exactly once per event."""
+    """Hands a raw Slack request to Bolt, exactly once per event."""
 
     app: AsyncApp
-    store: SqlStore
+    event_ids: InboundEventIds
     clock: Clock
     verifier: SignatureVerifier | None = None
 
@@ -76,7 +76,7 @@ class SlackGateway:
         body = parse_body(raw, headers.get("Content-Type", ""))
         if body is None:
             return _error(400, "not a Slack payload")
-        return await self.dispatch(body, query, dict(headers))
+        return await self.process(body, query, dict(headers))
 
     def _signed_by_slack(self, raw: str, headers: Mapping[str, str]) -> bool:
         """Slack's v0 signature over the raw body, from within the last five minutes."""
@@ -88,18 +88,18 @@ class SlackGateway:
 
     async def handle_socket(self, body: dict[str, Any]) -> BoltResponse:
         """A Socket Mode envelope's payload (already authenticated by the connection)."""
-        return await self.dispatch(body)
+        return await self.process(body)
 
-    async def dispatch(
+    async def process(
         self,
         body: dict[str, Any],
         query: str = "",
         headers: dict[str, str | Sequence[str]] | None = None,
     ) -> BoltResponse:
         """Hands a parsed payload to Bolt, once per event."""
-        key = _delivery_key(body)
-        if key and not await self._first_time(key):
-            logger.info("slack.redelivery_ignored", key=key)
+        event_id = _event_id(body)
+        if event_id and not await self.event_ids.remember_inbound_event(event_id, self.clock()):
+            logger.info("slack.redelivery_ignored", event_id=event_id)
             return BoltResponse(status=200, body="")
         # Bolt gets the body parsed here, never the raw text. Its own parser takes any form body
         # containing the word "payload" for an interactivity payload and returns nothing, so a
@@ -108,16 +108,10 @@ class SlackGateway:
         # skip its signature check, which the gateway has done, and to copy the request.
         request = AsyncBoltRequest(body=body, query=query, headers=headers, mode="socket_mode")
         response = await self.app.async_dispatch(request)
-        if key and response.status >= 500:
-            async with self.store.transaction() as unit:
-                await unit.forget_delivery(key)
+        if event_id and response.status >= 500:
+            await self.event_ids.forget_inbound_event(event_id)
         return response
 
-    async def forget_old_deliveries(self) -> int:
-        """Forgets delivery keys older than a day; Slack retries within minutes."""
-        async with self.store.transaction() as unit:
-            return await unit.prune_deliveries(self.clock() - DELIVERY_MEMORY)
-
-    async def _first_time(self, key: str) -> bool:
-        async with self.store.transaction() as unit:
-            return await unit.mark_delivered_once(key, self.clock())
+    async def prune_inbound_event_ids(self) -> int:
+        """Forgets event ids older than a day; Slack retries within minutes."""
+        return await self.event_ids.prune_inbound_event_ids(self.clock() - EVENT_ID_MEMORY)

@@ -16,7 +16,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.board import Board
 from bot.clock import Clock
-from bot.dispatch import DispatchSettings, OutboxDispatcher
+from bot.delivery import DeliverySettings, OutboxDelivery
 from bot.inbox import ReplyInbox
 from bot.reconcile import Reconciler
 from bot.registry import AgentRegistry
@@ -71,7 +71,7 @@ class SlackRuntime:
     client: AsyncWebClient
     services: SlackServices
     gateway: SlackGateway
-    dispatcher: OutboxDispatcher
+    dispatcher: OutboxDelivery
     reconciler: Reconciler
     thread_status: SlackThreadStatus
     socket: SocketModeClient | None = None
@@ -121,14 +121,14 @@ def build_slack_runtime(
     clock: Clock,
     socket_mode: bool,
     signal: ChangeSignal,
-    dispatch: DispatchSettings | None = None,
+    dispatch: DeliverySettings | None = None,
 ) -> SlackRuntime:
     """Wires the Slack adapter around the core's use cases; a commit that queues outbox rows
     (``signal``) wakes the dispatcher."""
     client = web_client(settings)
     worker = f"{socket.gethostname()}:{os.getpid()}"
     deliverer = SlackDeliverer(client, store, board, clock)
-    dispatcher = OutboxDispatcher(store, deliverer, clock, worker, dispatch or DispatchSettings())
+    dispatcher = OutboxDelivery(store, deliverer, clock, worker, dispatch or DeliverySettings())
     probe = SlackThreadProbe(client, store, board, clock)
     signal.subscribe(dispatcher.wake, to=Queued.OUTBOX)
     reconciler = Reconciler(store, clock, settings.lease_policy, probe=probe, notify=signal.notify)

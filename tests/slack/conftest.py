@@ -22,7 +22,7 @@ from aiohttp import web
 
 from bot.app import build_web_app
 from bot.core import Core, open_core
-from bot.dispatch import DispatchSettings
+from bot.delivery import DeliverySettings
 from bot.settings import Settings
 from bot.task import Task, TaskRef
 from channels.slack.runtime import SlackRuntime, build_slack_runtime
@@ -35,7 +35,7 @@ ADMIN = "UADMIN01"
 ALICE = "UALICE01"
 AGENT_USER = "UCODER01"
 CHANNEL = "C1"
-FAST = DispatchSettings(channel_interval=0, backoff_base=1, backoff_cap=4, idle_poll=0.05)
+FAST = DeliverySettings(channel_interval=0, backoff_base=1, backoff_cap=4, idle_poll=0.05)
 
 
 def signed(body: str, timestamp: int | None = None, secret: str = SECRET) -> dict[str, str]:
@@ -144,11 +144,11 @@ class Harness:
         body = urlencode({"payload": json.dumps(payload)})
         return await self.post(body, "application/x-www-form-urlencoded")
 
-    async def gateway_prune(self) -> int:
-        return await self.runtime.gateway.forget_old_deliveries()
+    async def prune_inbound_event_ids(self) -> int:
+        return await self.runtime.gateway.prune_inbound_event_ids()
 
     async def deliver(self) -> None:
-        await self.runtime.dispatcher.drain()
+        await self.runtime.delivery.drain()
 
     async def task(self, number: int, channel: str = CHANNEL) -> Task:
         async with self.core.store.read() as reader:

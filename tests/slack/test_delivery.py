@@ -4,7 +4,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from bot.dispatch import POSTING_KINDS
+from bot.delivery import POSTING_KINDS
 from bot.outbox import OutboxKind, OutboxState
 from channels.slack.delivery import SlackDeliverer
 from tests.conftest import FakeClock

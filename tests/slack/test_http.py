@@ -110,6 +110,6 @@ async def test_event_ids_are_remembered_for_a_day_then_forgotten(service: Harnes
     event = {"type": "app_home_opened", "user": "UALICE01", "tab": "messages", "channel": "D1"}
     assert await service.event(event, event_id="EvOLD") == 200
     service.clock.advance(3600)
-    assert await service.gateway_prune() == 0
+    assert await service.prune_inbound_event_ids() == 0
     service.clock.advance(24 * 3600)
-    assert await service.gateway_prune() == 1
+    assert await service.prune_inbound_event_ids() == 1

@@ -1,4 +1,4 @@
-"""The outbox dispatcher: claims rows, paces them per channel, delivers, settles or retries.
+"""Outbox delivery: claims rows, paces them per channel, delivers, settles or retries.
 
 Platform-neutral: a Deliverer performs one row and raises DeliveryFailed to say how to retry.
 Rows are claimed head-of-thread only, so a thread's side effects land in the order written.
@@ -50,7 +50,7 @@ class Deliverer(Protocol):
 
 
 @dataclass(frozen=True)
-class DispatchSettings:
+class DeliverySettings:
     """Pacing and retry knobs; seconds throughout."""
 
     batch_size: int = 20
@@ -61,7 +61,7 @@ class DispatchSettings:
     idle_poll: float = 1.0
 
 
-class OutboxDispatcher:
+class OutboxDelivery:
     """Delivers the outbox until stopped; ``wake()`` after a commit makes it look at once.
 
     Each channel's rows are delivered in order by that channel's own task, so one channel's
@@ -77,7 +77,7 @@ class OutboxDispatcher:
         deliverer: Deliverer,
         clock: Clock,
         worker: str,
-        settings: DispatchSettings | None = None,
+        settings: DeliverySettings | None = None,
         rand: Callable[[], float] = random.random,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         monotonic: Callable[[], float] = time.monotonic,
@@ -86,7 +86,7 @@ class OutboxDispatcher:
         self._deliverer = deliverer
         self._clock = clock
         self._worker = worker
-        self._settings = settings or DispatchSettings()
+        self._settings = settings or DeliverySettings()
         self._rand = rand
         self._sleep = sleep
         self._monotonic = monotonic

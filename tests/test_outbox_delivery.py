@@ -1,9 +1,9 @@
-"""The dispatcher's pacing and back-off, with a recording deliverer and no real sleeping."""
+"""Outbox delivery's pacing and back-off, with a recording deliverer and no real sleeping."""
 
 import asyncio
 
 from bot.board import Board
-from bot.dispatch import Delivered, DeliveryFailed, DispatchSettings, OutboxDispatcher
+from bot.delivery import Delivered, DeliveryFailed, DeliverySettings, OutboxDelivery
 from bot.outbox import OutboxKind, OutboxRow, OutboxState
 from bot.registry import AgentRegistry
 from bot.task import Actor
@@ -26,7 +26,7 @@ class Recorder:
 
 
 class FakeTime:
-    """A monotonic clock that only moves when the dispatcher sleeps."""
+    """A monotonic clock that only moves when outbox delivery sleeps."""
 
     def __init__(self) -> None:
         self.now = 100.0
@@ -40,11 +40,11 @@ class FakeTime:
         self.now += seconds
 
 
-def dispatcher(
+def delivery_for(
     store: SqlStore, clock: FakeClock, deliverer: Recorder, time: FakeTime, rand: float = 0.5
-) -> OutboxDispatcher:
-    settings = DispatchSettings(channel_interval=1.0, backoff_base=2.0, backoff_cap=30.0)
-    return OutboxDispatcher(
+) -> OutboxDelivery:
+    settings = DeliverySettings(channel_interval=1.0, backoff_base=2.0, backoff_cap=30.0)
+    return OutboxDelivery(
         store,
         deliverer,
         clock,
@@ -62,7 +62,7 @@ async def test_posts_in_one_channel_are_kept_a_second_apart_but_channels_do_not_
     for channel in ("C1", "C1", "C1", "C2"):
         await board.create_task(channel, "t", Actor.user("U1"))
     time, recorder = FakeTime(), Recorder()
-    await dispatcher(store, clock, recorder, time).drain()
+    await delivery_for(store, clock, recorder, time).drain()
     assert sorted(time.slept) == [1.0, 1.0]
     assert len(recorder.delivered) == 4
     rows = await store.list_outbox()
@@ -78,7 +78,7 @@ async def test_card_updates_are_not_paced_like_posts(
     await registry.add_agent("coder")
     task = await board.create_task("C1", "t", Actor.user("U1"))
     time, recorder = FakeTime(), Recorder()
-    worker = dispatcher(store, clock, recorder, time)
+    worker = delivery_for(store, clock, recorder, time)
     await worker.drain()
     time.now += 5
     await board.assign_task(task.ref, "coder", "U1")
@@ -101,7 +101,7 @@ async def test_failures_back_off_exponentially_with_jitter_and_honour_retry_afte
         DeliveryFailed("ratelimited", retry_after=7),
     ]
     recorder = Recorder(failures)
-    worker = dispatcher(store, clock, recorder, FakeTime(), rand=0.75)
+    worker = delivery_for(store, clock, recorder, FakeTime(), rand=0.75)
     waits = []
     for _ in range(4):
         await worker.drain()
@@ -161,7 +161,7 @@ async def test_a_channel_waiting_out_its_pacing_holds_up_no_other_channel(
     for channel in ("C1", "C1", "C2"):
         await board.create_task(channel, "t", Actor.user("U1"))
     time, recorder = GatedTime(), Watched()
-    worker = dispatcher(store, clock, recorder, time)
+    worker = delivery_for(store, clock, recorder, time)
     loop = asyncio.create_task(worker.run())
     try:
         await recorder.until({"C1#1", "C2#1"})
@@ -188,8 +188,8 @@ async def test_no_more_rows_are_claimed_than_a_batch_while_earlier_ones_wait_the
     for channel in ("C1", "C1", "C1", "C2"):
         await board.create_task(channel, "t", Actor.user("U1"))
     time, recorder = GatedTime(), Watched()
-    settings = DispatchSettings(channel_interval=1.0, batch_size=2)
-    worker = OutboxDispatcher(
+    settings = DeliverySettings(channel_interval=1.0, batch_size=2)
+    worker = OutboxDelivery(
         store, recorder, clock, "w1", settings, sleep=time.sleep, monotonic=time.monotonic
     )
     loop = asyncio.create_task(worker.run())
