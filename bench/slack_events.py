@@ -55,7 +55,7 @@ from bench.slack_servers import (
     run_threadwork,
 )
 from bot.core import open_core
-from bot.dispatch import DispatchSettings
+from bot.delivery import DeliverySettings
 from bot.logging import configure_logging
 from bot.task import TaskRef
 from channels.slack.adapter_http import EVENTS_PATH
@@ -188,7 +188,7 @@ async def prepare_tasks(
     cards = (standin.arrival("threadwork_card", f"{c}#1", within=PHASE_TIMEOUT) for c in channels)
     await asyncio.gather(*cards)
     # A channel's next post is paced channel_interval after its card: start clear of that.
-    await asyncio.sleep(DispatchSettings().channel_interval + 0.1)
+    await asyncio.sleep(DeliverySettings().channel_interval + 0.1)
 
 
 async def measure_directives(

@@ -134,7 +134,7 @@ def _setup(run: Run) -> str:
         "has read the whole answer; server CPU is its process's user + system time (all "
         "threads) from /proc, divided by the events sent.",
         "- threadwork: `bot.app.serve` unchanged (SQLite file in WAL mode, real clock, default "
-        "DispatchSettings, reconcile scheduler running, INFO logs to a file). Per event: "
+        "DeliverySettings, reconcile scheduler running, INFO logs to a file). Per event: "
         "signature check, Bolt dispatch, then the ack; the post goes to the reply inbox, which "
         "stores the posts waiting (up to 200) in one transaction (message insert, de-duplicated "
         "on channel and ts, and the lease renewal). **The database write is inside the measurement:** a "

@@ -1,6 +1,6 @@
 """Inbound event ids: the dedupe table of Slack events gets its own name.
 
-``inbound_deliveries`` becomes ``inbound_event_ids`` keyed by the bare event id, so "delivery"
+``inbound_deliveries`` becomes ``inbound_event_ids`` keyed by the bare event id (the old keys were ``event:<id>``), so "delivery"
 means only outbox delivery. The rows (a day's worth of event ids) are copied over, so a Slack
 retry that arrives during the upgrade is still recognised.
 
@@ -21,10 +21,6 @@ down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-#: The prefix the old table put before every Slack event id.
-OLD_PREFIX = "event:"
-
-
 def upgrade() -> None:
     op.create_table(
         "inbound_event_ids",
@@ -33,11 +29,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("event_id", name="pk_inbound_event_ids"),
     )
     op.create_index("ix_inbound_event_ids_received_at", "inbound_event_ids", ["received_at"])
-    start = len(OLD_PREFIX) + 1
     op.execute(
         "INSERT INTO inbound_event_ids (event_id, received_at) "
-        f"SELECT substr(key, {start}), received_at FROM inbound_deliveries "
-        f"WHERE key LIKE '{OLD_PREFIX}%'"
+        "SELECT substr(key, 7), received_at FROM inbound_deliveries WHERE key LIKE 'event:%'"
     )
     op.drop_index("ix_inbound_deliveries_received_at", table_name="inbound_deliveries")
     op.drop_table("inbound_deliveries")
@@ -53,7 +47,7 @@ def downgrade() -> None:
     op.create_index("ix_inbound_deliveries_received_at", "inbound_deliveries", ["received_at"])
     op.execute(
         "INSERT INTO inbound_deliveries (key, received_at) "
-        f"SELECT '{OLD_PREFIX}' || event_id, received_at FROM inbound_event_ids"
+        "SELECT 'event:' || event_id, received_at FROM inbound_event_ids"
     )
     op.drop_index("ix_inbound_event_ids_received_at", table_name="inbound_event_ids")
     op.drop_table("inbound_event_ids")
