@@ -340,11 +340,7 @@ class Board:
     async def policies(self) -> PolicyBook:
         """The global lease policy and every channel's overrides."""
         async with self._store.read() as reader:
-            return await self.policy_book(reader)
-
-    async def policy_book(self, reader: Reader) -> PolicyBook:
-        """``policies()`` read through a transaction the caller already holds."""
-        return await load_policy_book(reader, self._policy)
+            return await load_policy_book(reader, self._policy)
 
     async def set_channel_policy(
         self,

@@ -9,14 +9,13 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 
 from bot.agents import AgentKind
-from bot.core import Core, open_core
 from bot.errors import DomainError
 from bot.logging import configure_logging
+from bot.root import Core, migrate, open_core, schema_revisions
 from bot.settings import Settings, SettingsError, load_settings
 from bot.status import parse_status
 from bot.task import TaskRef
 from bot.views import agent_view, task_detail_view, task_view
-from store.migrate import current_revision, head_revision, upgrade
 
 T = TypeVar("T")
 
@@ -63,7 +62,7 @@ def run_with_core(work: Callable[[Core], Awaitable[T]], *, migrated: bool = True
 
 async def _require_current_schema(core: Core) -> None:
     """Stops with a clear line unless the schema is at this code's head revision."""
-    current, head = await current_revision(core.engine), head_revision()
+    current, head = await schema_revisions(core)
     if current is None:
         fail("the database has no schema yet; run `threadwork db upgrade` first.")
     if current != head:
@@ -98,7 +97,7 @@ def serve_command(
     ] = None,
 ) -> None:
     """Runs the service: migrations at start, Slack, the reconcile scheduler and the HTTP server."""
-    from bot.app import SlackNotConfigured, check_slack_settings, serve  # the service's weight
+    from bot.root import SlackNotConfigured, check_slack_settings, serve
 
     settings = settings_or_exit()
     use_socket = socket_mode if socket_mode is not None else settings.slack_app_token is not None
@@ -115,7 +114,7 @@ def db_upgrade(revision: str = "head") -> None:
     """Applies the database migrations."""
 
     async def work(core: Core) -> None:
-        await upgrade(core.engine, revision)
+        await migrate(core, revision)
 
     run_with_core(work, migrated=False)
     typer.echo(f"database upgraded to {revision}")
@@ -135,8 +134,7 @@ def tasks_list(
             fail(exc.message, code=2)
 
     async def work(core: Core) -> list[Any]:
-        async with core.store.read() as reader:
-            return await reader.list_tasks(status=wanted)
+        return (await core.queries.list_tasks(wanted)).tasks
 
     tasks = run_with_core(work)
     if as_json:
@@ -153,18 +151,8 @@ def tasks_show(ref: str, as_json: JsonFlag = False) -> None:
     """Shows one task with its event log and thread messages."""
 
     async def work(core: Core) -> dict[str, Any]:
-        task_ref = TaskRef.parse(ref)
-        async with core.store.read() as reader:
-            task = await reader.get_task(task_ref)
-            if task is None:
-                fail(f"there is no task {task_ref}.")
-            return task_detail_view(
-                task,
-                await reader.list_events(task.id),
-                await reader.list_messages(task.id),
-                await reader.list_artifacts(task.id),
-                await reader.get_usage(task.id),
-            )
+        detail = await core.queries.task_detail(TaskRef.parse(ref))
+        return task_detail_view(detail)
 
     view = run_with_core(work)
     if as_json:

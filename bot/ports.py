@@ -1,8 +1,10 @@
-"""The storage port the core needs. ``store/`` implements it on SQLAlchemy.
+"""The storage ports the core needs, one small Protocol per concern; ``store/`` implements them.
 
 Reads happen through a ``Reader``; every state change happens inside one ``Unit``, a single
 database transaction, so a task update, its events and its outbox rows commit together or not
-at all.
+at all. ``Reader`` and ``Unit`` are the sums of the concerns below, for the core's use cases;
+an adapter holds only the concern it needs (``OutboxQueue``, ``InboundEventIds``, ``Health``),
+or a use case of the core.
 """
 
 from collections.abc import Collection, Mapping, Sequence
@@ -52,14 +54,18 @@ class BoardStats(TypedDict):
     outbox_backlog: int
 
 
-class Reader(Protocol):
-    """Read-only queries, served by one transaction."""
+class TaskReads(Protocol):
+    """Tasks and their event logs."""
 
     async def get_task(self, ref: TaskRef) -> Task | None: ...
 
     async def get_task_by_id(self, task_id: int) -> Task | None: ...
 
     async def get_task_by_thread(self, channel_id: str, thread_ts: str) -> Task | None: ...
+
+    async def get_tasks_by_threads(self, threads: Collection[tuple[str, str]]) -> list[Task]:
+        """The tasks living in the given (channel, thread_ts) threads."""
+        ...
 
     async def list_tasks(
         self, *, status: TaskStatus | None = None, channel_id: str | None = None
@@ -73,9 +79,7 @@ class Reader(Protocol):
         first in each."""
         ...
 
-    async def list_events(self, task_id: int) -> list[TaskEvent]: ...
-
-    async def list_messages(self, task_id: int) -> list[ThreadMessage]: ...
+    async def list_tasks_claimed_by(self, agent: str) -> list[Task]: ...
 
     async def get_stale_tasks(self, cutoff: datetime, limit: int) -> list[Task]:
         """Leased tasks whose last progress is strictly before ``cutoff``, oldest first."""
@@ -88,9 +92,31 @@ class Reader(Protocol):
         for the channels in ``channel_cutoffs``; a task waiting for input is not stale."""
         ...
 
+    async def list_waiting_tasks(self, cutoff: datetime) -> list[Task]: ...
+
     async def board_stats(self) -> BoardStats: ...
 
+    async def list_events(self, task_id: int) -> list[TaskEvent]: ...
+
+
+class PolicyReads(Protocol):
+    """Channels' overrides of the lease policy."""
+
+    async def list_channel_policies(self) -> list[ChannelPolicy]: ...
+
+
+class MessageReads(Protocol):
+    """The messages stored from task threads."""
+
+    async def list_messages(self, task_id: int) -> list[ThreadMessage]: ...
+
+
+class AgentReads(Protocol):
+    """Registered agents, their encrypted secrets and their tokens."""
+
     async def get_agent(self, name: str) -> Agent | None: ...
+
+    async def list_agents(self) -> list[Agent]: ...
 
     async def find_agent_by_slack_id(self, user_id: str | None, bot_id: str | None) -> Agent | None:
         """The agent whose Slack user id or bot id matches, if any."""
@@ -102,17 +128,13 @@ class Reader(Protocol):
         """Every agent whose Slack user id or bot id is among those given."""
         ...
 
-    async def get_tasks_by_threads(self, threads: Collection[tuple[str, str]]) -> list[Task]:
-        """The tasks living in the given (channel, thread_ts) threads."""
-        ...
-
-    async def list_channel_policies(self) -> list[ChannelPolicy]: ...
-
-    async def list_agents(self) -> list[Agent]: ...
-
     async def get_agent_secret(self, name: str, secret: str) -> bytes | None: ...
 
-    async def list_tasks_claimed_by(self, agent: str) -> list[Task]: ...
+    async def find_agent_by_token_hash(self, token_hash: str) -> Agent | None: ...
+
+
+class WorkReads(Protocol):
+    """What agents produced on tasks: artifacts, read cursors, token usage."""
 
     async def list_artifacts(self, task_id: int) -> list[Artifact]: ...
 
@@ -120,17 +142,13 @@ class Reader(Protocol):
 
     async def get_usage(self, task_id: int) -> TaskUsage | None: ...
 
-    async def find_agent_by_token_hash(self, token_hash: str) -> Agent | None: ...
 
-    async def list_waiting_tasks(self, cutoff: datetime) -> list[Task]: ...
+class Reader(TaskReads, PolicyReads, MessageReads, AgentReads, WorkReads, Protocol):
+    """Read-only queries, served by one transaction."""
 
 
-class Unit(Reader, Protocol):
-    """One write transaction. Every method that changes a task is a compare-and-set."""
-
-    #: What this transaction enqueued (outbox rows, agent wake-ups): work for outbox delivery
-    #: or the runner to pick up once it commits.
-    queued: set[Queued]
+class TaskWrites(Protocol):
+    """Task changes, each a compare-and-set, with their events and channel policies."""
 
     async def insert_task(self, new: NewTask) -> Task: ...
 
@@ -156,9 +174,9 @@ class Unit(Reader, Protocol):
         """Blocks those of ``tasks`` unchanged since read and still stale; returns them."""
         ...
 
-    async def append_events(self, events: Sequence[NewEvent]) -> None: ...
+    async def set_alive(self, task_id: int, agent: str, epoch: int, at: datetime) -> bool: ...
 
-    async def enqueue(self, messages: Sequence[OutboxMessage], at: datetime) -> None: ...
+    async def append_events(self, events: Sequence[NewEvent]) -> None: ...
 
     async def record_card(self, task_id: int, card_ts: str) -> None:
         """Records where the card was posted; a card posted in a channel starts the thread."""
@@ -166,20 +184,58 @@ class Unit(Reader, Protocol):
 
     async def set_channel_policy(self, policy: ChannelPolicy, by: str, at: datetime) -> None: ...
 
-    async def insert_artifact(
+
+class OutboxWrites(Protocol):
+    """The side effects a transaction queues for delivery."""
+
+    #: What this transaction enqueued (outbox rows, agent wake-ups): work for outbox delivery
+    #: or the runner to pick up once it commits.
+    queued: set[Queued]
+
+    async def enqueue(self, messages: Sequence[OutboxMessage], at: datetime) -> None: ...
+
+
+class MessageWrites(Protocol):
+    """Messages stored from task threads, once each."""
+
+    async def record_message(self, message: ThreadMessage) -> bool:
+        """Stores a thread message; False when (channel, ts) was already stored."""
+        ...
+
+    async def record_messages(self, messages: Sequence[ThreadMessage]) -> set[tuple[str, str]]:
+        """Stores thread messages in one statement; the (channel, ts) of those new here."""
+        ...
+
+
+class AgentWrites(Protocol):
+    """Registering agents, their secrets and their MCP tokens."""
+
+    async def upsert_agent(
         self,
-        task_id: int,
         name: str,
-        kind: str,
-        uri: str | None,
-        content: str | None,
-        by: str,
+        kind: AgentKind,
+        display_name: str,
+        slack_user_id: str | None,
+        slack_bot_id: str | None,
+        settings: AgentSettings,
         at: datetime,
-    ) -> Artifact: ...
+    ) -> Agent: ...
 
-    async def advance_cursor(self, agent: str, task_id: int, last_ts: str) -> None: ...
+    async def set_agent_enabled(self, name: str, enabled: bool, at: datetime) -> bool: ...
 
-    async def add_usage(self, task_id: int, usage: Usage, at: datetime) -> None: ...
+    async def delete_agent(self, name: str) -> bool: ...
+
+    async def set_agent_secret(
+        self, name: str, secret: str, ciphertext: bytes, at: datetime
+    ) -> bool: ...
+
+    async def add_token(self, agent: str, token_hash: str, at: datetime) -> bool: ...
+
+    async def revoke_tokens(self, agent: str, at: datetime) -> int: ...
+
+
+class WakeupWrites(Protocol):
+    """Agent wake-ups and read cursors."""
 
     async def enqueue_wakeups(
         self, wakeups: Sequence[tuple[int, str, WakeReason, int]], at: datetime
@@ -200,38 +256,37 @@ class Unit(Reader, Protocol):
 
     async def consume_wakeups(self, agent: str, at: datetime) -> list[Wakeup]: ...
 
-    async def set_alive(self, task_id: int, agent: str, epoch: int, at: datetime) -> bool: ...
+    async def advance_cursor(self, agent: str, task_id: int, last_ts: str) -> None: ...
 
-    async def add_token(self, agent: str, token_hash: str, at: datetime) -> bool: ...
 
-    async def revoke_tokens(self, agent: str, at: datetime) -> int: ...
+class WorkWrites(Protocol):
+    """What agents produce on tasks: artifacts and token usage."""
 
-    async def record_message(self, message: ThreadMessage) -> bool:
-        """Stores a thread message; False when (channel, ts) was already stored."""
-        ...
-
-    async def record_messages(self, messages: Sequence[ThreadMessage]) -> set[tuple[str, str]]:
-        """Stores thread messages in one statement; the (channel, ts) of those new here."""
-        ...
-
-    async def upsert_agent(
+    async def insert_artifact(
         self,
+        task_id: int,
         name: str,
-        kind: AgentKind,
-        display_name: str,
-        slack_user_id: str | None,
-        slack_bot_id: str | None,
-        settings: AgentSettings,
+        kind: str,
+        uri: str | None,
+        content: str | None,
+        by: str,
         at: datetime,
-    ) -> Agent: ...
+    ) -> Artifact: ...
 
-    async def set_agent_enabled(self, name: str, enabled: bool, at: datetime) -> bool: ...
+    async def add_usage(self, task_id: int, usage: Usage, at: datetime) -> None: ...
 
-    async def delete_agent(self, name: str) -> bool: ...
 
-    async def set_agent_secret(
-        self, name: str, secret: str, ciphertext: bytes, at: datetime
-    ) -> bool: ...
+class Unit(
+    Reader,
+    TaskWrites,
+    OutboxWrites,
+    MessageWrites,
+    AgentWrites,
+    WakeupWrites,
+    WorkWrites,
+    Protocol,
+):
+    """One write transaction. Every method that changes a task is a compare-and-set."""
 
 
 class OutboxQueue(Protocol):
@@ -270,6 +325,14 @@ class InboundEventIds(Protocol):
 
     async def prune_inbound_event_ids(self, before: datetime) -> int:
         """Forgets the ids received before ``before``; returns how many."""
+        ...
+
+
+class Health(Protocol):
+    """Whether the database answers, for readiness checks."""
+
+    async def ping(self) -> None:
+        """Raises unless the database answers a trivial query."""
         ...
 
 

@@ -80,6 +80,16 @@ class AgentRegistry:
         async with self._store.read() as reader:
             return await reader.list_agents()
 
+    async def get_agent(self, name: str) -> Agent | None:
+        """The agent registered as ``name`` (a handle, any case, with or without ``@``)."""
+        async with self._store.read() as reader:
+            return await reader.get_agent(name.strip().lstrip("@").lower())
+
+    async def find_by_slack_user(self, user_id: str) -> Agent | None:
+        """The agent that is the Slack user ``user_id``, if one is registered."""
+        async with self._store.read() as reader:
+            return await reader.find_agent_by_slack_id(user_id, None)
+
     async def set_api_key(self, name: str, api_key: str) -> None:
         """Stores ``api_key`` for the agent, encrypted; the key is never logged or echoed."""
         if not api_key.strip():

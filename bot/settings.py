@@ -37,7 +37,8 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = Field(None, alias="THREADWORK_SECRET_KEY")
     anthropic_api_key: SecretStr | None = Field(None, alias="ANTHROPIC_API_KEY")
     anthropic_base_url: str | None = Field(None, alias="ANTHROPIC_BASE_URL")
-    mcp_port: int = Field(3001, alias="THREADWORK_MCP_PORT", ge=0, le=65535)
+    #: Unset: the MCP endpoint is served at /mcp on PORT. A port: on that port instead. 0: off.
+    mcp_port: int | None = Field(None, alias="THREADWORK_MCP_PORT", ge=0, le=65535)
     agent_max_steps: int = Field(20, alias="THREADWORK_AGENT_MAX_STEPS", ge=1, le=1000)
 
     @field_validator("admins", mode="before")

@@ -5,8 +5,8 @@ from datetime import datetime
 from typing import Any
 
 from bot.agents import Agent
-from bot.task import Task, TaskEvent, ThreadMessage
-from bot.work import Artifact, TaskUsage
+from bot.queries import TaskDetail
+from bot.task import Task
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -38,15 +38,10 @@ def task_view(task: Task) -> dict[str, Any]:
     }
 
 
-def task_detail_view(
-    task: Task,
-    events: list[TaskEvent],
-    messages: list[ThreadMessage],
-    artifacts: list[Artifact] | None = None,
-    usage: TaskUsage | None = None,
-) -> dict[str, Any]:
+def task_detail_view(detail: TaskDetail) -> dict[str, Any]:
     """The task with its event log, thread messages, artifacts and token usage."""
-    return task_view(task) | {
+    events, messages, usage = detail.events, detail.messages, detail.usage
+    return task_view(detail.task) | {
         "artifacts": [
             {
                 "id": a.id,
@@ -57,7 +52,7 @@ def task_detail_view(
                 "created_by": a.created_by,
                 "created_at": _iso(a.created_at),
             }
-            for a in artifacts or []
+            for a in detail.artifacts
         ],
         "usage": None if usage is None else {"steps": usage.steps} | asdict(usage.usage),
         "events": [

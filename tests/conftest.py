@@ -20,9 +20,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.board import Board
-from bot.reconcile import Reconciler
+from bot.reconcile import ProgressProbe, Reconciler
 from bot.registry import AgentRegistry
-from bot.secrets import SecretBox
+from bot.root import Core, Overrides, build_reconciler, open_core
+from bot.settings import Settings
 from bot.task import LeasePolicy
 from store.database import create_engine
 from store.migrate import upgrade
@@ -143,16 +144,9 @@ async def database_url(
     return pg_url
 
 
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url)
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture
-def store(engine: AsyncEngine) -> SqlStore:
-    return SqlStore(engine)
+def core_settings(database_url: str) -> Settings:
+    """The settings the core tests run with: a 600 s TTL and two attempts (the defaults)."""
+    return Settings(DATABASE_URL=database_url, THREADWORK_SECRET_KEY="test-secret-key")
 
 
 @pytest.fixture
@@ -166,22 +160,45 @@ def keys() -> SequentialKeys:
 
 
 @pytest.fixture
+async def core(database_url: str, clock: FakeClock, keys: SequentialKeys) -> AsyncIterator[Core]:
+    """The core as the composition root builds it, on a fixed clock with numbered keys."""
+    async with open_core(core_settings(database_url), Overrides(clock=clock, new_key=keys)) as c:
+        yield c
+
+
+def reconciler_with(
+    core: Core, probe: ProgressProbe, clock: FakeClock, keys: SequentialKeys, batch: int = 1000
+) -> Reconciler:
+    """The root's reconciler on ``core``'s store, with ``probe`` looking for missed progress."""
+    overrides = Overrides(clock=clock, new_key=keys, reconcile_batch=batch)
+    return build_reconciler(core.store, core.settings, core.signal, overrides, probe)
+
+
+@pytest.fixture
+def engine(core: Core) -> AsyncEngine:
+    return core.engine
+
+
+@pytest.fixture
+def store(core: Core) -> SqlStore:
+    return core.store
+
+
+@pytest.fixture
 def policy() -> LeasePolicy:
     return LeasePolicy(lease_ttl=timedelta(seconds=600), max_dispatch_attempts=2)
 
 
 @pytest.fixture
-def board(store: SqlStore, clock: FakeClock, policy: LeasePolicy, keys: SequentialKeys) -> Board:
-    return Board(store, clock, policy, keys)
+def board(core: Core) -> Board:
+    return core.board
 
 
 @pytest.fixture
-def reconciler(
-    store: SqlStore, clock: FakeClock, policy: LeasePolicy, keys: SequentialKeys
-) -> Reconciler:
-    return Reconciler(store, clock, policy, keys)
+def reconciler(core: Core) -> Reconciler:
+    return core.reconciler
 
 
 @pytest.fixture
-def registry(store: SqlStore, clock: FakeClock) -> AgentRegistry:
-    return AgentRegistry(store, clock, SecretBox("test-secret-key"))
+def registry(core: Core) -> AgentRegistry:
+    return core.registry

@@ -21,11 +21,11 @@ from sqlalchemy import inspect
 
 from bot.board import Board
 from bot.registry import AgentRegistry
-from bot.secrets import SecretBox
-from bot.task import Actor, LeasePolicy, Task, ThreadMessage
+from bot.root import Overrides, open_core
+from bot.settings import Settings
+from bot.task import Actor, Task, ThreadMessage
 from store.database import create_engine
 from store.migrate import alembic_config, current_revision
-from store.repository import SqlStore
 from tests.conftest import FakeClock
 
 THREADWORK = Path(sys.executable).parent / "threadwork"
@@ -100,19 +100,10 @@ class Domain:
 
 
 @pytest.fixture
-async def domain(
-    env: dict[str, str], clock: FakeClock, policy: LeasePolicy
-) -> AsyncIterator[Domain]:
-    engine = create_engine(env["DATABASE_URL"])
-    store = SqlStore(engine)
-    try:
-        yield Domain(
-            board=Board(store, clock, policy),
-            registry=AgentRegistry(store, clock, SecretBox(SECRET_KEY)),
-            clock=clock,
-        )
-    finally:
-        await engine.dispose()
+async def domain(env: dict[str, str], clock: FakeClock) -> AsyncIterator[Domain]:
+    settings = Settings(DATABASE_URL=env["DATABASE_URL"], THREADWORK_SECRET_KEY=SECRET_KEY)
+    async with open_core(settings, Overrides(clock=clock)) as core:
+        yield Domain(board=core.board, registry=core.registry, clock=clock)
 
 
 async def seed_worked_task(domain: Domain) -> Task:

@@ -11,6 +11,7 @@ import asyncio
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -24,14 +25,13 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from bot.board import Board
 from bot.errors import DomainError
 from bot.outbox import OutboxKind, OutboxRow
-from bot.reconcile import RECONCILER, Reconciler
-from bot.registry import AgentRegistry
+from bot.reconcile import RECONCILER
+from bot.root import Core, Overrides, open_core
+from bot.settings import Settings
 from bot.status import TERMINAL_STATUSES, TRANSITIONS, TaskStatus
 from bot.task import Actor, EventKind, LeasePolicy, Task, TaskEvent, TaskRef, is_stale
-from store.database import create_engine
 from store.repository import SqlStore
 from tests.conftest import START, FakeClock, SequentialKeys
 
@@ -146,12 +146,12 @@ async def read_board(store: SqlStore, at: datetime) -> Snapshot:
 class World:
     """Two agents, one human and a task per channel on one board, under a scheduled reconcile."""
 
-    def __init__(self, store: SqlStore, checks: Sequence[Check]) -> None:
-        self.store = store
-        self.clock = FakeClock()
-        keys = SequentialKeys()
-        self.board = Board(store, self.clock, POLICIES["C1"], keys)
-        self.reconciler = Reconciler(store, self.clock, POLICIES["C1"], keys)
+    def __init__(self, core: Core, clock: FakeClock, checks: Sequence[Check]) -> None:
+        self.store = core.store
+        self.clock = clock
+        self.board = core.board
+        self.reconciler = core.reconciler
+        self.registry = core.registry
         self.checks = checks
         self.next_tick = START + INTERVAL
         self.last = Snapshot(START, {}, {}, [])
@@ -160,9 +160,8 @@ class World:
         c2 = POLICIES["C2"]
         ttl_s = c2.lease_ttl.total_seconds()
         await self.board.set_channel_policy("C2", HUMAN, ttl_s, c2.max_dispatch_attempts)
-        registry = AgentRegistry(self.store, self.clock, None)
         for name in AGENTS:
-            await registry.add_agent(name)
+            await self.registry.add_agent(name)
         for ref in TASKS:
             await self.board.create_task(ref.channel_id, f"task {ref}", Actor.user(HUMAN))
         self.last = await read_board(self.store, self.clock.now)
@@ -229,12 +228,21 @@ class TaskLoop(RuleBasedStateMachine):
         path = self.directory / "threadwork.db"
         shutil.copy(template, path)
         self.runner = asyncio.Runner()
-        self.engine = create_engine(f"sqlite:///{path}")
-        self.world = World(SqlStore(self.engine), checks)
+        self.stack = AsyncExitStack()
+        clock = FakeClock()
+        c1 = POLICIES["C1"]
+        settings = Settings(
+            DATABASE_URL=f"sqlite:///{path}",
+            THREADWORK_LEASE_TTL=c1.lease_ttl.total_seconds(),
+            THREADWORK_MAX_DISPATCH_ATTEMPTS=c1.max_dispatch_attempts,
+        )
+        opened = open_core(settings, Overrides(clock=clock, new_key=SequentialKeys()))
+        core = self.runner.run(self.stack.enter_async_context(opened))
+        self.world = World(core, clock, checks)
         self.runner.run(self.world.set_up())
 
     def teardown(self) -> None:
-        self.runner.run(self.engine.dispose())
+        self.runner.run(self.stack.aclose())
         self.runner.close()
         shutil.rmtree(self.directory)
 

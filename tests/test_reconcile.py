@@ -11,11 +11,11 @@ from bot.errors import Superseded
 from bot.outbox import OutboxKind
 from bot.reconcile import FoundProgress, Reconciler
 from bot.registry import AgentRegistry
+from bot.root import Core, Overrides, open_core
 from bot.status import TaskStatus
 from bot.task import Actor, EventKind, LeasePolicy, Task, TaskRef
-from store.database import create_engine
 from store.repository import SqlStore
-from tests.conftest import FakeClock, SequentialKeys
+from tests.conftest import FakeClock, SequentialKeys, core_settings, reconciler_with
 
 ALICE = "U_ALICE"
 TTL_S = 600
@@ -135,23 +135,23 @@ class FoundPost:
 
 
 async def test_progress_the_probe_finds_is_counted_before_redispatching(
-    store: SqlStore, policy: LeasePolicy, keys: SequentialKeys, assigned: Task, clock: FakeClock
+    core: Core, store: SqlStore, keys: SequentialKeys, assigned: Task, clock: FakeClock
 ) -> None:
     clock.advance(TTL_S + 5)
     probe = FoundPost(at=clock.now)
-    report = await Reconciler(store, clock, policy, keys, probe=probe).reconcile_stale_tasks()
+    report = await reconciler_with(core, probe, clock, keys).reconcile_stale_tasks()
     assert probe.asked == [assigned.ref]
     assert (report.renewed, report.acted) == ([assigned.ref], 0)
     assert (await load(store, assigned.ref)).last_progress_at == clock.now
 
 
 async def test_progress_found_but_itself_older_than_the_ttl_does_not_spare_the_task(
-    store: SqlStore, policy: LeasePolicy, keys: SequentialKeys, assigned: Task, clock: FakeClock
+    core: Core, keys: SequentialKeys, assigned: Task, clock: FakeClock
 ) -> None:
     old_post = clock.advance(1)
     clock.advance(3 * TTL_S)
     probe = FoundPost(at=old_post)
-    report = await Reconciler(store, clock, policy, keys, probe=probe).reconcile_stale_tasks()
+    report = await reconciler_with(core, probe, clock, keys).reconcile_stale_tasks()
     assert (report.renewed, report.redispatched) == ([], [assigned.ref])
 
 
@@ -184,16 +184,11 @@ async def test_two_replicas_reconciling_at_once_act_exactly_once_per_task(
     clock.advance(TTL_S + 1)
 
     barrier = Barrier(parties=2)
-    engines = [create_engine(database_url), create_engine(database_url)]
-    try:
-        replicas = [
-            Reconciler(SqlStore(e), clock, policy, keys, probe=barrier, batch_size=25)
-            for e in engines
-        ]
+    overrides = Overrides(clock=clock, new_key=keys, probe=barrier, reconcile_batch=25)
+    settings = core_settings(database_url)
+    async with open_core(settings, overrides) as one, open_core(settings, overrides) as two:
+        replicas = [one.reconciler, two.reconciler]
         reports = await asyncio.gather(*(r.reconcile_stale_tasks() for r in replicas))
-    finally:
-        for engine in engines:
-            await engine.dispose()
 
     acted = sorted(ref for report in reports for ref in report.redispatched)
     assert acted == sorted(refs)
@@ -239,10 +234,10 @@ class RateLimited:
 
 
 async def test_a_task_the_probe_could_not_check_waits_for_the_next_tick(
-    store: SqlStore, policy: LeasePolicy, keys: SequentialKeys, assigned: Task, clock: FakeClock
+    core: Core, store: SqlStore, keys: SequentialKeys, assigned: Task, clock: FakeClock
 ) -> None:
     clock.advance(TTL_S + 1)
-    blind = Reconciler(store, clock, policy, keys, probe=RateLimited())
+    blind = reconciler_with(core, RateLimited(), clock, keys)
     report = await blind.reconcile_stale_tasks()
     assert (report.deferred, report.acted) == (1, 0)
     assert await load(store, assigned.ref) == assigned

@@ -18,13 +18,10 @@ from typing import IO, TypeVar
 import aiohttp
 import pytest
 
-from bot.board import Board
-from bot.clock import utc_now
-from bot.registry import AgentRegistry
+from bot.root import Core, open_core
+from bot.settings import Settings
 from bot.status import TaskStatus
 from bot.task import Actor, LeasePolicy, Task, TaskEvent
-from store.database import create_engine
-from store.repository import SqlStore
 from tests.slack.standin import TOKEN, SlackStandIn
 
 THREADWORK = Path(sys.executable).parent / "threadwork"
@@ -147,13 +144,15 @@ async def get_status(http: aiohttp.ClientSession, url: str) -> int | None:
 
 
 @pytest.fixture
-async def served_store(server: Server) -> AsyncIterator[SqlStore]:
-    """The served database, opened in this process once serve has migrated it."""
-    engine = create_engine(server.database_url)
-    try:
-        yield SqlStore(engine)
-    finally:
-        await engine.dispose()
+async def served(server: Server) -> AsyncIterator[Core]:
+    """The served database's core, opened in this process once serve has migrated it."""
+    settings = Settings(
+        DATABASE_URL=server.database_url,
+        THREADWORK_LEASE_TTL=POLICY.lease_ttl.total_seconds(),
+        THREADWORK_MAX_DISPATCH_ATTEMPTS=POLICY.max_dispatch_attempts,
+    )
+    async with open_core(settings) as core:
+        yield core
 
 
 async def test_serve_answers_healthz_and_readyz_with_database_and_scheduler_up(
@@ -170,10 +169,9 @@ async def test_serve_answers_healthz_and_readyz_with_database_and_scheduler_up(
 
 
 async def test_the_scheduled_reconcile_redispatches_a_lapsed_task_then_blocks_it(
-    server: Server, served_store: SqlStore, slack: SlackStandIn
+    server: Server, served: Core, slack: SlackStandIn
 ) -> None:
-    registry = AgentRegistry(served_store, utc_now, secrets=None)
-    board = Board(served_store, utc_now, POLICY)
+    registry, board, served_store = served.registry, served.board, served.store
     await registry.add_agent("claude-1")
     task = await board.create_task("C123", "Nobody will work this", Actor.user("U1"))
     await board.assign_task(task.ref, "claude-1", by="U1")

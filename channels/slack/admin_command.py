@@ -204,9 +204,8 @@ async def _agent_token(command: SlashCommand, args: list[str], services: SlackSe
 
 async def _agent_key(command: SlashCommand, args: list[str], services: SlackServices) -> str:
     name = _one_name(args, "agent key")
-    async with services.store.read() as reader:
-        if await reader.get_agent(name) is None:
-            raise InvalidInput(f"There is no agent named `{name}`.")
+    if await services.registry.get_agent(name) is None:
+        raise InvalidInput(f"There is no agent named `{name}`.")
     await services.admins.client.views_open(
         trigger_id=command.trigger_id, view=agent_key_view(name)
     )
@@ -298,16 +297,11 @@ def report_text(report: ReconcileReport) -> str:
 
 
 async def _stats(command: SlashCommand, args: list[str], services: SlackServices) -> str:
-    book = await services.board.policies()
-    now = services.clock()
-    async with services.store.read() as reader:
-        stats = await reader.board_stats()
-        stale = await reader.count_stale_tasks(*book.stale_cutoffs(now))
-    by_status = ", ".join(f"{s} {n}" for s, n in sorted(stats["by_status"].items())) or "no tasks"
-    blocked = stats["by_status"].get("blocked", 0)
+    stats = await services.queries.board_stats()
+    by_status = ", ".join(f"{s} {n}" for s, n in sorted(stats.by_status.items())) or "no tasks"
     return (
-        f"*Tasks*: {by_status}\n*Stale leases*: {stale}\n*Blocked*: {blocked}\n"
-        f"*Outbox backlog*: {stats['outbox_backlog']} undelivered"
+        f"*Tasks*: {by_status}\n*Stale leases*: {stats.stale}\n*Blocked*: {stats.blocked}\n"
+        f"*Outbox backlog*: {stats.outbox_backlog} undelivered"
     )
 
 

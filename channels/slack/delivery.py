@@ -20,11 +20,10 @@ from bot.clock import Clock
 from bot.delivery import Delivered, DeliveryFailed
 from bot.errors import NotFound
 from bot.outbox import OutboxKind, OutboxRow
-from bot.ports import Reader
-from bot.task import LeasePolicy, Task, TaskRef, ThreadMessage
+from bot.queries import TaskQueries
+from bot.task import LeasePolicy, Task, ThreadMessage
 from channels.slack import render
 from channels.slack.parsing import error_code
-from store.repository import SqlStore
 
 logger = structlog.get_logger(__name__)
 
@@ -45,9 +44,11 @@ def slack_ts(at: datetime) -> str:
 class SlackDeliverer:
     """Renders one outbox row from current state and performs it against the Web API."""
 
-    def __init__(self, client: AsyncWebClient, store: SqlStore, board: Board, clock: Clock) -> None:
+    def __init__(
+        self, client: AsyncWebClient, queries: TaskQueries, board: Board, clock: Clock
+    ) -> None:
         self._client = client
-        self._store = store
+        self._queries = queries
         self._board = board
         self._clock = clock
 
@@ -61,16 +62,11 @@ class SlackDeliverer:
             raise DeliveryFailed(f"connection: {type(exc).__name__}", uncertain=True) from exc
 
     async def _deliver(self, row: OutboxRow) -> Delivered:
-        async with self._store.read() as reader:
-            task = await reader.get_task(TaskRef.parse(row.payload["ref"]))
-            if task is None:
-                raise NotFound(f"task {row.payload['ref']} is gone")
-            agents = {a.name: a for a in await reader.list_agents()}
-            handoff = (
-                await self._handoff(reader, task, agents) if row.payload.get("redispatch") else None
-            )
-            book = await self._board.policy_book(reader)
-        policy = book.for_channel(task.channel_id)
+        context = await self._queries.delivery_context(row)
+        if context is None:
+            raise NotFound(f"task {row.payload['ref']} is gone")
+        task, agents, policy = context.task, context.agents, context.policy
+        handoff = f'"{render.escape(context.handoff[:300])}"' if context.handoff else None
         if row.kind == OutboxKind.CARD_UPDATE:
             return await self._update_card(task, agents, policy)
         if row.uncertain:
@@ -147,15 +143,6 @@ class SlackDeliverer:
         )
         await self._board.record_thread_message(posted, agent=name, renew=False)
         return Delivered(ts)
-
-    async def _handoff(self, reader: Reader, task: Task, agents: dict[str, Agent]) -> str | None:
-        """The assignee's last message in the thread, quoted for the next attempt."""
-        agent = agents.get(task.assignee or "")
-        if agent is None:
-            return None
-        ids = {agent.slack_user_id, agent.slack_bot_id, f"agent:{agent.name}"} - {None}
-        mine = [m for m in await reader.list_messages(task.id) if m.author in ids]
-        return f'"{render.escape(mine[-1].text[:300])}"' if mine else None
 
     async def _find_posted(self, task: Task, row: OutboxRow) -> str | None:
         """The ts of an earlier post of ``row`` (found by its key in metadata), if any."""

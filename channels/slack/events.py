@@ -52,9 +52,8 @@ async def on_mention(event: MessageEvent, services: SlackServices, client: Async
         await _tell(client, event, MENTION_USAGE)
         return
     try:
-        async with services.store.read() as reader:
-            agent = await resolve_agent(reader, match["agent"])
-            task = await reader.get_task_by_thread(event.channel_id, thread_ts)
+        agent = await resolve_agent(services.registry, match["agent"])
+        task = await services.queries.task_in_thread(event.channel_id, thread_ts)
         if task is None:
             title = await _thread_title(client, event.channel_id, thread_ts)
             task = await _create_from_thread(services, event, thread_ts, title)

@@ -1,6 +1,6 @@
 """App Home: the viewer's board, stale and blocked first."""
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import structlog
 from slack_sdk.errors import SlackApiError
@@ -8,6 +8,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.agents import Agent
 from bot.policy import PolicyBook
+from bot.queries import ViewerBoard
 from bot.status import TERMINAL_STATUSES, TaskStatus
 from bot.task import Task, is_stale
 from channels.slack.parsing import error_code
@@ -25,19 +26,13 @@ GROUPS = [
     (TaskStatus.DONE, ":white_check_mark: Done this week"),
     (TaskStatus.CANCELED, ":heavy_multiplication_x: Canceled this week"),
 ]
-#: How far back the board shows finished (done or canceled) tasks.
-FINISHED_WINDOW = timedelta(days=7)
 
 
 async def publish_home(client: AsyncWebClient, services: SlackServices, user_id: str) -> None:
     """Renders and publishes ``user_id``'s board to their App Home."""
     channels = await _member_channels(client, user_id)
-    async with services.store.read() as reader:
-        since = services.clock() - FINISHED_WINDOW
-        tasks = await reader.list_tasks_for_viewer(user_id, channels, since, limit=100)
-        agents = {a.name: a for a in await reader.list_agents()}
-    book = await services.board.policies()
-    view = {"type": "home", "blocks": home_blocks(tasks, book, agents, services.clock())}
+    board = await services.queries.viewer_board(user_id, channels)
+    view = {"type": "home", "blocks": home_blocks(board)}
     await client.views_publish(user_id=user_id, view=view)
 
 
@@ -58,10 +53,9 @@ def group_of(task: Task, book: PolicyBook, now: datetime) -> str:
     return task.status.value
 
 
-def home_blocks(
-    tasks: list[Task], book: PolicyBook, agents: dict[str, Agent], now: datetime
-) -> list[Block]:
+def home_blocks(board: ViewerBoard) -> list[Block]:
     """The board: one section per group, newest activity first within a group."""
+    tasks, book, agents, now = board.tasks, board.policies, board.agents, board.now
     blocks: list[Block] = [
         {"type": "header", "text": {"type": "plain_text", "text": "Your threadwork board"}},
         {

@@ -17,9 +17,9 @@ from bot.agents import Agent
 from bot.board import Board
 from bot.clock import Clock
 from bot.reconcile import FoundProgress
+from bot.registry import AgentRegistry
 from bot.task import IncomingReply, Task, ThreadMessage
 from channels.slack.parsing import error_code, unescape
-from store.repository import SqlStore
 
 logger = structlog.get_logger(__name__)
 
@@ -34,20 +34,19 @@ class SlackThreadProbe:
     def __init__(
         self,
         client: AsyncWebClient,
-        store: SqlStore,
+        registry: AgentRegistry,
         board: Board,
         clock: Clock,
         max_reads_per_tick: int = 50,
     ) -> None:
         self._client = client
-        self._store = store
+        self._registry = registry
         self._board = board
         self._clock = clock
         self._budget = max_reads_per_tick
 
     async def find_progress(self, tasks: Sequence[Task]) -> FoundProgress:
-        async with self._store.read() as reader:
-            agents = {a.name: a for a in await reader.list_agents()}
+        agents = {a.name: a for a in await self._registry.list_agents()}
         found: dict[int, datetime] = {}
         unchecked: set[int] = set()
         reads = 0

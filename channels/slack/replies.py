@@ -1,12 +1,10 @@
 """Ephemeral replies to people: help, show, log and list."""
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from bot.agents import Agent
-from bot.status import TaskStatus
-from bot.task import EventKind, LeasePolicy, Task, TaskEvent, ThreadMessage, is_stale
-from bot.work import Artifact, TaskUsage
+from bot.queries import TaskDetail, TaskList, TaskLog
+from bot.task import EventKind, Task, TaskEvent, is_stale
 from channels.slack.render import (
     STATUS_EMOJI,
     actor_label,
@@ -19,14 +17,6 @@ from channels.slack.render import (
 
 #: A heartbeat this recent means the agent is generating right now.
 ALIVE_WITHIN = timedelta(seconds=45)
-
-
-@dataclass(frozen=True)
-class TaskExtras:
-    """What agents added to a task: artifacts and token usage."""
-
-    artifacts: list[Artifact]
-    usage: TaskUsage | None
 
 
 def alive(task: Task, now: datetime) -> bool:
@@ -58,15 +48,9 @@ ADMIN_USAGE = """*`/task-admin` — for threadwork admins*
 • `/task-admin stats` — tasks by status, stale, blocked, outbox backlog"""
 
 
-def show_text(
-    task: Task,
-    policy: LeasePolicy,
-    agents: dict[str, Agent],
-    messages: list[ThreadMessage],
-    now: datetime,
-    extras: TaskExtras | None = None,
-) -> str:
+def show_text(detail: TaskDetail) -> str:
     """The task's state, its lease and liveness, its artifacts, usage and latest messages."""
+    task, policy, agents, now = detail.task, detail.policy, detail.agents, detail.now
     lease = "no lease"
     if task.awaiting_input_since is not None:
         lease = f"lease paused: :speech_balloon: awaiting input since {age(task.awaiting_input_since, now)}"
@@ -85,23 +69,24 @@ def show_text(
         lines.append(f"Assigned by <@{task.assigned_by}>")
     if task.description:
         lines.append(f"> {escape(task.description)[:500]}")
-    if extras and extras.artifacts:
+    if detail.artifacts:
         lines.append("*Artifacts*")
         lines += [
             f"• {escape(a.name)} ({a.kind})" + (f" <{a.uri}>" if a.uri else " (stored content)")
-            for a in extras.artifacts
+            for a in detail.artifacts
         ]
-    if extras and extras.usage:
-        u = extras.usage.usage
+    if detail.usage:
+        u = detail.usage.usage
         lines.append(
-            f"*Tokens* over {extras.usage.steps} step(s): {u.input_tokens:,} in, "
+            f"*Tokens* over {detail.usage.steps} step(s): {u.input_tokens:,} in, "
             f"{u.cache_read_tokens:,} cached read, {u.cache_creation_tokens:,} cache written, "
             f"{u.output_tokens:,} out"
         )
-    if messages:
+    if detail.messages:
         lines.append("*Latest in the thread*")
         lines += [
-            f"• <@{m.author}> {age(m.at, now)}: {escape(m.text)[:200]}" for m in messages[-5:]
+            f"• <@{m.author}> {age(m.at, now)}: {escape(m.text)[:200]}"
+            for m in detail.messages[-5:]
         ]
     return "\n".join(lines)
 
@@ -151,16 +136,15 @@ def explain_event(event: TaskEvent, agents: dict[str, Agent]) -> str:
     return f"{who}: {event.kind.value}."
 
 
-def log_text(task: Task, events: list[TaskEvent], agents: dict[str, Agent]) -> str:
-    lines = [f"History of {task_heading(task)}"]
-    shown = [e for e in events if e.kind != EventKind.HEARTBEAT]  # liveness is not history
-    lines += [f"• {slack_date(e.at)} — {explain_event(e, agents)}" for e in shown[-40:]]
+def log_text(log: TaskLog) -> str:
+    lines = [f"History of {task_heading(log.task)}"]
+    shown = [e for e in log.events if e.kind != EventKind.HEARTBEAT]  # liveness is not history
+    lines += [f"• {slack_date(e.at)} — {explain_event(e, log.agents)}" for e in shown[-40:]]
     return "\n".join(lines)
 
 
-def list_text(
-    tasks: list[Task], status: TaskStatus | None, agents: dict[str, Agent], now: datetime
-) -> str:
+def list_text(listed: TaskList) -> str:
+    tasks, status, agents, now = listed.tasks, listed.status, listed.agents, listed.now
     scope = f"`{status.value}` tasks" if status else "Tasks"
     if not tasks:
         return f"{scope} in this channel: none."

@@ -11,11 +11,11 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.board import Board
 from bot.clock import Clock
 from bot.inbox import ReplyInbox
+from bot.queries import TaskQueries
 from bot.reconcile import Reconciler
 from bot.registry import AgentRegistry
 from bot.supervisor import Supervisor
 from channels.slack.parsing import error_code
-from store.repository import SqlStore
 
 logger = structlog.get_logger(__name__)
 
@@ -55,7 +55,7 @@ class SlackServices:
     board: Board
     registry: AgentRegistry
     reconciler: Reconciler
-    store: SqlStore
+    queries: TaskQueries
     clock: Clock
     admins: AdminCheck
     supervisor: Supervisor

@@ -3,13 +3,12 @@
 from collections.abc import Awaitable, Callable
 
 from bot.agents import Agent
-from bot.board import require_task
 from bot.errors import DomainError, InvalidInput, NotFound
-from bot.ports import Reader
+from bot.registry import AgentRegistry
 from bot.status import parse_status
 from bot.task import Actor, TaskRef
 from channels.slack.parsing import SlashCommand, parse_task_ref, parse_user_mention, split_args
-from channels.slack.replies import TASK_USAGE, TaskExtras, list_text, log_text, show_text
+from channels.slack.replies import TASK_USAGE, list_text, log_text, show_text
 from channels.slack.services import SlackServices
 
 USAGE = {
@@ -49,18 +48,18 @@ def _one_ref(command: SlashCommand, rest: str, sub: str) -> TaskRef:
     return parse_task_ref(words[0], command.channel_id)
 
 
-async def resolve_agent(reader: Reader, token: str) -> Agent:
+async def resolve_agent(registry: AgentRegistry, token: str) -> Agent:
     """Finds the agent a person named: a Slack mention of its user, or its handle."""
     mention = parse_user_mention(token)
     if mention is not None:
-        agent = await reader.find_agent_by_slack_id(mention.user_id, None)
+        agent = await registry.find_by_slack_user(mention.user_id)
         if agent is None:
             raise NotFound(
                 f"<@{mention.user_id}> is not registered as an agent; an admin can add it with "
                 f"`/task-admin agent add <@{mention.user_id}>`."
             )
         return agent
-    agent = await reader.get_agent(token.lstrip("@").lower())
+    agent = await registry.get_agent(token)
     if agent is None:
         raise NotFound(f"There is no agent named `{token}`; `/task-admin agent list` shows them.")
     return agent
@@ -78,8 +77,7 @@ async def _assign(command: SlashCommand, rest: str, services: SlackServices) -> 
     if len(words) != 2:
         raise InvalidInput("`assign` needs a task number and an agent.")
     ref = parse_task_ref(words[0], command.channel_id)
-    async with services.store.read() as reader:
-        agent = await resolve_agent(reader, words[1])
+    agent = await resolve_agent(services.registry, words[1])
     task = await services.board.assign_task(ref, agent.name, command.user_id)
     return (
         f"Assigned *{task.ref}* to `{agent.name}` (attempt 1); a directive is going to its thread."
@@ -100,23 +98,12 @@ async def _status(command: SlashCommand, rest: str, services: SlackServices) -> 
 
 
 async def _show(command: SlashCommand, rest: str, services: SlackServices) -> str:
-    ref = _one_ref(command, rest, "show")
-    async with services.store.read() as reader:
-        task = await require_task(reader, ref)
-        messages = await reader.list_messages(task.id)
-        agents = {a.name: a for a in await reader.list_agents()}
-        extras = TaskExtras(await reader.list_artifacts(task.id), await reader.get_usage(task.id))
-    policy = (await services.board.policies()).for_channel(task.channel_id)
-    return show_text(task, policy, agents, messages, services.clock(), extras)
+    detail = await services.queries.task_detail(_one_ref(command, rest, "show"))
+    return show_text(detail)
 
 
 async def _log(command: SlashCommand, rest: str, services: SlackServices) -> str:
-    ref = _one_ref(command, rest, "log")
-    async with services.store.read() as reader:
-        task = await require_task(reader, ref)
-        events = await reader.list_events(task.id)
-        agents = {a.name: a for a in await reader.list_agents()}
-    return log_text(task, events, agents)
+    return log_text(await services.queries.task_log(_one_ref(command, rest, "log")))
 
 
 async def _list(command: SlashCommand, rest: str, services: SlackServices) -> str:
@@ -124,10 +111,7 @@ async def _list(command: SlashCommand, rest: str, services: SlackServices) -> st
     if len(words) > 1:
         raise InvalidInput("`list` takes at most one status.")
     status = parse_status(words[0]) if words else None
-    async with services.store.read() as reader:
-        tasks = await reader.list_tasks(status=status, channel_id=command.channel_id)
-        agents = {a.name: a for a in await reader.list_agents()}
-    return list_text(tasks, status, agents, services.clock())
+    return list_text(await services.queries.list_tasks(status, command.channel_id))
 
 
 async def _cancel(command: SlashCommand, rest: str, services: SlackServices) -> str:

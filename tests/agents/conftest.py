@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from bot.agents import AgentKind, AgentSettings, Autonomy
-from bot.app import AgentServices, build_agent_services
-from bot.core import Core, open_core
+from bot.root import Core, Overrides, Service, open_service
 from bot.runtime.runner import AgentRunner
 from bot.settings import Settings
 from bot.supervisor import Supervisor
@@ -23,14 +22,20 @@ FALLBACK_KEY = "sk-ant-fallback-000"
 
 @dataclass
 class Runtime:
-    core: Core
-    supervisor: Supervisor
+    service: Service
     anthropic: AnthropicStandIn
-    services: AgentServices
+
+    @property
+    def core(self) -> Core:
+        return self.service.core
+
+    @property
+    def supervisor(self) -> Supervisor:
+        return self.service.supervisor
 
     @property
     def runner(self) -> AgentRunner:
-        return self.services.runner
+        return self.service.runner
 
     async def assigned(self, agent: str = "claude-1", title: str = "Add a health check") -> Task:
         task = await self.core.board.create_task("C1", title, Actor.user(ALICE))
@@ -87,14 +92,9 @@ async def open_runtime(
     database_url: str, anthropic: AnthropicStandIn, clock: FakeClock, max_steps: int = 20
 ) -> AsyncIterator[Runtime]:
     settings = runtime_settings(database_url, anthropic.url, max_steps)
-    async with open_core(settings, clock) as core:
-        supervisor = Supervisor()
-        services = build_agent_services(core, supervisor, None, "test-runner")
-        try:
-            yield Runtime(core, supervisor, anthropic, services)
-        finally:
-            await services.close()
-            await supervisor.close()
+    overrides = Overrides(clock=clock, port=0, worker="test-runner", run_loops=False)
+    async with open_service(settings, overrides) as service:
+        yield Runtime(service, anthropic)
 
 
 @pytest.fixture

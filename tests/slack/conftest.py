@@ -11,6 +11,7 @@ import json
 import shutil
 import time
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,15 +19,12 @@ from urllib.parse import urlencode
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-from bot.app import build_web_app
-from bot.core import Core, open_core
 from bot.delivery import DeliverySettings
+from bot.root import Core, Overrides, Service, Slack, open_service
 from bot.settings import Settings
+from bot.supervisor import Supervisor
 from bot.task import Task, TaskRef
-from channels.slack.runtime import SlackRuntime, build_slack_runtime
-from scheduler.jobs import build_scheduler
 from tests.conftest import FakeClock
 from tests.slack.standin import TOKEN, SlackStandIn
 
@@ -48,11 +46,31 @@ def signed(body: str, timestamp: int | None = None, secret: str = SECRET) -> dic
 @dataclass
 class Harness:
     standin: SlackStandIn
-    core: Core
-    runtime: SlackRuntime
+    service: Service
     clock: FakeClock
-    url: str
     http: aiohttp.ClientSession
+    stack: AsyncExitStack
+
+    @property
+    def core(self) -> Core:
+        return self.service.core
+
+    @property
+    def slack(self) -> Slack:
+        assert self.service.slack is not None
+        return self.service.slack
+
+    @property
+    def url(self) -> str:
+        return self.service.url
+
+    @property
+    def supervisor(self) -> Supervisor:
+        return self.service.supervisor
+
+    async def close(self) -> None:
+        """Shuts the service down as SIGTERM would (the fixture's own exit is then a no-op)."""
+        await self.stack.aclose()
 
     _events = itertools.count(1)
 
@@ -122,7 +140,7 @@ class Harness:
         )
         response = await self.post(body, "application/json", headers)
         if settle:
-            await self.runtime.services.supervisor.drain()
+            await self.service.supervisor.drain()
         return response.status
 
     async def thread_message(
@@ -145,10 +163,10 @@ class Harness:
         return await self.post(body, "application/x-www-form-urlencoded")
 
     async def prune_inbound_event_ids(self) -> int:
-        return await self.runtime.gateway.prune_inbound_event_ids()
+        return await self.slack.gateway.prune_inbound_event_ids()
 
     async def deliver(self) -> None:
-        await self.runtime.delivery.drain()
+        await self.slack.delivery.drain()
 
     async def task(self, number: int, channel: str = CHANNEL) -> Task:
         async with self.core.store.read() as reader:
@@ -167,7 +185,14 @@ def settings_for(database_url: str, slack_url: str) -> Settings:
         THREADWORK_SECRET_KEY="test-secret-key",
         THREADWORK_LEASE_TTL=600,
         THREADWORK_MAX_DISPATCH_ATTEMPTS=2,
+        THREADWORK_RECONCILE_INTERVAL=3600,
     )
+
+
+def overrides_for(clock: FakeClock) -> Overrides:
+    """The service on a fixed clock, any free port, with delivery and the runner driven by
+    the test (``deliver()``, ``run_once()``), never by their loops."""
+    return Overrides(clock=clock, delivery=FAST, port=0, worker="test-worker", run_loops=False)
 
 
 @pytest.fixture
@@ -189,33 +214,13 @@ async def standin() -> AsyncIterator[SlackStandIn]:
 
 
 async def start_service(
-    database_url: str, standin: SlackStandIn, clock: FakeClock
+    database_url: str, standin: SlackStandIn, clock: FakeClock, **settings: object
 ) -> AsyncIterator[Harness]:
-    settings = settings_for(database_url, standin.url)
-    async with open_core(settings, clock) as core, aiohttp.ClientSession() as http:
-        runtime = build_slack_runtime(
-            settings,
-            core.store,
-            core.board,
-            core.registry,
-            clock,
-            socket_mode=False,
-            signal=core.signal,
-            dispatch=FAST,
-        )
-        scheduler = build_scheduler(runtime.reconciler, 3600)
-        runner = web.AppRunner(build_web_app(core, scheduler, runtime), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # started above
-        scheduler.start()
-        try:
-            yield Harness(standin, core, runtime, clock, f"http://127.0.0.1:{port}", http)
-        finally:
-            scheduler.shutdown(wait=False)
-            await runtime.close()
-            await runner.cleanup()
+    """The whole service as ``serve`` builds it; ``settings`` override fields of Settings."""
+    config = settings_for(database_url, standin.url).model_copy(update=settings)
+    async with aiohttp.ClientSession() as http, AsyncExitStack() as stack:
+        service = await stack.enter_async_context(open_service(config, overrides_for(clock)))
+        yield Harness(standin, service, clock, http, stack)
 
 
 @pytest.fixture

@@ -5,10 +5,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bot.agents import AgentKind, AgentSettings
-from bot.app import build_agent_services
 from bot.status import TaskStatus
 from tests.agents.standins import AnthropicStandIn, Reply, Text, ToolUse
-from tests.slack.conftest import CHANNEL, Harness
+from tests.conftest import FakeClock
+from tests.slack.conftest import CHANNEL, Harness, start_service
+from tests.slack.standin import SlackStandIn
 
 
 @pytest.fixture
@@ -19,11 +20,22 @@ async def anthropic() -> AsyncIterator[AnthropicStandIn]:
     await standin.close()
 
 
+@pytest.fixture
+async def service(
+    sqlite_url: str, standin: SlackStandIn, clock: FakeClock, anthropic: AnthropicStandIn
+) -> AsyncIterator[Harness]:
+    """The service with its built-in runtime pointed at the Anthropic stand-in."""
+    async for harness in start_service(
+        sqlite_url, standin, clock, anthropic_base_url=anthropic.url
+    ):
+        yield harness
+
+
 async def test_assigning_a_claude_agent_gets_the_task_to_review_and_the_card_follows(
     service: Harness, anthropic: AnthropicStandIn
 ) -> None:
     core = service.core
-    settings = core.settings.model_copy(update={"anthropic_base_url": anthropic.url, "mcp_port": 0})
+    runner = service.service.runner
     await core.registry.add_agent(
         "claude-1",
         AgentKind.CLAUDE,
@@ -31,35 +43,30 @@ async def test_assigning_a_claude_agent_gets_the_task_to_review_and_the_card_fol
         settings=AgentSettings(model="claude-standin-1"),
     )
     await core.registry.set_api_key("claude-1", "sk-ant-slack-test")
-    supervisor = service.runtime.services.supervisor
-    agents = build_agent_services(core, supervisor, service.runtime.thread_status, "w", settings)
-    try:
-        await service.command("new Add a health check")
-        await service.command("assign 1 claude-1")
-        await service.deliver()
-        anthropic.script(
-            Reply(
-                [
-                    Text("On it."),
-                    ToolUse("update_task_status", {"task": "C1#1", "status": "in_progress"}),
-                ]
-            ),
-            Reply(
-                [
-                    Text("PR is up."),
-                    ToolUse(
-                        "update_task_status",
-                        {"task": "C1#1", "status": "in_review", "note": "PR #7"},
-                    ),
-                ]
-            ),
-        )
-        assert await agents.runner.run_once() == 1
-        for handle in list(agents.runner.active.values()):
-            await handle.task
-        await service.deliver()
-    finally:
-        await agents.close()
+    await service.command("new Add a health check")
+    await service.command("assign 1 claude-1")
+    await service.deliver()
+    anthropic.script(
+        Reply(
+            [
+                Text("On it."),
+                ToolUse("update_task_status", {"task": "C1#1", "status": "in_progress"}),
+            ]
+        ),
+        Reply(
+            [
+                Text("PR is up."),
+                ToolUse(
+                    "update_task_status",
+                    {"task": "C1#1", "status": "in_review", "note": "PR #7"},
+                ),
+            ]
+        ),
+    )
+    assert await runner.run_once() == 1
+    for handle in list(runner.active.values()):
+        await handle.task
+    await service.deliver()
 
     assert (await service.task(1)).status == TaskStatus.IN_REVIEW
     agent_posts = [

@@ -315,7 +315,7 @@ async def test_show_of_an_unassigned_task_says_so(board: Harness) -> None:
 
 async def test_log_explains_the_history_of_a_task(board: Harness) -> None:
     board.clock.advance(601)
-    report = await board.runtime.reconciler.reconcile_stale_tasks()
+    report = await board.core.reconciler.reconcile_stale_tasks()
     assert [str(r) for r in report.redispatched] == ["C1#1"]
     await board.command("status 1 blocked waiting for credentials")
 
@@ -746,7 +746,7 @@ async def test_a_policy_value_that_is_not_a_sane_finite_number_is_refused(
     assert reply.startswith(":warning: ")
     assert reply.endswith(f"Usage: `{ADMIN_COMMAND_USAGE['policy']}`")
     assert await policies(service) == {}
-    assert (await service.runtime.reconciler.reconcile_stale_tasks()).acted == 0
+    assert (await service.core.reconciler.reconcile_stale_tasks()).acted == 0
 
 
 # /task-admin: reconcile and stats --------------------------------------------------------------

@@ -127,7 +127,7 @@ async def test_a_crash_between_slacks_answer_and_our_record_does_not_post_twice(
     now = service.clock.now
     [row] = await service.core.store.claim_outbox("crashed-worker", now, now.replace(second=59), 1)
     deliverer = SlackDeliverer(
-        service.runtime.client, service.core.store, service.core.board, service.clock
+        service.slack.client, service.core.queries, service.core.board, service.clock
     )
     await deliverer.deliver(row)  # Slack posted the card; the worker died before recording it.
     assert len(posted(service.standin, CARD)) == 1
@@ -146,7 +146,7 @@ async def test_a_restart_keeps_tasks_agents_and_the_undelivered_outbox(
 ) -> None:
     await service.command("new Survives restarts")
     await service.command("assign 1 coder")
-    await service.runtime.close()
+    await service.close()
 
     reply = await second_life.command("show 1")
     assert "Survives restarts" in reply

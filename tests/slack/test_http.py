@@ -99,7 +99,7 @@ async def test_health_and_readiness_report_each_check(service: Harness) -> None:
 
 
 async def test_readiness_fails_while_slack_does_not_answer_auth_test(service: Harness) -> None:
-    service.runtime._auth_checked = -1e9  # forget the cached answer
+    service.slack.auth.forget()  # forget the cached answer
     service.standin.fail("auth.test", 500)
     async with service.http.get(service.url + "/readyz") as response:
         assert response.status == 503

@@ -83,7 +83,7 @@ async def test_a_silent_agent_is_redispatched_then_blocked_with_an_escalation(
     await service.thread_message(AGENT_USER, "looking into the session cookie", task.thread_ts)
 
     service.clock.advance(601)
-    report = await service.runtime.reconciler.reconcile_stale_tasks()
+    report = await service.core.reconciler.reconcile_stale_tasks()
     assert [str(r) for r in report.redispatched] == ["C1#1"]
     await service.deliver()
     redirective = service.standin.posts(CHANNEL)[-1]
@@ -94,7 +94,7 @@ async def test_a_silent_agent_is_redispatched_then_blocked_with_an_escalation(
     assert redirective["metadata"]["event_payload"]["attempt"] == 2
 
     service.clock.advance(601)
-    report = await service.runtime.reconciler.reconcile_stale_tasks()
+    report = await service.core.reconciler.reconcile_stale_tasks()
     assert [str(r) for r in report.blocked] == ["C1#1"]
     await service.deliver()
     escalation = service.standin.posts(CHANNEL)[-1]

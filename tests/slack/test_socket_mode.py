@@ -7,38 +7,23 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from bot.core import Core, open_core
-from channels.slack.runtime import SlackRuntime, build_slack_runtime
+from bot.root import Service, open_service
 from tests.conftest import FakeClock
-from tests.slack.conftest import ALICE, CHANNEL, FAST, settings_for
+from tests.slack.conftest import ALICE, CHANNEL, overrides_for, settings_for
 from tests.slack.standin import APP_TOKEN, SlackStandIn
 
 
 @pytest.fixture
 async def socket_service(
     sqlite_url: str, standin: SlackStandIn, clock: FakeClock
-) -> AsyncIterator[tuple[Core, SlackRuntime]]:
+) -> AsyncIterator[Service]:
     settings = settings_for(sqlite_url, standin.url).model_copy(
         update={"slack_app_token": SecretStr(APP_TOKEN)}
     )
-    async with open_core(settings, clock) as core:
-        runtime = build_slack_runtime(
-            settings,
-            core.store,
-            core.board,
-            core.registry,
-            clock,
-            socket_mode=True,
-            signal=core.signal,
-            dispatch=FAST,
-        )
-        await runtime.start()
-        try:
-            async with asyncio.timeout(10):
-                await standin.socket_connected.wait()
-            yield core, runtime
-        finally:
-            await runtime.close()
+    async with open_service(settings, overrides_for(clock), socket_mode=True) as service:
+        async with asyncio.timeout(10):
+            await standin.socket_connected.wait()
+        yield service
 
 
 async def ack_of(standin: SlackStandIn, envelope: dict[str, Any]) -> dict[str, Any]:
@@ -48,9 +33,9 @@ async def ack_of(standin: SlackStandIn, envelope: dict[str, Any]) -> dict[str, A
 
 
 async def test_a_slash_command_over_socket_mode_is_acknowledged_with_its_reply(
-    socket_service: tuple[Core, SlackRuntime], standin: SlackStandIn
+    socket_service: Service, standin: SlackStandIn
 ) -> None:
-    core, _ = socket_service
+    core = socket_service.core
     payload = {
         "command": "/task",
         "text": "new Socket task",
@@ -75,9 +60,9 @@ async def test_a_slash_command_over_socket_mode_is_acknowledged_with_its_reply(
 
 
 async def test_an_event_redelivered_over_socket_mode_is_processed_once(
-    socket_service: tuple[Core, SlackRuntime], standin: SlackStandIn
+    socket_service: Service, standin: SlackStandIn
 ) -> None:
-    core, _ = socket_service
+    core = socket_service.core
     await core.registry.add_agent("coder", slack_user_id="UCODER01")
     root = standin.add_message(CHANNEL, ALICE, "Rotate the keys")
     note = standin.add_message(CHANNEL, ALICE, "<@UBOT> assign this to coder", thread_ts=root["ts"])
@@ -110,7 +95,7 @@ async def test_an_event_redelivered_over_socket_mode_is_processed_once(
             },
         )
         assert ack["envelope_id"] == f"env-{attempt}"
-    await socket_service[1].services.supervisor.drain()
+    await socket_service.supervisor.drain()
     async with core.store.read() as reader:
         [task] = await reader.list_tasks()
     assert (task.assignee, task.lease_epoch, task.thread_ts) == ("coder", 1, root["ts"])

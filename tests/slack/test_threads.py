@@ -6,6 +6,7 @@ from typing import Any
 
 from slack_bolt.response import BoltResponse
 
+from bot.root import open_core
 from bot.status import TaskStatus
 from bot.work import WakeReason
 from channels.slack.socket_mode import envelope_reply
@@ -96,7 +97,7 @@ async def test_a_post_whose_event_slack_never_sent_still_counts_before_a_redispa
         CHANNEL, AGENT_USER, "pushed a fix, testing now", thread_ts=thread_ts
     )
     service.clock.advance(200)
-    report = await service.runtime.reconciler.reconcile_stale_tasks()
+    report = await service.core.reconciler.reconcile_stale_tasks()
     assert [str(r) for r in report.renewed] == ["C1#1"]
     assert report.acted == 0
     task = await service.task(1)
@@ -116,7 +117,7 @@ async def test_a_persons_post_that_slack_never_sent_is_stored_and_wakes_the_assi
     service.clock.advance(300)
     service.standin.add_message(CHANNEL, ALICE, "use the staging DB &amp; skip CI", thread_ts)
     service.clock.advance(400)
-    report = await service.runtime.reconciler.reconcile_stale_tasks()
+    report = await service.core.reconciler.reconcile_stale_tasks()
     assert [str(r) for r in report.redispatched] == ["C1#1"]  # the assignee stayed silent
     async with service.core.store.transaction() as unit:
         messages = await unit.list_messages(task.id)
@@ -133,9 +134,9 @@ async def test_when_the_thread_cannot_be_read_the_reconcile_waits_instead_of_red
     await assigned_task(service)
     service.clock.advance(601)
     service.standin.fail("conversations.replies", 429, retry_after=30)
-    report = await service.runtime.reconciler.reconcile_stale_tasks()
+    report = await service.core.reconciler.reconcile_stale_tasks()
     assert (report.deferred, report.acted) == (1, 0)
-    report = await service.runtime.reconciler.reconcile_stale_tasks()
+    report = await service.core.reconciler.reconcile_stale_tasks()
     assert [str(r) for r in report.redispatched] == ["C1#1"]
 
 
@@ -296,7 +297,7 @@ async def test_app_home_shows_the_viewers_board_with_lapsed_leases_first(service
         )
         == 200
     )
-    await service.runtime.services.supervisor.drain()
+    await service.supervisor.drain()
     [published] = service.standin.calls_to("views.publish")
     assert published.args["user_id"] == ALICE
     sections = [
@@ -320,7 +321,7 @@ async def test_app_home_shows_what_was_finished_this_week_last(service: Harness)
     service.standin.channels_of[ALICE] = [CHANNEL]
     home = {"type": "app_home_opened", "user": ALICE, "tab": "home", "channel": "D1"}
     assert await service.event(home) == 200
-    await service.runtime.services.supervisor.drain()
+    await service.supervisor.drain()
     [published] = service.standin.calls_to("views.publish")
     sections = [
         b["text"]["text"] for b in published.args["view"]["blocks"] if b["type"] == "section"
@@ -345,13 +346,13 @@ async def test_shutdown_first_stores_the_posts_already_acknowledged(service: Har
     async with service.core.store.transaction():
         for n in range(5):
             await service.thread_message(AGENT_USER, f"step {n}", thread_ts, settle=False)
-        closing = asyncio.create_task(service.runtime.close())
+        closing = asyncio.create_task(service.close())
         for _ in range(20):  # let the shutdown run as far as it can
             await asyncio.sleep(0)
         assert not closing.done()  # waiting for the acknowledged posts to be stored
     async with asyncio.timeout(10):
         await closing
-    async with service.core.store.read() as reader:
+    async with open_core(service.core.settings) as after, after.store.read() as reader:
         stored = [m.text for m in await reader.list_messages(task.id)]
     assert [t for t in stored if t.startswith("step")] == [f"step {n}" for n in range(5)]
 

@@ -1,0 +1,183 @@
+"""What people and adapters read about tasks, answered by the core with typed results.
+
+Each query is one read transaction and returns plain frozen data that a front door renders
+(Slack replies, App Home, the CLI's tables and JSON). Adapters never open the store themselves.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from bot.agents import Agent
+from bot.board import require_task
+from bot.clock import Clock
+from bot.outbox import OutboxRow
+from bot.policy import PolicyBook, load_policy_book
+from bot.ports import Reader, Store
+from bot.status import TaskStatus
+from bot.task import LeasePolicy, Task, TaskEvent, TaskRef, ThreadMessage
+from bot.work import Artifact, TaskUsage
+
+#: How far back a viewer's board shows finished (done or canceled) tasks.
+FINISHED_WINDOW = timedelta(days=7)
+#: Tasks per group that a viewer's board reads, at most.
+BOARD_LIMIT = 100
+
+Agents = dict[str, Agent]
+
+
+@dataclass(frozen=True)
+class TaskDetail:
+    """One task with everything said and made about it (``/task show``, ``tasks show``)."""
+
+    task: Task
+    policy: LeasePolicy
+    agents: Agents
+    events: list[TaskEvent]
+    messages: list[ThreadMessage]
+    artifacts: list[Artifact]
+    usage: TaskUsage | None
+    now: datetime
+
+
+@dataclass(frozen=True)
+class TaskLog:
+    """A task's history (``/task log``)."""
+
+    task: Task
+    events: list[TaskEvent]
+    agents: Agents
+
+
+@dataclass(frozen=True)
+class TaskList:
+    """Tasks in one channel, optionally in one status (``/task list``)."""
+
+    tasks: list[Task]
+    status: TaskStatus | None
+    agents: Agents
+    now: datetime
+
+
+@dataclass(frozen=True)
+class ViewerBoard:
+    """A person's board: tasks they assigned or created and tasks in their channels."""
+
+    tasks: list[Task]
+    policies: PolicyBook
+    agents: Agents
+    now: datetime
+
+
+@dataclass(frozen=True)
+class BoardStats:
+    """Counts for admins (``/task-admin stats``)."""
+
+    by_status: dict[str, int]
+    #: Leased tasks with no progress for their channel's TTL.
+    stale: int
+    outbox_backlog: int
+
+    @property
+    def blocked(self) -> int:
+        return self.by_status.get(TaskStatus.BLOCKED.value, 0)
+
+
+@dataclass(frozen=True)
+class DeliveryContext:
+    """What rendering an outbox row needs, read at delivery time."""
+
+    task: Task
+    policy: LeasePolicy
+    agents: Agents
+    #: The assignee's last words in the thread, for a re-dispatch's handoff.
+    handoff: str | None
+
+
+class TaskQueries:
+    """The read side of the board, over one store, with the injected clock."""
+
+    def __init__(self, store: Store, clock: Clock, policy: LeasePolicy) -> None:
+        self._store = store
+        self._clock = clock
+        self._policy = policy
+
+    async def task_detail(self, ref: TaskRef) -> TaskDetail:
+        """The task ``ref`` names with its events, messages, artifacts and usage."""
+        async with self._store.read() as reader:
+            task = await require_task(reader, ref)
+            book = await load_policy_book(reader, self._policy)
+            return TaskDetail(
+                task=task,
+                policy=book.for_channel(task.channel_id),
+                agents=await _agents(reader),
+                events=await reader.list_events(task.id),
+                messages=await reader.list_messages(task.id),
+                artifacts=await reader.list_artifacts(task.id),
+                usage=await reader.get_usage(task.id),
+                now=self._clock(),
+            )
+
+    async def task_log(self, ref: TaskRef) -> TaskLog:
+        """The history of the task ``ref`` names."""
+        async with self._store.read() as reader:
+            task = await require_task(reader, ref)
+            return TaskLog(task, await reader.list_events(task.id), await _agents(reader))
+
+    async def list_tasks(
+        self, status: TaskStatus | None = None, channel_id: str | None = None
+    ) -> TaskList:
+        """Tasks, newest first, in one channel and one status when given."""
+        async with self._store.read() as reader:
+            tasks = await reader.list_tasks(status=status, channel_id=channel_id)
+            return TaskList(tasks, status, await _agents(reader), self._clock())
+
+    async def viewer_board(self, user_id: str, channel_ids: Sequence[str]) -> ViewerBoard:
+        """``user_id``'s board: open tasks, then those finished in the last week."""
+        now = self._clock()
+        async with self._store.read() as reader:
+            tasks = await reader.list_tasks_for_viewer(
+                user_id, channel_ids, now - FINISHED_WINDOW, limit=BOARD_LIMIT
+            )
+            book = await load_policy_book(reader, self._policy)
+            return ViewerBoard(tasks, book, await _agents(reader), now)
+
+    async def board_stats(self) -> BoardStats:
+        """Tasks by status, stale leases (each channel by its own TTL), outbox backlog."""
+        async with self._store.read() as reader:
+            book = await load_policy_book(reader, self._policy)
+            counts = await reader.board_stats()
+            stale = await reader.count_stale_tasks(*book.stale_cutoffs(self._clock()))
+        return BoardStats(counts["by_status"], stale, counts["outbox_backlog"])
+
+    async def task_in_thread(self, channel_id: str, thread_ts: str) -> Task | None:
+        """The task living in the thread, if any."""
+        async with self._store.read() as reader:
+            return await reader.get_task_by_thread(channel_id, thread_ts)
+
+    async def delivery_context(self, row: OutboxRow) -> DeliveryContext | None:
+        """The current state an outbox row is rendered from; None when its task is gone."""
+        async with self._store.read() as reader:
+            task = await reader.get_task(TaskRef.parse(str(row.payload["ref"])))
+            if task is None:
+                return None
+            agents = await _agents(reader)
+            handoff = (
+                await _last_words(reader, task, agents) if row.payload.get("redispatch") else None
+            )
+            book = await load_policy_book(reader, self._policy)
+        return DeliveryContext(task, book.for_channel(task.channel_id), agents, handoff)
+
+
+async def _agents(reader: Reader) -> Agents:
+    return {a.name: a for a in await reader.list_agents()}
+
+
+async def _last_words(reader: Reader, task: Task, agents: Agents) -> str | None:
+    """The assignee's last message in the task's thread, if it wrote any."""
+    agent = agents.get(task.assignee or "")
+    if agent is None:
+        return None
+    ids = {agent.slack_user_id, agent.slack_bot_id, f"agent:{agent.name}"} - {None}
+    mine = [m for m in await reader.list_messages(task.id) if m.author in ids]
+    return mine[-1].text if mine else None

@@ -1,0 +1,427 @@
+"""The composition root: the one place where every long-lived object is built, and closed.
+
+Built once, in this order: settings (given), engine, store, clock, the Slack client, the use
+cases and the one reconciler (with Slack's thread probe when Slack is wired), outbox delivery,
+the reply inbox, the Bolt app and its gateway, the agent runner, the MCP app, the scheduler and
+the HTTP server. They are closed in reverse order. The service, the CLI, tests and benchmarks
+all get their objects here, with ``Overrides`` for the clock, keys, pacing and ports; nothing
+else rebuilds this wiring.
+
+This is the only module under ``bot/`` that imports ``channels``, ``store`` or ``scheduler``.
+"""
+
+import asyncio
+import os
+import signal as signals
+import socket
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from functools import partial
+
+import structlog
+from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from slack_sdk.signature import SignatureVerifier
+from slack_sdk.socket_mode.aiohttp import SocketModeClient
+from slack_sdk.web.async_client import AsyncWebClient
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.agent_work import AgentWork
+from bot.board import Board, new_key
+from bot.clock import Clock, utc_now
+from bot.delivery import DeliverySettings, OutboxDelivery
+from bot.errors import ConfigurationError
+from bot.inbox import ReplyInbox
+from bot.queries import TaskQueries
+from bot.reconcile import ProgressProbe, Reconciler
+from bot.registry import AgentRegistry
+from bot.runtime.models import ModelFactory
+from bot.runtime.runner import AgentRunner, RunnerSettings
+from bot.secrets import SecretBox
+from bot.settings import Settings
+from bot.signal import ChangeSignal, Queued
+from bot.supervisor import Supervisor
+from bot.tools import TaskTools, ToolsFor, build_tool_server, make_caller_factory
+from channels.health import Check, database_check, health_routes
+from channels.mcp.asgi import AsgiMount
+from channels.mcp.server import MCP_PATH, McpHttpServer, build_mcp_app, build_mcp_server
+from channels.slack.adapter_http import slack_routes
+from channels.slack.app import build_bolt_app
+from channels.slack.client import AuthCheck, close_client, missing_settings, web_client
+from channels.slack.delivery import SlackDeliverer
+from channels.slack.events import store_replies
+from channels.slack.gateway import SlackGateway
+from channels.slack.probe import SlackThreadProbe
+from channels.slack.services import AdminCheck, SlackServices
+from channels.slack.socket_mode import build_socket_client
+from channels.slack.thread_status import SlackThreadStatus
+from scheduler.jobs import build_scheduler
+from store.database import create_engine, is_transient
+from store.migrate import current_revision, head_revision, upgrade
+from store.repository import SqlStore
+
+logger = structlog.get_logger(__name__)
+
+#: At shutdown, how long acknowledged work (thread posts waiting to be stored) may take.
+SHUTDOWN_DRAIN_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """What tests, benchmarks and the sandbox may replace; production uses the defaults."""
+
+    clock: Clock = utc_now
+    new_key: Callable[[], str] = new_key
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    #: Replaces Slack's thread probe in the reconcile (None: Slack's, when Slack is wired).
+    probe: ProgressProbe | None = None
+    reconcile_batch: int = 1000
+    #: This process's name on the claims it takes (None: host and pid).
+    worker: str | None = None
+    #: The HTTP port (None: PORT; 0: any free port).
+    port: int | None = None
+    #: Run outbox delivery and the agent runner in the background (tests drive them by hand).
+    run_loops: bool = True
+
+
+def worker_id() -> str:
+    """This process's name on the claims it takes: host and pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Core:
+    """The use cases over one database, with no chat platform or agent runtime attached."""
+
+    settings: Settings
+    engine: AsyncEngine
+    store: SqlStore
+    clock: Clock
+    signal: ChangeSignal
+    board: Board
+    registry: AgentRegistry
+    work: AgentWork
+    queries: TaskQueries
+    reconciler: Reconciler
+
+    @property
+    def tools_for(self) -> ToolsFor:
+        """The agent tool set as one agent sees it (pinned to an epoch for a built-in run)."""
+        return make_caller_factory(self.store, self.board, self.work, self.clock, self.signal)
+
+
+def build_reconciler(
+    store: SqlStore,
+    settings: Settings,
+    signal: ChangeSignal,
+    overrides: Overrides,
+    probe: ProgressProbe | None,
+) -> Reconciler:
+    """The one reconcile: the service's, the CLI's and the tests' are built here."""
+    return Reconciler(
+        store,
+        overrides.clock,
+        settings.lease_policy,
+        overrides.new_key,
+        probe=overrides.probe or probe,
+        batch_size=overrides.reconcile_batch,
+        notify=signal.notify,
+    )
+
+
+ProbeFor = Callable[[Board, AgentRegistry], ProgressProbe]
+
+
+def _build_core(
+    settings: Settings, engine: AsyncEngine, overrides: Overrides, probe_for: ProbeFor | None
+) -> Core:
+    store = SqlStore(engine)
+    clock = overrides.clock
+    signal = ChangeSignal()
+    policy = settings.lease_policy
+    secret = settings.secret_key.get_secret_value() if settings.secret_key else ""
+    board = Board(store, clock, policy, overrides.new_key, notify=signal.notify)
+    registry = AgentRegistry(store, clock, SecretBox(secret) if secret else None)
+    probe = probe_for(board, registry) if probe_for else None
+    return Core(
+        settings=settings,
+        engine=engine,
+        store=store,
+        clock=clock,
+        signal=signal,
+        board=board,
+        registry=registry,
+        work=AgentWork(store, clock, overrides.new_key, notify=signal.notify),
+        queries=TaskQueries(store, clock, policy),
+        reconciler=build_reconciler(store, settings, signal, overrides, probe),
+    )
+
+
+@asynccontextmanager
+async def open_core(settings: Settings, overrides: Overrides | None = None) -> AsyncIterator[Core]:
+    """Opens the database and builds the use cases (for the CLI and tests); closes the engine."""
+    engine = create_engine(settings.database_url)
+    try:
+        yield _build_core(settings, engine, overrides or Overrides(), None)
+    finally:
+        await engine.dispose()
+
+
+async def migrate(core: Core, revision: str = "head") -> None:
+    """Applies the database migrations up to ``revision``."""
+    await upgrade(core.engine, revision)
+
+
+async def schema_revisions(core: Core) -> tuple[str | None, str]:
+    """The revision the database is at (None before any) and the one this code needs."""
+    return await current_revision(core.engine), head_revision()
+
+
+class SlackNotConfigured(Exception):
+    """Slack credentials are missing; the message names them and where to get them."""
+
+
+def check_slack_settings(settings: Settings, socket_mode: bool) -> None:
+    """Raises SlackNotConfigured naming every missing variable for this mode."""
+    missing = missing_settings(settings, socket_mode)
+    if missing:
+        raise SlackNotConfigured(
+            f"{', '.join(missing)} not set: create the Slack app from manifest.yml and set them "
+            "(README, 'Create the Slack app')."
+        )
+
+
+@dataclass
+class Slack:
+    """The Slack adapter as wired: client, gateway, delivery and the runner's thread status."""
+
+    client: AsyncWebClient
+    auth: AuthCheck
+    gateway: SlackGateway
+    delivery: OutboxDelivery
+    thread_status: SlackThreadStatus
+    socket: SocketModeClient | None = None
+
+
+@dataclass
+class Service:
+    """Everything ``serve`` runs, started; tests reach into it to drive work by hand."""
+
+    core: Core
+    #: Short-lived background work (App Home renders, storing thread posts, agent runs).
+    supervisor: Supervisor
+    slack: Slack | None
+    runner: AgentRunner
+    scheduler: AsyncIOScheduler
+    #: The HTTP server's base URL, e.g. ``http://127.0.0.1:3000``.
+    url: str
+    #: Where external agents connect (None when the MCP endpoint is off).
+    mcp_url: str | None
+
+
+@asynccontextmanager
+async def open_service(
+    settings: Settings, overrides: Overrides | None = None, socket_mode: bool = False
+) -> AsyncIterator[Service]:
+    """Builds and starts the whole service; on exit closes it all, in reverse order.
+
+    Slack is wired when SLACK_BOT_TOKEN is set (``serve`` insists on it); with
+    ``socket_mode``, events come over Socket Mode instead of HTTP.
+    """
+    overrides = overrides or Overrides()
+    worker = overrides.worker or worker_id()
+    async with AsyncExitStack() as stack:
+        engine = create_engine(settings.database_url)
+        stack.push_async_callback(engine.dispose)
+        await upgrade(engine)
+        client = web_client(settings) if settings.slack_bot_token else None
+        if client is not None:
+            stack.push_async_callback(close_client, client)
+        probe_for = _slack_probe(client, overrides.clock) if client else None
+        core = _build_core(settings, engine, overrides, probe_for)
+        supervisor, loops = Supervisor(), Supervisor()
+        stack.push_async_callback(loops.close)
+        slack = (
+            _wire_slack(core, client, supervisor, worker, overrides, socket_mode)
+            if client
+            else None
+        )
+        stack.push_async_callback(_drain, supervisor)
+        runner, models = _wire_runner(core, supervisor, worker, slack)
+        stack.push_async_callback(models.close)
+        stack.push_async_callback(runner.close)
+        scheduler = build_scheduler(
+            core.reconciler,
+            settings.reconcile_interval,
+            slack.gateway.prune_inbound_event_ids if slack else None,
+        )
+        mcp_app = build_mcp_app(
+            build_mcp_server(core.registry, core.tools_for), core.registry, settings.host
+        )
+        mount = AsgiMount(mcp_app, MCP_PATH) if settings.mcp_port is None else None
+        web_app = web.Application()
+        web_app.add_routes(health_routes(_readiness(core, scheduler, slack)))
+        if slack is not None:
+            web_app.add_routes(slack_routes(slack.gateway))
+        if mount is not None:
+            web_app.add_routes(mount.routes())
+        scheduler.start()
+        stack.callback(_stop_scheduler, scheduler)
+        if mount is not None:
+            await mount.start()
+            stack.push_async_callback(mount.close)
+        mcp_url = None
+        if settings.mcp_port:
+            separate = McpHttpServer(mcp_app, settings.host, settings.mcp_port)
+            await separate.start()
+            stack.push_async_callback(separate.close)
+            mcp_url = f"http://{settings.host}:{separate.port}{MCP_PATH}"
+        http = web.AppRunner(web_app, access_log=None)
+        await http.setup()
+        stack.push_async_callback(http.cleanup)  # no more requests: what was acked finishes next
+        port = settings.port if overrides.port is None else overrides.port
+        site = web.TCPSite(http, settings.host, port)
+        await site.start()
+        url = f"http://{settings.host}:{_bound_port(site)}"
+        if mount is not None:
+            mcp_url = url + MCP_PATH
+        if slack is not None and slack.socket is not None:
+            await slack.socket.connect()  # type: ignore[no-untyped-call]  # untyped in slack_sdk
+            stack.push_async_callback(slack.socket.close)
+        if overrides.run_loops:
+            if slack is not None:
+                loops.spawn(slack.delivery.run(), name="outbox-delivery")
+            loops.spawn(runner.run(), name="agent-runner")
+        logger.info("serve.started", url=url, mcp_url=mcp_url, slack=slack is not None)
+        yield Service(core, supervisor, slack, runner, scheduler, url, mcp_url)
+    logger.info("serve.stopped")
+
+
+def _slack_probe(client: AsyncWebClient, clock: Clock) -> ProbeFor:
+    def probe_for(board: Board, registry: AgentRegistry) -> ProgressProbe:
+        return SlackThreadProbe(client, registry, board, clock)
+
+    return probe_for
+
+
+def _wire_slack(
+    core: Core,
+    client: AsyncWebClient,
+    supervisor: Supervisor,
+    worker: str,
+    overrides: Overrides,
+    socket_mode: bool,
+) -> Slack:
+    """Outbox delivery, the inbox, the Bolt app and its gateway, around the core."""
+    settings = core.settings
+    deliverer = SlackDeliverer(client, core.queries, core.board, core.clock)
+    delivery = OutboxDelivery(core.store, deliverer, core.clock, worker, overrides.delivery)
+    core.signal.subscribe(delivery.wake, to=Queued.OUTBOX)
+
+    inbox = ReplyInbox(partial(store_replies, core.board), supervisor, is_transient=is_transient)
+    services = SlackServices(
+        board=core.board,
+        registry=core.registry,
+        reconciler=core.reconciler,
+        queries=core.queries,
+        clock=core.clock,
+        admins=AdminCheck(client, frozenset(settings.admins)),
+        supervisor=supervisor,
+        inbox=inbox,
+    )
+    secret = settings.slack_signing_secret
+    verifier = SignatureVerifier(secret.get_secret_value()) if secret else None
+    gateway = SlackGateway(build_bolt_app(services, client), core.store, core.clock, verifier)
+    slack = Slack(client, AuthCheck(client), gateway, delivery, SlackThreadStatus(client))
+    if socket_mode:
+        assert settings.slack_app_token is not None
+        token = settings.slack_app_token.get_secret_value()
+        slack.socket = build_socket_client(token, client, gateway)
+    return slack
+
+
+def _wire_runner(
+    core: Core, supervisor: Supervisor, worker: str, slack: Slack | None
+) -> tuple[AgentRunner, ModelFactory]:
+    """The built-in agents' model clients and the runner that claims their wake-ups."""
+    settings = core.settings
+    fallback = settings.anthropic_api_key.get_secret_value() if settings.anthropic_api_key else None
+    models = ModelFactory(core.registry, fallback, settings.anthropic_base_url)
+    runner = AgentRunner(
+        core.store,
+        core.work,
+        core.registry,
+        build_tool_server(_no_remote_callers),
+        core.tools_for,
+        models,
+        core.clock,
+        supervisor,
+        worker,
+        RunnerSettings(max_steps=settings.agent_max_steps),
+        slack.thread_status if slack else None,
+    )
+    core.signal.subscribe(runner.wake, to=Queued.WAKEUPS)
+    return runner, models
+
+
+async def _no_remote_callers(_headers: Mapping[str, str] | None) -> TaskTools:
+    """The runner's tool server only lists the tools; nothing calls it over the network."""
+    raise ConfigurationError("the built-in runtime's tool server takes no remote calls")
+
+
+def _readiness(core: Core, scheduler: AsyncIOScheduler, slack: Slack | None) -> dict[str, Check]:
+    async def scheduler_running() -> bool:
+        return bool(scheduler.running)
+
+    checks: dict[str, Check] = {
+        "database": database_check(core.store),
+        "scheduler": scheduler_running,
+    }
+    if slack is not None:
+        checks["slack"] = slack.auth
+    return checks
+
+
+async def _drain(supervisor: Supervisor) -> None:
+    """Finishes acknowledged work for a bounded time, then cancels what is left. What is cut
+    off is found again by the reconcile's thread probe."""
+    try:
+        async with asyncio.timeout(SHUTDOWN_DRAIN_SECONDS):
+            await supervisor.drain()
+    except TimeoutError:
+        logger.warning("serve.drain_timed_out", seconds=SHUTDOWN_DRAIN_SECONDS)
+    await supervisor.close()
+
+
+def _stop_scheduler(scheduler: AsyncIOScheduler) -> None:
+    if scheduler.running:
+        scheduler.shutdown(wait=False)
+
+
+def _bound_port(site: web.TCPSite) -> int:
+    server = site._server  # aiohttp keeps the listening server here once started
+    sockets = getattr(server, "sockets", None) or []
+    return int(sockets[0].getsockname()[1]) if sockets else 0
+
+
+async def serve(
+    settings: Settings,
+    stop: asyncio.Event | None = None,
+    socket_mode: bool = False,
+    overrides: Overrides | None = None,
+) -> None:
+    """Runs the service until SIGINT or SIGTERM (or ``stop``), then closes it cleanly."""
+    check_slack_settings(settings, socket_mode)
+    stop = stop or _stop_on_signals()
+    async with open_service(settings, overrides, socket_mode):
+        await stop.wait()
+
+
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM, for a clean shutdown."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signals.SIGINT, signals.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
