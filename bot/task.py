@@ -10,6 +10,10 @@ from bot.errors import InvalidInput
 from bot.status import LEASED_STATUSES, TaskStatus
 
 _REF = re.compile(r"^\s*(?P<channel>[A-Z0-9]+)\s*#\s*(?P<number>\d+)\s*$")
+#: The highest task number a channel can reach (the database stores it as a 32-bit integer).
+MAX_TASK_NUMBER = 2**31 - 1
+#: The longest channel id stored.
+MAX_CHANNEL_ID = 32
 
 
 @dataclass(frozen=True, order=True)
@@ -18,6 +22,14 @@ class TaskRef:
 
     channel_id: str
     number: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.number <= MAX_TASK_NUMBER:
+            raise InvalidInput(
+                f"`{self.number}` is not a task number: tasks are numbered 1 to {MAX_TASK_NUMBER}."
+            )
+        if len(self.channel_id) > MAX_CHANNEL_ID:
+            raise InvalidInput(f"`{self.channel_id[:40]}…` is not a channel id.")
 
     def __str__(self) -> str:
         return f"{self.channel_id}#{self.number}"

@@ -59,6 +59,25 @@ def parse_body(raw: str, content_type: str) -> dict[str, Any] | None:
         return None
 
 
+def _id_fields_well_typed(body: dict[str, Any]) -> bool:
+    """Whether every channel and user in the payload (and its event) is an id or an object
+    with a string id, as Slack sends them; Bolt's own extraction raises on anything else."""
+    parts = [body]
+    event = body.get("event")
+    if isinstance(event, dict):
+        parts += [event] + [event[k] for k in ("item", "message") if isinstance(event.get(k), dict)]
+    elif event is not None:
+        return False
+    for part in parts:
+        for key in ("channel", "user"):
+            value = part.get(key)
+            if value is None or isinstance(value, str):
+                continue
+            if not (isinstance(value, dict) and isinstance(value.get("id", ""), str)):
+                return False
+    return True
+
+
 @dataclass
 class SlackGateway:
     """Hands a raw Slack request to Bolt, exactly once per event."""
@@ -97,6 +116,8 @@ class SlackGateway:
         headers: dict[str, str | Sequence[str]] | None = None,
     ) -> BoltResponse:
         """Hands a parsed payload to Bolt, once per event."""
+        if not _id_fields_well_typed(body):
+            return _error(400, "malformed Slack payload: a channel or user is not an id")
         event_id = _event_id(body)
         if event_id and not await self.event_ids.remember_inbound_event(event_id, self.clock()):
             logger.info("slack.redelivery_ignored", event_id=event_id)
@@ -106,7 +127,13 @@ class SlackGateway:
         # slash command saying "payload" (or sent from a channel or by a user so named) would
         # be lost. A parsed body is what Bolt's "socket_mode" takes; Bolt reads the mode only to
         # skip its signature check, which the gateway has done, and to copy the request.
-        request = AsyncBoltRequest(body=body, query=query, headers=headers, mode="socket_mode")
+        try:
+            request = AsyncBoltRequest(body=body, query=query, headers=headers, mode="socket_mode")
+        except (TypeError, AttributeError, ValueError):
+            # Building the request reads ids (channel, user, team ...) out of the payload; one
+            # of the wrong type (a number for a channel) is a malformed payload, not our error.
+            logger.warning("slack.malformed_payload", type=body.get("type"))
+            return _error(400, "malformed Slack payload: an id field has the wrong type")
         response = await self.app.async_dispatch(request)
         if event_id and response.status >= 500:
             await self.event_ids.forget_inbound_event(event_id)

@@ -113,3 +113,35 @@ async def test_event_ids_are_remembered_for_a_day_then_forgotten(service: Harnes
     assert await service.prune_inbound_event_ids() == 0
     service.clock.advance(24 * 3600)
     assert await service.prune_inbound_event_ids() == 1
+
+
+async def test_a_task_number_too_large_for_the_database_gets_a_readable_reply(
+    service: Harness,
+) -> None:
+    await service.command("new Real task")
+    for sub in ("show", "log", "cancel"):
+        reply = await service.command(f"{sub} 99999999999999999999999")
+        assert "is not a task number: tasks are numbered 1 to 2147483647" in reply
+        assert f"Usage: `/task {sub} <N>`" in reply
+    assert (await service.task(1)).status.value == "todo"
+
+
+@pytest.mark.parametrize("channel", [12345, ["C1"], {"id": 7}], ids=["number", "list", "dict"])
+async def test_a_signed_message_event_whose_channel_is_not_a_string_changes_nothing(
+    service: Harness, channel: object
+) -> None:
+    await service.command("new Real task")
+    await service.deliver()
+    event = {
+        "type": "message",
+        "channel": channel,
+        "user": "UALICE01",
+        "text": "hello",
+        "ts": "1700000001.000100",
+        "thread_ts": (await service.task(1)).thread_ts,
+    }
+    body = json.dumps({"type": "event_callback", "event_id": "EvBAD", "event": event})
+    response = await service.post(body, "application/json")
+    assert response.status == 400
+    async with service.core.store.read() as reader:
+        assert await reader.list_messages(1) == []
