@@ -4,18 +4,20 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
 from bot.agents import AgentKind
 from bot.errors import DomainError
 from bot.logging import configure_logging
-from bot.root import Core, migrate, open_core, schema_revisions
 from bot.settings import Settings, SettingsError, load_settings
 from bot.status import parse_status
 from bot.task import TaskRef
 from bot.views import agent_view, task_detail_view, task_view
+
+if TYPE_CHECKING:  # the composition root (and the service's weight) loads only when a command runs
+    from bot.root import Core
 
 T = TypeVar("T")
 
@@ -26,6 +28,9 @@ agents_app = typer.Typer(no_args_is_help=True, help="Inspect and register agents
 app.add_typer(db_app, name="db")
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(agents_app, name="agents")
+
+#: Where ``threadwork serve`` answers MCP by default: /mcp on its own port.
+DEFAULT_MCP_URL = "http://127.0.0.1:3000/mcp"
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -44,8 +49,10 @@ def settings_or_exit() -> Settings:
         fail(str(exc), code=2)
 
 
-def run_with_core(work: Callable[[Core], Awaitable[T]], *, migrated: bool = True) -> T:
+def run_with_core(work: "Callable[[Core], Awaitable[T]]", *, migrated: bool = True) -> T:
     """Runs ``work`` against an opened core; domain errors become ``error:`` lines, exit 1."""
+    from bot.root import open_core
+
     settings = settings_or_exit()
 
     async def main() -> T:
@@ -60,8 +67,10 @@ def run_with_core(work: Callable[[Core], Awaitable[T]], *, migrated: bool = True
         fail(exc.message)
 
 
-async def _require_current_schema(core: Core) -> None:
+async def _require_current_schema(core: "Core") -> None:
     """Stops with a clear line unless the schema is at this code's head revision."""
+    from bot.root import schema_revisions
+
     current, head = await schema_revisions(core)
     if current is None:
         fail("the database has no schema yet; run `threadwork db upgrade` first.")
@@ -113,7 +122,9 @@ def serve_command(
 def db_upgrade(revision: str = "head") -> None:
     """Applies the database migrations."""
 
-    async def work(core: Core) -> None:
+    from bot.root import migrate
+
+    async def work(core: "Core") -> None:
         await migrate(core, revision)
 
     run_with_core(work, migrated=False)
@@ -133,7 +144,7 @@ def tasks_list(
         except DomainError as exc:
             fail(exc.message, code=2)
 
-    async def work(core: Core) -> list[Any]:
+    async def work(core: "Core") -> list[Any]:
         return (await core.queries.list_tasks(wanted)).tasks
 
     tasks = run_with_core(work)
@@ -150,7 +161,7 @@ def tasks_list(
 def tasks_show(ref: str, as_json: JsonFlag = False) -> None:
     """Shows one task with its event log and thread messages."""
 
-    async def work(core: Core) -> dict[str, Any]:
+    async def work(core: "Core") -> dict[str, Any]:
         detail = await core.queries.task_detail(TaskRef.parse(ref))
         return task_detail_view(detail)
 
@@ -175,7 +186,7 @@ def tasks_show(ref: str, as_json: JsonFlag = False) -> None:
 def agents_list(as_json: JsonFlag = False) -> None:
     """Lists registered agents; keys are shown only as configured or not."""
 
-    async def work(core: Core) -> list[Any]:
+    async def work(core: "Core") -> list[Any]:
         return await core.registry.list_agents()
 
     agents = run_with_core(work)
@@ -210,7 +221,7 @@ def agents_add(
 ) -> None:
     """Registers an agent (or updates one of the same name)."""
 
-    async def work(core: Core) -> Any:
+    async def work(core: "Core") -> Any:
         return await core.registry.add_agent(
             name, kind, display_name, slack_user_id=slack_user_id, slack_bot_id=slack_bot_id
         )
@@ -228,7 +239,7 @@ def agents_set_key(name: str) -> None:
         else typer.prompt("API key", hide_input=True)
     )
 
-    async def work(core: Core) -> None:
+    async def work(core: "Core") -> None:
         await core.registry.set_api_key(name, api_key)
 
     run_with_core(work)
@@ -237,20 +248,26 @@ def agents_set_key(name: str) -> None:
 
 @app.command("mcp")
 def mcp_bridge(
-    url: Annotated[str, typer.Option(help="threadwork's MCP endpoint, e.g. http://host:3001/mcp")],
     token: Annotated[
         str,
         typer.Option(
             envvar="THREADWORK_MCP_TOKEN", help="The agent's token (or THREADWORK_MCP_TOKEN)."
         ),
     ],
+    url: Annotated[
+        str,
+        typer.Option(
+            envvar="THREADWORK_MCP_URL",
+            help="threadwork's MCP endpoint (or THREADWORK_MCP_URL): /mcp on the service's port.",
+        ),
+    ] = DEFAULT_MCP_URL,
 ) -> None:
     """Serves threadwork's agent tools over stdio, for MCP clients that launch a command."""
-    from channels.mcp.bridge import run_stdio_bridge  # the MCP client's weight
+    from bot.root import bridge_stdio
 
     if not url.startswith(("http://", "https://")):
         fail("--url must be an http(s) URL of threadwork's MCP endpoint.", code=2)
-    asyncio.run(run_stdio_bridge(url, token))
+    asyncio.run(bridge_stdio(url, token))
 
 
 def main() -> None:

@@ -45,6 +45,7 @@ from bot.supervisor import Supervisor
 from bot.tools import TaskTools, ToolsFor, build_tool_server, make_caller_factory
 from channels.health import Check, database_check, health_routes
 from channels.mcp.asgi import AsgiMount
+from channels.mcp.bridge import run_stdio_bridge
 from channels.mcp.server import MCP_PATH, McpHttpServer, build_mcp_app, build_mcp_server
 from channels.slack.adapter_http import slack_routes
 from channels.slack.app import build_bolt_app
@@ -266,6 +267,9 @@ async def open_service(
             web_app.add_routes(slack_routes(slack.gateway))
         if mount is not None:
             web_app.add_routes(mount.routes())
+            # Once the server stops listening, MCP's long polls and streams end first, so the
+            # server's wait for requests in flight does not wait on them.
+            web_app.on_shutdown.append(lambda _app: mount.close())
         scheduler.start()
         stack.callback(_stop_scheduler, scheduler)
         if mount is not None:
@@ -416,6 +420,12 @@ async def serve(
     stop = stop or _stop_on_signals()
     async with open_service(settings, overrides, socket_mode):
         await stop.wait()
+
+
+async def bridge_stdio(url: str, token: str) -> None:
+    """Serves the agent tools on stdin and stdout, each call relayed to the endpoint at ``url``
+    as the token's agent (for MCP clients that only launch local commands)."""
+    await run_stdio_bridge(url, token)
 
 
 def _stop_on_signals() -> asyncio.Event:
