@@ -84,6 +84,9 @@ class Overrides:
     port: int | None = None
     #: Run outbox delivery and the agent runner in the background (tests drive them by hand).
     run_loops: bool = True
+    #: Wake the runner when a commit queues a wake-up (benchmarks turn it off to measure the
+    #: runner on its poll alone).
+    runner_wakes_on_commit: bool = True
 
 
 def worker_id() -> str:
@@ -134,9 +137,14 @@ def build_reconciler(
 ProbeFor = Callable[[Board, AgentRegistry], ProgressProbe]
 
 
-def _build_core(
-    settings: Settings, engine: AsyncEngine, overrides: Overrides, probe_for: ProbeFor | None
+def build_core(
+    settings: Settings,
+    engine: AsyncEngine,
+    overrides: Overrides | None = None,
+    probe_for: ProbeFor | None = None,
 ) -> Core:
+    """The use cases on an engine the caller owns (and disposes of)."""
+    overrides = overrides or Overrides()
     store = SqlStore(engine)
     clock = overrides.clock
     signal = ChangeSignal()
@@ -164,7 +172,7 @@ async def open_core(settings: Settings, overrides: Overrides | None = None) -> A
     """Opens the database and builds the use cases (for the CLI and tests); closes the engine."""
     engine = create_engine(settings.database_url)
     try:
-        yield _build_core(settings, engine, overrides or Overrides(), None)
+        yield build_core(settings, engine, overrides or Overrides(), None)
     finally:
         await engine.dispose()
 
@@ -214,6 +222,7 @@ class Service:
     supervisor: Supervisor
     slack: Slack | None
     runner: AgentRunner
+    models: ModelFactory
     scheduler: AsyncIOScheduler
     #: The HTTP server's base URL, e.g. ``http://127.0.0.1:3000``.
     url: str
@@ -240,7 +249,7 @@ async def open_service(
         if client is not None:
             stack.push_async_callback(close_client, client)
         probe_for = _slack_probe(client, overrides.clock) if client else None
-        core = _build_core(settings, engine, overrides, probe_for)
+        core = build_core(settings, engine, overrides, probe_for)
         supervisor, loops = Supervisor(), Supervisor()
         stack.push_async_callback(loops.close)
         slack = (
@@ -249,7 +258,7 @@ async def open_service(
             else None
         )
         stack.push_async_callback(_drain, supervisor)
-        runner, models = _wire_runner(core, supervisor, worker, slack)
+        runner, models = _wire_runner(core, supervisor, worker, slack, overrides)
         stack.push_async_callback(models.close)
         stack.push_async_callback(runner.close)
         scheduler = build_scheduler(
@@ -298,7 +307,7 @@ async def open_service(
                 loops.spawn(slack.delivery.run(), name="outbox-delivery")
             loops.spawn(runner.run(), name="agent-runner")
         logger.info("serve.started", url=url, mcp_url=mcp_url, slack=slack is not None)
-        yield Service(core, supervisor, slack, runner, scheduler, url, mcp_url)
+        yield Service(core, supervisor, slack, runner, models, scheduler, url, mcp_url)
     logger.info("serve.stopped")
 
 
@@ -346,7 +355,7 @@ def _wire_slack(
 
 
 def _wire_runner(
-    core: Core, supervisor: Supervisor, worker: str, slack: Slack | None
+    core: Core, supervisor: Supervisor, worker: str, slack: Slack | None, overrides: Overrides
 ) -> tuple[AgentRunner, ModelFactory]:
     """The built-in agents' model clients and the runner that claims their wake-ups."""
     settings = core.settings
@@ -365,7 +374,8 @@ def _wire_runner(
         RunnerSettings(max_steps=settings.agent_max_steps),
         slack.thread_status if slack else None,
     )
-    core.signal.subscribe(runner.wake, to=Queued.WAKEUPS)
+    if overrides.runner_wakes_on_commit:
+        core.signal.subscribe(runner.wake, to=Queued.WAKEUPS)
     return runner, models
 
 

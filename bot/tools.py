@@ -1,33 +1,46 @@
 """The agent tool set, defined once, served through two front doors.
 
-Tools are typed async functions on one MCPServer (docstring = description, hints = schema). The
-MCP front door resolves the caller from its bearer token; the built-in runtime calls the same
-server in-process with the caller pinned in a context variable. Every tool is claim-gated: a
-refused call changes nothing and says why (``superseded`` for a replaced run).
+Every tool is a ``TaskTools`` method returning a typed outcome: ``Done`` with JSON-ready data, or
+``Refused`` with a ``Refusal`` reason (``superseded`` for a replaced run) and a message a person
+can read; a refused call changes nothing. The built-in runtime calls ``TaskTools.call``
+in-process and branches on the reason. The MCP front door (one MCPServer, docstring =
+description, hints = schema) resolves the caller from its bearer token and renders a refusal as
+a tool error whose text starts with the reason.
 """
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from enum import StrEnum
+from typing import Any, ParamSpec
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import ValidationError, validate_call
 
 from bot.agent_work import AgentWork
 from bot.board import Board, check_claim, require_task
 from bot.clock import Clock
-from bot.errors import DomainError, InvalidInput, Superseded
+from bot.errors import (
+    Conflict,
+    DomainError,
+    IllegalTransition,
+    InvalidInput,
+    NotClaimHolder,
+    NotFound,
+    Superseded,
+)
 from bot.ports import Store
 from bot.signal import ChangeSignal
 from bot.status import parse_status
 from bot.task import Actor, Task, TaskRef
 from bot.views import task_view
 
-T = TypeVar("T")
+P = ParamSpec("P")
 
 MAX_WAIT_S = 300.0
 MESSAGES_PER_READ = 50
@@ -39,9 +52,82 @@ update_task_status to move the task: in_progress while working, in_review when d
 a note when stuck. Pass the epoch you were given; a call from a superseded run is refused."""
 
 
+class Refusal(StrEnum):
+    """Why a tool call was refused; its value starts the text an MCP client or a model reads."""
+
+    #: A newer run (lease epoch) holds the task; the caller's run must stop.
+    SUPERSEDED = "superseded"
+    #: The caller does not hold the task's claim (another agent's task, or its claim was cleared).
+    NOT_CLAIMED = "not_claimed"
+    #: The task named does not exist.
+    NOT_FOUND = "not_found"
+    #: The rules forbid it: not in the transition table, or a change only a person may make.
+    NOT_ALLOWED = "not_allowed"
+    #: The call itself is malformed: an unknown tool, a missing or mistyped argument, a bad ref.
+    INVALID = "invalid"
+    #: The task changed meanwhile; try again.
+    CONFLICT = "conflict"
+
+
+@dataclass(frozen=True)
+class Done:
+    """A tool call that succeeded; ``data`` is JSON-ready."""
+
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A tool call that changed nothing, with the reason and a message a person can read."""
+
+    reason: Refusal
+    message: str
+
+    @property
+    def text(self) -> str:
+        """The refusal as one line that starts with its reason (``superseded: ...``)."""
+        prefix = f"{self.reason.value}: "
+        return self.message if self.message.startswith(prefix) else prefix + self.message
+
+
+ToolResult = Done | Refused
+
+#: Each domain error's refusal, by class; any other DomainError is NOT_ALLOWED.
+REFUSALS: Mapping[type[DomainError], Refusal] = {
+    Superseded: Refusal.SUPERSEDED,
+    NotClaimHolder: Refusal.NOT_CLAIMED,
+    NotFound: Refusal.NOT_FOUND,
+    IllegalTransition: Refusal.NOT_ALLOWED,
+    InvalidInput: Refusal.INVALID,
+    Conflict: Refusal.CONFLICT,
+}
+
+
+def refusal_for(error: DomainError) -> Refused:
+    """The refusal ``error`` stands for, chosen by its class, never by its wording."""
+    kinds = (reason for kind, reason in REFUSALS.items() if isinstance(error, kind))
+    return Refused(next(kinds, Refusal.NOT_ALLOWED), error.message)
+
+
+def _tool(method: Callable[P, Awaitable[dict[str, Any]]]) -> Callable[P, Awaitable[ToolResult]]:
+    """Makes ``method`` a tool: its data comes back as Done and a domain error as Refused."""
+
+    @functools.wraps(method)
+    async def tool(*args: P.args, **kwargs: P.kwargs) -> ToolResult:
+        try:
+            return Done(await method(*args, **kwargs))
+        except DomainError as exc:
+            return refusal_for(exc)
+
+    return tool
+
+
 @dataclass
 class TaskTools:
-    """The tool set as one agent sees it; ``epoch`` pins a built-in run to its lease epoch."""
+    """The tool set as one agent sees it; ``epoch`` pins a built-in run to its lease epoch.
+
+    Every tool returns a ToolResult and never raises a DomainError.
+    """
 
     agent: str
     store: Store
@@ -51,11 +137,27 @@ class TaskTools:
     signal: ChangeSignal | None = None
     epoch: int | None = None
 
-    async def list_my_tasks(self) -> list[dict[str, Any]]:
+    async def call(self, name: str, arguments: Mapping[str, object]) -> ToolResult:
+        """Runs the runtime tool ``name`` in-process, its arguments checked against its signature.
+
+        An unknown tool, or arguments that do not fit, are refused as INVALID.
+        """
+        tool = _RUNTIME_CALLS.get(name)
+        if tool is None:
+            known = ", ".join(RUNTIME_TOOLS)
+            return Refused(Refusal.INVALID, f"there is no tool `{name}`; use one of {known}.")
+        try:
+            return await tool(self, **arguments)
+        except ValidationError as exc:
+            return Refused(Refusal.INVALID, _bad_arguments(name, exc))
+
+    @_tool
+    async def list_my_tasks(self) -> dict[str, Any]:
         async with self.store.read() as reader:
             tasks = await reader.list_tasks_claimed_by(self.agent)
-        return [_summary(t) for t in tasks]
+        return {"tasks": [_summary(t) for t in tasks]}
 
+    @_tool
     async def get_task(self, task: str) -> dict[str, Any]:
         """The task, thread messages past the agent's cursor (which then advances), artifacts."""
         ref = TaskRef.parse(task)
@@ -89,15 +191,17 @@ class TaskTools:
             ],
         }
 
+    @_tool
     async def post_update(self, task: str, text: str) -> dict[str, Any]:
         updated = await self.work.post_update(TaskRef.parse(task), self.agent, text, self.epoch)
         return {"ok": True, "task": str(updated.ref), "lease_renewed_at": _iso(updated)}
 
+    @_tool
     async def update_task_status(
         self, task: str, status: str, note: str | None = None, epoch: int | None = None
     ) -> dict[str, Any]:
         if self.epoch is not None and epoch is not None and epoch != self.epoch:
-            raise Superseded(f"superseded: this run holds epoch {self.epoch}, not {epoch}.")
+            raise Superseded(f"this run holds epoch {self.epoch}, not {epoch}.")
         updated = await self.board.update_task_status(
             TaskRef.parse(task),
             parse_status(status),
@@ -107,6 +211,7 @@ class TaskTools:
         )
         return _summary(updated)
 
+    @_tool
     async def add_artifact(
         self, task: str, name: str, kind: str, uri: str | None = None, content: str | None = None
     ) -> dict[str, Any]:
@@ -115,6 +220,7 @@ class TaskTools:
         )
         return {"ok": True, "artifact_id": artifact.id, "name": artifact.name}
 
+    @_tool
     async def wait_for_work(self, timeout_s: float) -> dict[str, Any]:
         """Returns as soon as a directive or a person's message is waiting (or at the timeout)."""
         if not 0 <= timeout_s <= MAX_WAIT_S:
@@ -170,10 +276,29 @@ def _iso(task: Task) -> str | None:
     return task.last_progress_at.isoformat() if task.last_progress_at else None
 
 
-#: The caller of an in-process tool call (the built-in runtime pins itself here).
+def _bad_arguments(name: str, error: ValidationError) -> str:
+    """Names each argument that does not fit (never echoing its value, which may be long)."""
+    problems = "; ".join(
+        f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in error.errors()
+    )
+    return f"bad arguments for {name} ({problems})."
+
+
+#: Tools the built-in runtime offers its models (it is woken by the runner, never waits).
+RUNTIME_TOOLS = ("list_my_tasks", "get_task", "post_update", "update_task_status", "add_artifact")
+
+#: The runtime tools with their arguments validated against their signatures (self passed first).
+_RUNTIME_CALLS: dict[str, Callable[..., Awaitable[ToolResult]]] = {
+    name: validate_call(getattr(TaskTools, name)) for name in RUNTIME_TOOLS
+}
+
+#: Which agent's tools ``build_tool_server``'s server serves when set; nothing in the packages
+#: sets it any more (the runtime calls ``TaskTools.call``). Kept so that callers of the server
+#: in-process (bench/agents_anatomy.py) keep working.
 current_caller: ContextVar[TaskTools | None] = ContextVar("threadwork_tool_caller", default=None)
 
 Resolver = Callable[[Mapping[str, str] | None], Awaitable[TaskTools]]
+ToolsFor = Callable[[str, int | None], TaskTools]
 
 
 def build_tool_server(resolve: Resolver) -> MCPServer:
@@ -190,28 +315,28 @@ def build_tool_server(resolve: Resolver) -> MCPServer:
         except DomainError as exc:
             raise ToolError(exc.message) from None
 
-    async def run(call: Awaitable[T]) -> T:
-        try:
-            return await call
-        except DomainError as exc:
-            prefix = "" if exc.message.startswith(exc.code) else f"{exc.code}: "
-            raise ToolError(prefix + exc.message) from None
+    async def render(call: Awaitable[ToolResult]) -> dict[str, Any]:
+        """Done as structured output; Refused as a tool error starting with its reason."""
+        result = await call
+        if isinstance(result, Refused):
+            raise ToolError(result.text)
+        return result.data
 
     @server.tool()
     async def list_my_tasks(ctx: Context) -> dict[str, Any]:
         """Lists the open tasks you are assigned and hold the claim for."""
-        return {"tasks": await run((await caller(ctx)).list_my_tasks())}
+        return await render((await caller(ctx)).list_my_tasks())
 
     @server.tool()
     async def get_task(task: str, ctx: Context) -> dict[str, Any]:
         """Reads a task you hold (ref like C123#7): its state and lease epoch, the thread messages
         you have not seen yet (your read cursor then moves past them), and its artifacts."""
-        return await run((await caller(ctx)).get_task(task))
+        return await render((await caller(ctx)).get_task(task))
 
     @server.tool()
     async def post_update(task: str, text: str, ctx: Context) -> dict[str, Any]:
         """Posts a progress message in the task's Slack thread under your name; renews your lease."""
-        return await run((await caller(ctx)).post_update(task, text))
+        return await render((await caller(ctx)).post_update(task, text))
 
     @server.tool()
     async def update_task_status(
@@ -220,7 +345,7 @@ def build_tool_server(resolve: Resolver) -> MCPServer:
         """Moves a task you hold: todo, in_progress, in_review, or blocked (with a note saying why).
         done needs a person unless the channel lets agents close. Pass the epoch from your
         directive; a call from a superseded run is refused as superseded."""
-        return await run((await caller(ctx)).update_task_status(task, status, note, epoch))
+        return await render((await caller(ctx)).update_task_status(task, status, note, epoch))
 
     @server.tool()
     async def add_artifact(
@@ -233,24 +358,20 @@ def build_tool_server(resolve: Resolver) -> MCPServer:
     ) -> dict[str, Any]:
         """Attaches a result to a task you hold: a link (uri) or text content, with a name and a
         kind such as pull_request, file, report or log. Counts as progress."""
-        return await run((await caller(ctx)).add_artifact(task, name, kind, uri, content))
+        return await render((await caller(ctx)).add_artifact(task, name, kind, uri, content))
 
     @server.tool()
     async def wait_for_work(ctx: Context, timeout_s: float = 30.0) -> dict[str, Any]:
         """Waits up to timeout_s seconds (max 300) and returns as soon as you have a new directive
         or a person wrote in one of your task threads; an empty list means nothing came."""
-        return await run((await caller(ctx)).wait_for_work(timeout_s))
+        return await render((await caller(ctx)).wait_for_work(timeout_s))
 
     return server
 
 
-#: Tools the built-in runtime offers its models (it is woken by the runner, never waits).
-RUNTIME_TOOLS = ("list_my_tasks", "get_task", "post_update", "update_task_status", "add_artifact")
-
-
 def make_caller_factory(
     store: Store, board: Board, work: AgentWork, clock: Clock, signal: ChangeSignal | None
-) -> Callable[[str, int | None], TaskTools]:
+) -> ToolsFor:
     def factory(agent: str, epoch: int | None = None) -> TaskTools:
         return TaskTools(agent, store, board, work, clock, signal, epoch)
 

@@ -4,13 +4,13 @@ The loop keeps going without a new chat turn until the agent sets in_review, don
 or reaches the step limit (then it says where it stopped and blocks the task). Text the model
 writes for people is posted in the thread. A question is answered by an assumption, or waits for
 a person, per the agent's autonomy mode. When the task is cancelled, reassigned or re-dispatched
-the run stops at its next step and posts nothing more; its late tool calls fail on the epoch.
+the run stops at its next step and posts nothing more: its late tool calls are refused as
+superseded or not_claimed, and the run stops on that reason.
 """
 
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,21 +18,51 @@ import structlog
 
 from bot.agent_work import AgentWork
 from bot.agents import Autonomy
-from bot.errors import DomainError, NotClaimHolder, Superseded
+from bot.errors import NotClaimHolder, Superseded
 from bot.runtime import prompt
 from bot.runtime.model import AgentModel, Message, ModelTurn, ModelUnavailable, ToolCall, ToolSpec
 from bot.task import TaskRef
-from bot.tools import TaskTools, current_caller
+from bot.tools import Done, Refusal, Refused, TaskTools, ToolResult
 from bot.work import WakeReason
 
 logger = structlog.get_logger(__name__)
 
 FINAL_STATUSES = frozenset({"in_review", "done", "blocked"})
+#: Refusals that mean this run no longer holds the task: it stops and posts nothing more.
+STOP_REASONS = frozenset({Refusal.SUPERSEDED, Refusal.NOT_CLAIMED})
 HEARTBEAT_SECONDS = 15.0
 
 
 class RunStopped(Exception):
     """The run no longer holds the task (cancelled, reassigned, re-dispatched)."""
+
+
+class RunRefused(Exception):
+    """A call the run makes on its own behalf was refused for a reason other than stopping."""
+
+
+def _tool_result(call: ToolCall, result: ToolResult) -> dict[str, Any]:
+    """The block the model reads: the data as JSON, or the refusal's line as an error."""
+    if isinstance(result, Refused):
+        content, is_error = result.text, True
+    else:
+        content, is_error = json.dumps(result.data), False
+    return {"type": "tool_result", "tool_use_id": call.id, "content": content, "is_error": is_error}
+
+
+def _stop_if_moved_on(result: ToolResult) -> ToolResult:
+    """Raises RunStopped when ``result`` says the run no longer holds the task."""
+    if isinstance(result, Refused) and result.reason in STOP_REASONS:
+        raise RunStopped(result.text)
+    return result
+
+
+def _data_of(result: ToolResult) -> dict[str, Any]:
+    """The data of a call the run cannot go on without; stops or fails the run otherwise."""
+    _stop_if_moved_on(result)
+    if isinstance(result, Refused):
+        raise RunRefused(result.text)
+    return result.data
 
 
 @dataclass
@@ -50,7 +80,6 @@ class AgentRun:
     system: str
     autonomy: Autonomy
     max_steps: int
-    call_tool: Callable[[str, dict[str, Any]], Awaitable[tuple[str, bool]]]
     messages: list[Message] = field(default_factory=list)
     finished: str | None = None
     #: Set when a person writes in the thread during the run; read at the next step.
@@ -59,11 +88,10 @@ class AgentRun:
 
     async def run(self) -> str:
         """Works the task; returns how the run ended."""
-        token = current_caller.set(self.tools)
         log = logger.bind(task=str(self.ref), agent=self.agent, epoch=self.epoch)
         try:
             return await self._loop()
-        except (RunStopped, NotClaimHolder, Superseded):
+        except (RunStopped, NotClaimHolder, Superseded):  # the errors from await_input's claim
             log.info("run.stopped")
             return "stopped"
         except ModelUnavailable as exc:
@@ -73,11 +101,9 @@ class AgentRun:
                 "the lease will lapse and the task will be re-dispatched."
             )
             return "model_unavailable"
-        finally:
-            current_caller.reset(token)
 
     async def _loop(self) -> str:
-        task = await self.tools.get_task(str(self.ref))
+        task = _data_of(await self.tools.get_task(str(self.ref)))
         handoff = self.reason == WakeReason.REDISPATCH or task["attempts"] > 1
         self.messages = [{"role": "user", "content": prompt.opening(task, self.reason, handoff)}]
         for step in range(1, self.max_steps + 1):
@@ -102,7 +128,7 @@ class AgentRun:
         await self._still_holding()
         if self.inbox.is_set():
             self.inbox.clear()
-            task = await self.tools.get_task(str(self.ref))
+            task = _data_of(await self.tools.get_task(str(self.ref)))
             self.messages.append({"role": "user", "content": prompt.new_messages(task)})
         turn = await self.model.complete(self.system, self.specs, self.messages, self._beat)
         await self._spent(turn)
@@ -117,19 +143,18 @@ class AgentRun:
         return turn
 
     async def _call(self, call: ToolCall) -> dict[str, Any]:
-        text, is_error = await self.call_tool(call.name, call.input)
-        if not is_error and call.name == "update_task_status":
-            status = json.loads(text).get("status") if text.startswith("{") else None
-            if status in FINAL_STATUSES:
+        """Carries out one of the model's tool calls: a final status finishes the run, and a
+        refusal saying the run no longer holds the task stops it."""
+        result = await self.tools.call(call.name, call.input)
+        if isinstance(result, Refused) and result.reason in STOP_REASONS:
+            # About this run's own task, the run stops here; about another task the model
+            # named, it is told and goes on.
+            await self._still_holding()
+        if call.name == "update_task_status" and isinstance(result, Done):
+            status = result.data.get("status")
+            if result.data.get("ref") == str(self.ref) and status in FINAL_STATUSES:
                 self.finished = str(status)
-        if is_error and ("superseded" in text or "not claimed by" in text):
-            raise RunStopped(text)
-        return {
-            "type": "tool_result",
-            "tool_use_id": call.id,
-            "content": text,
-            "is_error": is_error,
-        }
+        return _tool_result(call, result)
 
     async def _assume(self) -> None:
         """Asks the model for its most reasonable assumption, posts it, and goes on."""
@@ -148,16 +173,13 @@ class AgentRun:
     async def _give_up(self) -> str:
         note = f"stopped after {self.max_steps} steps without reaching in_review"
         await self._say(f":octagonal_sign: `{self.agent}` {note}; the last thing it did is above.")
-        await self.tools.update_task_status(str(self.ref), "blocked", note=note)
+        _data_of(await self.tools.update_task_status(str(self.ref), "blocked", note=note))
         return "step_limit"
 
     async def _say(self, text: str) -> None:
-        try:
-            await self.work.post_update(self.ref, self.agent, text, self.epoch)
-        except (NotClaimHolder, Superseded) as exc:
-            raise RunStopped(str(exc)) from exc
-        except DomainError as exc:
-            logger.warning("run.post_refused", task=str(self.ref), error=exc.message)
+        result = _stop_if_moved_on(await self.tools.post_update(str(self.ref), text))
+        if isinstance(result, Refused):
+            logger.warning("run.post_refused", task=str(self.ref), error=result.message)
 
     async def _spent(self, turn: ModelTurn) -> None:
         """Records the turn's tokens; stops the run if the task moved on while the model ran."""

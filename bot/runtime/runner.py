@@ -7,14 +7,12 @@ a fresh one; a person's message during a run is handed to that run at its next s
 """
 
 import asyncio
-import json
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
 
 import structlog
 from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
 
 from bot.agent_work import AgentWork
 from bot.clock import Clock
@@ -28,7 +26,7 @@ from bot.runtime.run import AgentRun
 from bot.signal import work_loop
 from bot.supervisor import Supervisor
 from bot.task import Task
-from bot.tools import RUNTIME_TOOLS, TaskTools
+from bot.tools import RUNTIME_TOOLS, ToolsFor
 from bot.work import Wakeup
 
 logger = structlog.get_logger(__name__)
@@ -64,7 +62,7 @@ class AgentRunner:
         work: AgentWork,
         registry: AgentRegistry,
         tool_server: MCPServer,
-        tools_for: Any,  # Callable[[str, int | None], TaskTools]
+        tools_for: ToolsFor,
         models: ModelFactory,
         clock: Clock,
         supervisor: Supervisor,
@@ -146,20 +144,18 @@ class AgentRunner:
                 task.ref, agent.name, f":warning: {exc.message}", task.lease_epoch
             )
             return
-        tools: TaskTools = self._tools_for(agent.name, task.lease_epoch)
         run = AgentRun(
             ref=task.ref,
             agent=agent.name,
             epoch=task.lease_epoch,
             reason=wakeup.reason,
             model=model,
-            tools=tools,
+            tools=self._tools_for(agent.name, task.lease_epoch),
             work=self._work,
             specs=await self._tool_specs(),
             system=prompt.system_prompt(agent.settings.system_prompt),
             autonomy=agent.settings.autonomy,
             max_steps=self._settings.max_steps,
-            call_tool=self._call_tool,
         )
         job = self._supervisor.spawn(
             self._supervised(task, run), name=f"run:{task.ref}:{task.lease_epoch}"
@@ -188,6 +184,8 @@ class AgentRunner:
                 logger.warning("runner.thread_status_failed", error=type(exc).__name__)
 
     async def _tool_specs(self) -> list[ToolSpec]:
+        """The runtime tools' names, descriptions and input schemas, as the tool server lists
+        them (a run calls its TaskTools directly)."""
         if not self._specs:
             listed = await self._server.list_tools()
             self._specs = [
@@ -196,20 +194,6 @@ class AgentRunner:
                 if t.name in RUNTIME_TOOLS
             ]
         return self._specs
-
-    async def _call_tool(self, name: str, arguments: dict[str, Any]) -> tuple[str, bool]:
-        """Runs one tool in-process as the current run's agent; errors come back as text."""
-        if name not in RUNTIME_TOOLS:
-            return f"unknown tool {name}", True
-        try:
-            result = await self._server.call_tool(name, arguments)
-        except ToolError as exc:
-            return str(exc), True
-        structured = getattr(result, "structured_content", None)
-        if structured is not None:
-            return json.dumps(structured), bool(getattr(result, "is_error", False))
-        texts = [getattr(c, "text", "") for c in getattr(result, "content", [])]
-        return "\n".join(texts), bool(getattr(result, "is_error", False))
 
     async def close(self) -> None:
         """Claims nothing more and cancels the runs under way (their wake-ups are done; the

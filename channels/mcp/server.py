@@ -6,7 +6,7 @@ is scoped to the token's agent.
 
 import asyncio
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bot.errors import DomainError
 from bot.registry import AgentRegistry
-from bot.tools import TaskTools, build_tool_server
+from bot.tools import TaskTools, ToolsFor, build_tool_server
 
 logger = structlog.get_logger(__name__)
 
@@ -34,9 +34,7 @@ def bearer(headers: Mapping[str, str] | None) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def build_mcp_server(
-    registry: AgentRegistry, tools_for: Callable[[str, int | None], TaskTools]
-) -> MCPServer:
+def build_mcp_server(registry: AgentRegistry, tools_for: ToolsFor) -> MCPServer:
     """The tool server whose callers are identified by their bearer token."""
 
     async def resolve(headers: Mapping[str, str] | None) -> TaskTools:

@@ -77,6 +77,15 @@ def payload(result: Any) -> dict[str, Any]:
     return result.structured_content
 
 
+def refusal(result: Any, tool: str) -> str:
+    """An error result's text after the SDK's own ``Error executing tool <name>: `` prefix."""
+    assert result.is_error
+    text: str = result.content[0].text
+    prefix = f"Error executing tool {tool}: "
+    assert text.startswith(prefix), text
+    return text.removeprefix(prefix)
+
+
 async def assigned(world: McpWorld, agent: str = "cursor-bot") -> TaskRef:
     task = await world.board.create_task("C1", "Migrate the billing cron", Actor.user(ALICE))
     await world.board.assign_task(task.ref, agent, ALICE)
@@ -136,36 +145,41 @@ async def test_done_and_cancel_are_for_people_and_blocked_needs_a_reason(world: 
     ref = await assigned(world)
     async with connect(world, world.tokens["cursor-bot"]) as client:
         for status, note, says in [
-            ("done", None, "Only a person can mark a task done"),
-            ("canceled", None, "Agents cannot cancel"),
-            ("blocked", None, "Say why the task is blocked"),
+            ("done", None, "not_allowed: Only a person can mark a task done"),
+            ("canceled", None, "not_allowed: Agents cannot cancel"),
+            ("blocked", None, "invalid: Say why the task is blocked"),
         ]:
             args = {"task": str(ref), "status": status} | ({"note": note} if note else {})
             result = await client.call_tool("update_task_status", args)
-            assert result.is_error
-            assert says in result.content[0].text
+            assert refusal(result, "update_task_status").startswith(says)
     async with world.store.read() as reader:
         task = await reader.get_task(ref)
     assert task is not None
     assert task.status == TaskStatus.TODO
 
 
-async def test_another_agents_task_and_a_superseded_epoch_are_refused(world: McpWorld) -> None:
+async def test_another_agents_task_a_superseded_epoch_and_a_missing_task_are_refused_by_reason(
+    world: McpWorld,
+) -> None:
     theirs = await assigned(world, "codex-bot")
     mine = await assigned(world, "cursor-bot")
     async with connect(world, world.tokens["cursor-bot"]) as client:
         refused = await client.call_tool(
             "post_update", {"task": str(theirs), "text": "let me help"}
         )
-        assert refused.is_error
-        assert "not claimed by `cursor-bot`" in refused.content[0].text
+        assert refusal(refused, "post_update") == (
+            f"not_claimed: {theirs} is not claimed by `cursor-bot`; only its assignee can change it."
+        )
         old_epoch = payload(await client.call_tool("get_task", {"task": str(mine)}))["epoch"]
         await world.board.assign_task(mine, "cursor-bot", ALICE)
         late = await client.call_tool(
             "update_task_status", {"task": str(mine), "status": "in_progress", "epoch": old_epoch}
         )
-        assert late.is_error
-        assert "superseded: epoch 1 of C1#2 was replaced by epoch 2" in late.content[0].text
+        assert refusal(late, "update_task_status").startswith(
+            "superseded: epoch 1 of C1#2 was replaced by epoch 2; "
+        )
+        missing = await client.call_tool("get_task", {"task": "C1#99"})
+        assert refusal(missing, "get_task") == "not_found: There is no task C1#99."
 
 
 @pytest.mark.parametrize("token", [None, "twk_not-a-real-token"], ids=["no-token", "unknown-token"])

@@ -4,12 +4,24 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
 import structlog
 
 from bot.agents import AgentKind, AgentSettings
+from bot.errors import (
+    ConfigurationError,
+    Conflict,
+    DomainError,
+    IllegalTransition,
+    InvalidInput,
+    NotClaimHolder,
+    NotFound,
+    Superseded,
+)
 from bot.outbox import OutboxKind
 from bot.status import TaskStatus
 from bot.task import Actor, EventKind, Task, ThreadMessage
+from bot.tools import Done, Refusal, Refused, TaskTools, make_caller_factory, refusal_for
 from bot.work import WakeReason
 from tests.agents.conftest import ALICE, FALLBACK_KEY, Runtime, open_runtime
 from tests.agents.standins import (
@@ -17,6 +29,7 @@ from tests.agents.standins import (
     Failure,
     Hang,
     OpenAIStandIn,
+    Recorded,
     Reply,
     Text,
     ToolUse,
@@ -376,3 +389,277 @@ async def test_a_closed_runner_stops_its_loop_and_leaves_new_wakeups_for_the_nex
     async with rt.core.store.transaction() as unit:
         left = await unit.consume_wakeups("claude-1", rt.core.clock())
     assert [(w.task_id, w.reason) for w in left] == [(task.id, WakeReason.DIRECTIVE)]
+
+
+def tool_results(request: Recorded) -> list[dict[str, Any]]:
+    """The tool_result blocks a request sent back to the model for its previous turn."""
+    content = request.body["messages"][-1]["content"]
+    return [b for b in content if isinstance(b, dict) and b.get("type") == "tool_result"]
+
+
+async def test_a_refused_tool_call_reaches_the_model_as_an_error_starting_with_its_reason(
+    runtime: Runtime,
+) -> None:
+    rt = runtime
+    task = await rt.assigned()
+    rt.anthropic.script(
+        Reply([status(task, "in_progress")]),
+        Reply([status(task, "done")]),
+        Reply([ToolUse("get_task", {"task": 7}), ToolUse("wait_for_work", {"timeout_s": 1})]),
+        Reply([status(task, "in_review", "PR up")]),
+    )
+    assert await rt.settle() == 1
+    [moved] = tool_results(rt.anthropic.requests[1])
+    assert moved["is_error"] is False
+    assert json.loads(moved["content"])["status"] == "in_progress"
+    [done] = tool_results(rt.anthropic.requests[2])
+    assert done["is_error"] is True
+    assert done["content"].startswith("not_allowed: Only a person can mark a task done")
+    bad_argument, unknown = tool_results(rt.anthropic.requests[3])
+    assert (bad_argument["is_error"], unknown["is_error"]) == (True, True)
+    assert bad_argument["content"].startswith("invalid: bad arguments for get_task (task: ")
+    assert unknown["content"].startswith("invalid: there is no tool `wait_for_work`")
+    assert (await rt.task(task)).status == TaskStatus.IN_REVIEW
+
+
+def reworded(self: DomainError, message: str) -> None:
+    """DomainError.__init__ with every message replaced, so no caller can rely on its wording."""
+    Exception.__init__(self, "lorem ipsum")
+    self.message = "lorem ipsum"
+
+
+#: Who holds the task once it moves on: the same agent at a newer epoch (the run is superseded),
+#: or another agent (the run no longer holds the claim).
+MOVES = {"re-dispatched": "claude-1", "reassigned": "cursor-bot"}
+
+
+@pytest.mark.parametrize("wording", ["as worded", "reworded"])
+@pytest.mark.parametrize("move", sorted(MOVES))
+@pytest.mark.parametrize("late", ["tool-call", "text"])
+async def test_a_run_whose_task_moves_on_after_its_model_call_stops_and_posts_nothing_more(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch, move: str, wording: str, late: str
+) -> None:
+    rt = runtime
+    await rt.core.registry.add_agent("cursor-bot")
+    other = await rt.assigned(title="Another task the agent holds")
+    async with rt.core.store.transaction() as unit:
+        await unit.consume_wakeups("claude-1", rt.core.clock())  # no run for the other task
+    task = await rt.assigned()
+    if wording == "reworded":
+        monkeypatch.setattr(DomainError, "__init__", reworded)
+    record_usage, steps = rt.core.work.record_usage, 0
+
+    async def moves_on_after_the_second_step(*args: Any) -> bool:
+        """The second step's usage check passes; then, before its calls, the task moves on."""
+        nonlocal steps
+        holding = await record_usage(*args)
+        steps += 1
+        if steps == 2:
+            await rt.core.board.assign_task(task.ref, MOVES[move], ALICE)
+        return holding
+
+    monkeypatch.setattr(rt.core.work, "record_usage", moves_on_after_the_second_step)
+    elsewhere = ToolUse("post_update", {"task": str(other.ref), "text": "after being stopped"})
+    first = (
+        ToolUse("post_update", {"task": str(task.ref), "text": "more work"})
+        if late == "tool-call"
+        else Text("more work")
+    )
+    rt.anthropic.script(
+        Reply([Text("first step"), status(task, "in_progress")]),
+        Reply([first, elsewhere]),
+        Reply([status(task, "in_review", "too late")]),
+    )
+    with structlog.testing.capture_logs() as logs:
+        await rt.settle()
+    assert [e["outcome"] for e in logs if e["event"] == "run.finished"] == ["stopped"]
+    assert "run.post_refused" not in [e["event"] for e in logs]
+    assert await posts(rt, task) == ["first step"]
+    assert await posts(rt, other) == []
+    assert len(rt.anthropic.requests) == 2
+    current = await rt.task(task)
+    assert (current.status, current.claimed_by, current.lease_epoch) == (
+        TaskStatus.IN_PROGRESS,
+        MOVES[move],
+        2,
+    )
+
+
+@pytest.mark.parametrize("wording", ["as worded", "reworded"])
+@pytest.mark.parametrize("move", sorted(MOVES))
+async def test_a_run_whose_task_moved_on_before_it_read_it_stops_before_asking_its_model(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch, move: str, wording: str
+) -> None:
+    rt = runtime
+    await rt.core.registry.add_agent("cursor-bot")
+    task = await rt.assigned()
+    if wording == "reworded":
+        monkeypatch.setattr(DomainError, "__init__", reworded)
+    get_api_key = rt.core.registry.get_api_key
+
+    async def moves_on_while_the_runner_looks_up_the_key(agent: str) -> str | None:
+        """The runner has read the task at epoch 1; then, before the run starts, it moves on."""
+        await rt.core.board.assign_task(task.ref, MOVES[move], ALICE)
+        return await get_api_key(agent)
+
+    monkeypatch.setattr(rt.core.registry, "get_api_key", moves_on_while_the_runner_looks_up_the_key)
+    with structlog.testing.capture_logs() as logs:
+        assert await rt.settle() == 1
+    assert [e["outcome"] for e in logs if e["event"] == "run.finished"] == ["stopped"]
+    assert rt.anthropic.requests == []
+    assert await posts(rt, task) == []
+    current = await rt.task(task)
+    assert (current.claimed_by, current.lease_epoch) == (MOVES[move], 2)
+
+
+def tools_of(rt: Runtime, agent: str = "claude-1", epoch: int | None = None) -> TaskTools:
+    """The tool set as ``agent`` sees it in-process, as the runner builds it for a run."""
+    core = rt.core
+    return make_caller_factory(core.store, core.board, core.work, core.clock, core.signal)(
+        agent, epoch
+    )
+
+
+@pytest.mark.parametrize("name", ["wait_for_work", "no_such_tool", "call", "_refs"])
+async def test_an_in_process_call_of_a_tool_the_runtime_does_not_offer_is_invalid(
+    runtime: Runtime, name: str
+) -> None:
+    result = await tools_of(runtime).call(name, {"timeout_s": 0, "task_ids": set()})
+    assert isinstance(result, Refused)
+    assert result.reason == Refusal.INVALID
+    assert result.message.startswith(f"there is no tool `{name}`; use one of list_my_tasks")
+
+
+@pytest.mark.parametrize(
+    ("name", "arguments", "says"),
+    [
+        ("get_task", {"task": 7}, "task: Input should be a valid string"),
+        ("get_task", {}, "task: Missing required argument"),
+        ("post_update", {"task": "C1#1", "text": "hi", "colour": "red"}, "colour: Unexpected"),
+        ("update_task_status", {"task": "C1#1", "status": "todo", "epoch": "soon"}, "epoch: "),
+    ],
+    ids=["wrong-type", "missing", "unexpected", "unparsable"],
+)
+async def test_an_in_process_call_with_a_bad_argument_is_invalid_and_names_it(
+    runtime: Runtime, name: str, arguments: dict[str, Any], says: str
+) -> None:
+    rt = runtime
+    task = await rt.assigned()
+    result = await tools_of(rt).call(name, arguments)
+    assert isinstance(result, Refused)
+    assert result.reason == Refusal.INVALID
+    assert result.message.startswith(f"bad arguments for {name} (")
+    assert says in result.message
+    assert await posts(rt, task) == []
+    assert (await rt.task(task)).status == TaskStatus.TODO
+
+
+async def test_an_in_process_call_on_a_task_the_agent_does_not_hold_is_not_claimed(
+    runtime: Runtime,
+) -> None:
+    rt = runtime
+    task = await rt.assigned("claude-waits")
+    result = await tools_of(rt).call("post_update", {"task": str(task.ref), "text": "mine now"})
+    assert result == Refused(
+        Refusal.NOT_CLAIMED, "C1#1 is not claimed by `claude-1`; only its assignee can change it."
+    )
+    assert await posts(rt, task) == []
+
+
+async def test_an_in_process_call_from_a_replaced_epoch_is_superseded(runtime: Runtime) -> None:
+    rt = runtime
+    task = await rt.assigned()
+    await rt.core.board.assign_task(task.ref, "claude-1", ALICE)
+    result = await tools_of(rt, epoch=1).call(
+        "update_task_status", {"task": str(task.ref), "status": "in_progress"}
+    )
+    assert isinstance(result, Refused)
+    assert result.reason == Refusal.SUPERSEDED
+    assert "epoch 1 of C1#1 was replaced by epoch 2" in result.message
+    assert (await rt.task(task)).status == TaskStatus.TODO
+
+
+async def test_an_in_process_status_call_with_another_epoch_than_the_runs_is_superseded(
+    runtime: Runtime,
+) -> None:
+    rt = runtime
+    task = await rt.assigned()
+    arguments = {"task": str(task.ref), "status": "in_progress", "epoch": 7}
+    result = await tools_of(rt, epoch=1).call("update_task_status", arguments)
+    assert result == Refused(Refusal.SUPERSEDED, "this run holds epoch 1, not 7.")
+    assert result.text == "superseded: this run holds epoch 1, not 7."
+    assert (await rt.task(task)).status == TaskStatus.TODO
+
+
+async def test_an_in_process_call_on_a_missing_task_is_not_found(runtime: Runtime) -> None:
+    result = await tools_of(runtime).call("get_task", {"task": "C1#99"})
+    assert result == Refused(Refusal.NOT_FOUND, "There is no task C1#99.")
+
+
+async def test_a_successful_in_process_call_is_done_with_the_tools_data(runtime: Runtime) -> None:
+    rt = runtime
+    task = await rt.assigned()
+    tools = tools_of(rt, epoch=1)
+    moved = await tools.call("update_task_status", {"task": str(task.ref), "status": "in_progress"})
+    assert isinstance(moved, Done)
+    assert (moved.data["ref"], moved.data["status"], moved.data["epoch"]) == (
+        "C1#1",
+        "in_progress",
+        1,
+    )
+    mine = await tools.call("list_my_tasks", {})
+    assert isinstance(mine, Done)
+    assert [t["ref"] for t in mine.data["tasks"]] == ["C1#1"]
+    assert json.loads(json.dumps(mine.data)) == mine.data
+    assert (await rt.task(task)).status == TaskStatus.IN_PROGRESS
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (Superseded, Refusal.SUPERSEDED),
+        (NotClaimHolder, Refusal.NOT_CLAIMED),
+        (NotFound, Refusal.NOT_FOUND),
+        (IllegalTransition, Refusal.NOT_ALLOWED),
+        (InvalidInput, Refusal.INVALID),
+        (Conflict, Refusal.CONFLICT),
+        (ConfigurationError, Refusal.NOT_ALLOWED),
+        (DomainError, Refusal.NOT_ALLOWED),
+    ],
+)
+def test_each_domain_error_is_refused_for_the_reason_of_its_class_whatever_it_says(
+    error: type[DomainError], reason: Refusal
+) -> None:
+    misleading = "superseded: not claimed by anyone, not found, invalid"
+    assert refusal_for(error(misleading)) == Refused(reason, misleading)
+    assert refusal_for(error("it changed")).text == f"{reason}: it changed"
+
+
+async def test_a_refusal_about_another_task_is_told_to_the_model_and_the_run_goes_on(
+    runtime: Runtime,
+) -> None:
+    rt = runtime
+    await rt.core.registry.add_agent("outsider")  # external: no run of its own
+    mine = await rt.assigned("claude-1", "Mine")
+    theirs = await rt.assigned("outsider", "Someone else's")
+    rt.anthropic.script(
+        Reply([ToolUse("post_update", {"task": str(theirs.ref), "text": "Hijack"})]),
+        Reply([status(theirs, "in_review")]),
+        Reply([Text("Back to my own."), status(mine, "in_review", "done")]),
+    )
+    assert await rt.runner.run_once() == 1
+    [handle] = rt.runner.active.values()
+    assert await handle.task == "in_review"
+    assert (await rt.task(mine)).status == TaskStatus.IN_REVIEW
+    assert (await rt.task(theirs)).status == TaskStatus.TODO
+    assert await posts(rt, theirs) == []
+    results = [
+        block
+        for request in rt.anthropic.requests
+        for message in request.body["messages"]
+        if message["role"] == "user" and isinstance(message["content"], list)
+        for block in message["content"]
+        if block.get("type") == "tool_result"
+    ]
+    refused = [str(r["content"]) for r in results if r.get("is_error")]
+    assert any(text.startswith("not_claimed:") for text in refused)
