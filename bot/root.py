@@ -14,7 +14,7 @@ import asyncio
 import os
 import signal as signals
 import socket
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -66,6 +66,9 @@ logger = structlog.get_logger(__name__)
 
 #: At shutdown, how long acknowledged work (thread posts waiting to be stored) may take.
 SHUTDOWN_DRAIN_SECONDS = 10.0
+#: At shutdown, how long requests in flight may take once the server stops listening; a stream
+#: still open then (an MCP client's event stream) is ended.
+SHUTDOWN_GRACE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -271,14 +274,12 @@ async def open_service(
         )
         mount = AsgiMount(mcp_app, MCP_PATH) if settings.mcp_port is None else None
         web_app = web.Application()
+        web_app.on_shutdown.append(_end_long_polls(core.signal))
         web_app.add_routes(health_routes(_readiness(core, scheduler, slack)))
         if slack is not None:
             web_app.add_routes(slack_routes(slack.gateway))
         if mount is not None:
             web_app.add_routes(mount.routes())
-            # Once the server stops listening, MCP's long polls and streams end first, so the
-            # server's wait for requests in flight does not wait on them.
-            web_app.on_shutdown.append(lambda _app: mount.close())
         scheduler.start()
         stack.callback(_stop_scheduler, scheduler)
         if mount is not None:
@@ -290,7 +291,7 @@ async def open_service(
             await separate.start()
             stack.push_async_callback(separate.close)
             mcp_url = f"http://{settings.host}:{separate.port}{MCP_PATH}"
-        http = web.AppRunner(web_app, access_log=None)
+        http = web.AppRunner(web_app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
         await http.setup()
         stack.push_async_callback(http.cleanup)  # no more requests: what was acked finishes next
         port = settings.port if overrides.port is None else overrides.port
@@ -309,6 +310,16 @@ async def open_service(
         logger.info("serve.started", url=url, mcp_url=mcp_url, slack=slack is not None)
         yield Service(core, supervisor, slack, runner, models, scheduler, url, mcp_url)
     logger.info("serve.stopped")
+
+
+def _end_long_polls(signal: ChangeSignal) -> Callable[[web.Application], Awaitable[None]]:
+    """Once the server stops listening, agents' ``wait_for_work`` calls answer "nothing came"
+    at once, so the wait for requests in flight does not wait on them."""
+
+    async def on_shutdown(_app: web.Application) -> None:
+        signal.close()
+
+    return on_shutdown
 
 
 def _slack_probe(client: AsyncWebClient, clock: Clock) -> ProbeFor:

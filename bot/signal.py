@@ -35,6 +35,7 @@ class ChangeSignal:
     def __init__(self) -> None:
         self._event = asyncio.Event()
         self._subscribers: list[tuple[Queued | None, Callable[[], None]]] = []
+        self._closed = False
 
     def subscribe(self, callback: Callable[[], None], to: Queued | None = None) -> None:
         self._subscribers.append((to, callback))
@@ -44,11 +45,23 @@ class ChangeSignal:
             if to is None or to in queued:
                 callback()
         self._event.set()
-        self._event = asyncio.Event()
+        if not self._closed:
+            self._event = asyncio.Event()
 
     async def changed(self) -> None:
-        """Returns at the next change; callers bound the wait with ``asyncio.timeout``."""
+        """Returns at the next change, or at once after ``close``; callers bound the wait with
+        ``asyncio.timeout``."""
         await self._event.wait()
+
+    def close(self) -> None:
+        """Wakes every waiter, now and from now on: the process is shutting down, so long waits
+        (an agent's ``wait_for_work``) end instead of holding the shutdown up."""
+        self._closed = True
+        self._event.set()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
 
 async def work_loop(

@@ -13,7 +13,6 @@ import contextlib
 import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ParamSpec
@@ -238,8 +237,8 @@ class TaskTools:
                 ]
                 return {"work": work}
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return {"work": []}
+            if remaining <= 0 or (self.signal is not None and self.signal.closed):
+                return {"work": []}  # nothing came (or this process is shutting down)
             await self._until_change(min(remaining, 1.0))
 
     async def _until_change(self, seconds: float) -> None:
@@ -292,11 +291,6 @@ _RUNTIME_CALLS: dict[str, Callable[..., Awaitable[ToolResult]]] = {
     name: validate_call(getattr(TaskTools, name)) for name in RUNTIME_TOOLS
 }
 
-#: Which agent's tools ``build_tool_server``'s server serves when set; nothing in the packages
-#: sets it any more (the runtime calls ``TaskTools.call``). Kept so that callers of the server
-#: in-process (bench/agents_anatomy.py) keep working.
-current_caller: ContextVar[TaskTools | None] = ContextVar("threadwork_tool_caller", default=None)
-
 Resolver = Callable[[Mapping[str, str] | None], Awaitable[TaskTools]]
 ToolsFor = Callable[[str, int | None], TaskTools]
 
@@ -307,9 +301,6 @@ def build_tool_server(resolve: Resolver) -> MCPServer:
     server = MCPServer(name="threadwork", instructions=INSTRUCTIONS, log_level="WARNING")
 
     async def caller(ctx: Context) -> TaskTools:
-        pinned = current_caller.get()
-        if pinned is not None:
-            return pinned
         try:
             return await resolve(ctx.headers)
         except DomainError as exc:

@@ -2,9 +2,10 @@
 
 import asyncio
 import os
+import socket
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,15 +15,12 @@ import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
-from bot.agent_work import AgentWork
 from bot.board import Board
 from bot.registry import AgentRegistry
-from bot.secrets import SecretBox
-from bot.signal import ChangeSignal
+from bot.root import Overrides, Service, open_service
+from bot.settings import Settings
 from bot.status import TaskStatus
-from bot.task import Actor, LeasePolicy, TaskRef
-from bot.tools import make_caller_factory
-from channels.mcp.server import McpHttpServer, build_mcp_app, build_mcp_server
+from bot.task import Actor, TaskRef
 from store.repository import SqlStore
 from tests.conftest import FakeClock, SequentialKeys
 
@@ -31,33 +29,51 @@ ALICE = "UALICE01"
 
 @dataclass
 class McpWorld:
+    service: Service
     url: str
-    board: Board
-    registry: AgentRegistry
-    store: SqlStore
-    signal: ChangeSignal
     tokens: dict[str, str]
+    stack: AsyncExitStack
+
+    @property
+    def board(self) -> Board:
+        return self.service.core.board
+
+    @property
+    def registry(self) -> AgentRegistry:
+        return self.service.core.registry
+
+    @property
+    def store(self) -> SqlStore:
+        return self.service.core.store
+
+    async def close(self) -> None:
+        """Shuts the service down as SIGTERM would."""
+        await self.stack.aclose()
 
 
-@pytest.fixture
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(params=["main-port", "own-port"])
 async def world(
-    store: SqlStore, clock: FakeClock, policy: LeasePolicy, keys: SequentialKeys
+    request: pytest.FixtureRequest, database_url: str, clock: FakeClock, keys: SequentialKeys
 ) -> AsyncIterator[McpWorld]:
-    signal = ChangeSignal()
-    board = Board(store, clock, policy, keys, notify=signal.notify)
-    work = AgentWork(store, clock, keys, notify=signal.notify)
-    registry = AgentRegistry(store, clock, SecretBox("k"))
-    tokens = {}
-    for name in ("cursor-bot", "codex-bot"):
-        await registry.add_agent(name)
-        tokens[name] = await registry.issue_token(name)
-    server = build_mcp_server(registry, make_caller_factory(store, board, work, clock, signal))
-    http = McpHttpServer(build_mcp_app(server, registry, "127.0.0.1"), "127.0.0.1", 0)
-    await http.start()
-    try:
-        yield McpWorld(f"http://127.0.0.1:{http.port}/mcp", board, registry, store, signal, tokens)
-    finally:
-        await http.close()
+    """The service as ``serve`` builds it, its MCP endpoint at /mcp on the main port, or on a
+    port of its own when THREADWORK_MCP_PORT is set."""
+    own = {"THREADWORK_MCP_PORT": free_port()} if request.param == "own-port" else {}
+    settings = Settings(DATABASE_URL=database_url, THREADWORK_SECRET_KEY="k", **own)
+    overrides = Overrides(clock=clock, new_key=keys, port=0, worker="mcp-test", run_loops=False)
+    async with AsyncExitStack() as stack:
+        service = await stack.enter_async_context(open_service(settings, overrides))
+        tokens = {}
+        for name in ("cursor-bot", "codex-bot"):
+            await service.core.registry.add_agent(name)
+            tokens[name] = await service.core.registry.issue_token(name)
+        assert service.mcp_url is not None
+        yield McpWorld(service, service.mcp_url, tokens, stack)
 
 
 @asynccontextmanager
@@ -244,3 +260,29 @@ async def test_the_stdio_bridge_gives_a_local_client_the_same_tools_as_its_agent
             )
         )
         assert moved["status"] == "in_progress"
+
+
+async def test_the_endpoint_is_where_the_setting_says_and_only_there(world: McpWorld) -> None:
+    main = world.service.url + "/mcp"
+    assert world.url == main if world.service.core.settings.mcp_port is None else world.url != main
+    async with httpx2.AsyncClient() as http:
+        health = await http.get(world.service.url + "/healthz")
+        elsewhere = await http.post(
+            main,
+            json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+            headers={"Authorization": f"Bearer {world.tokens['cursor-bot']}"},
+        )
+    assert health.status_code == 200
+    if world.url != main:
+        assert elsewhere.status_code == 404
+
+
+async def test_a_wait_for_work_in_flight_answers_nothing_came_at_shutdown(world: McpWorld) -> None:
+    async with connect(world, world.tokens["cursor-bot"]) as client:
+        await client.list_tools()  # the client checks results against these, without a request
+        waiting = asyncio.create_task(client.call_tool("wait_for_work", {"timeout_s": 300}))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        async with asyncio.timeout(10):
+            await world.close()
+            assert payload(await waiting) == {"work": []}

@@ -1,12 +1,16 @@
 """The HTTP front door: signatures, malformed bodies, Slack's handshake, health and readiness."""
 
 import json
+import re
 import time
 from urllib.parse import urlencode
 
+import httpx2
 import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
-from tests.slack.conftest import Harness, signed
+from tests.slack.conftest import ADMIN, Harness, signed
 
 
 def command_body(text: str) -> str:
@@ -145,3 +149,21 @@ async def test_a_signed_message_event_whose_channel_is_not_a_string_changes_noth
     assert response.status == 400
     async with service.core.store.read() as reader:
         assert await reader.list_messages(1) == []
+
+
+async def test_agents_reach_mcp_on_the_same_port_as_slacks_events(service: Harness) -> None:
+    reply = await service.command("agent token coder", command="/task-admin", user=ADMIN)
+    token = re.search(r"`(twk_[^`]+)`", reply)
+    assert token is not None, reply
+    await service.command("new Port-sharing task")
+    await service.command("assign 1 coder")
+    assert service.service.mcp_url == service.url + "/mcp"
+    headers = {"Authorization": f"Bearer {token[1]}"}
+    async with (
+        httpx2.AsyncClient(headers=headers) as http,
+        Client(streamable_http_client(service.url + "/mcp", http_client=http)) as client,
+    ):
+        listed = await client.call_tool("list_my_tasks", {})
+    assert not listed.is_error
+    assert isinstance(listed.structured_content, dict)
+    assert [t["ref"] for t in listed.structured_content["tasks"]] == ["C1#1"]
