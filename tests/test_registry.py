@@ -5,18 +5,18 @@ import logging
 
 import pytest
 import structlog
+from pydantic import SecretStr
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.agents import AgentKind, AgentSettings
 from bot.errors import ConfigurationError, InvalidInput, NotFound
 from bot.registry import AgentRegistry
+from bot.root import open_core
 from bot.secrets import SecretBox
 from bot.views import agent_view
-from store.database import create_engine
-from store.repository import SqlStore
 from store.schema import agent_secrets
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, core_settings
 
 SECRET = "sk-ant-test-0123456789-very-secret"
 
@@ -62,17 +62,14 @@ async def test_a_key_is_stored_encrypted_and_survives_a_restart(
         stored = (await conn.execute(select(agent_secrets.c.ciphertext))).scalar_one()
     assert SECRET.encode() not in bytes(stored)
 
-    restarted = create_engine(database_url)
-    try:
-        again = AgentRegistry(SqlStore(restarted), clock, SecretBox("test-secret-key"))
-        assert await again.get_api_key("claude-1") == SECRET
-        [agent] = await again.list_agents()
+    restart = core_settings(database_url)
+    other_key = restart.model_copy(update={"secret_key": SecretStr("another-key")})
+    async with open_core(restart) as again, open_core(other_key) as wrong:
+        assert await again.registry.get_api_key("claude-1") == SECRET
+        [agent] = await again.registry.list_agents()
         assert agent.api_key_configured is True
-        wrong = AgentRegistry(SqlStore(restarted), clock, SecretBox("another-key"))
         with pytest.raises(ConfigurationError, match="THREADWORK_SECRET_KEY differs"):
-            await wrong.get_api_key("claude-1")
-    finally:
-        await restarted.dispose()
+            await wrong.registry.get_api_key("claude-1")
 
 
 async def test_a_key_appears_in_no_log_and_no_view(
