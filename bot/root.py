@@ -26,6 +26,7 @@ from slack_sdk.signature import SignatureVerifier
 from slack_sdk.socket_mode.aiohttp import SocketModeClient
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.types import ASGIApp
 
 from bot.agent_work import AgentWork
 from bot.board import Board, new_key
@@ -245,14 +246,7 @@ async def open_service(
     overrides = overrides or Overrides()
     worker = overrides.worker or worker_id()
     async with AsyncExitStack() as stack:
-        engine = create_engine(settings.database_url)
-        stack.push_async_callback(engine.dispose)
-        await upgrade(engine)
-        client = web_client(settings) if settings.slack_bot_token else None
-        if client is not None:
-            stack.push_async_callback(close_client, client)
-        probe_for = _slack_probe(client, overrides.clock) if client else None
-        core = build_core(settings, engine, overrides, probe_for)
+        core, client = await _open_core_and_client(stack, settings, overrides)
         supervisor, loops = Supervisor(), Supervisor()
         stack.push_async_callback(loops.close)
         slack = (
@@ -273,43 +267,91 @@ async def open_service(
             build_mcp_server(core.registry, core.tools_for), core.registry, settings.host
         )
         mount = AsgiMount(mcp_app, MCP_PATH) if settings.mcp_port is None else None
-        web_app = web.Application()
-        web_app.on_shutdown.append(_end_long_polls(core.signal))
-        web_app.add_routes(health_routes(_readiness(core, scheduler, slack)))
-        if slack is not None:
-            web_app.add_routes(slack_routes(slack.gateway))
-        if mount is not None:
-            web_app.add_routes(mount.routes())
         scheduler.start()
         stack.callback(_stop_scheduler, scheduler)
-        if mount is not None:
-            await mount.start()
-            stack.push_async_callback(mount.close)
-        mcp_url = None
-        if settings.mcp_port:
-            separate = McpHttpServer(mcp_app, settings.host, settings.mcp_port)
-            await separate.start()
-            stack.push_async_callback(separate.close)
-            mcp_url = f"http://{settings.host}:{separate.port}{MCP_PATH}"
-        http = web.AppRunner(web_app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
-        await http.setup()
-        stack.push_async_callback(http.cleanup)  # no more requests: what was acked finishes next
-        port = settings.port if overrides.port is None else overrides.port
-        site = web.TCPSite(http, settings.host, port)
-        await site.start()
-        url = f"http://{settings.host}:{_bound_port(site)}"
-        if mount is not None:
-            mcp_url = url + MCP_PATH
-        if slack is not None and slack.socket is not None:
-            await slack.socket.connect()  # type: ignore[no-untyped-call]  # untyped in slack_sdk
-            stack.push_async_callback(slack.socket.close)
-        if overrides.run_loops:
-            if slack is not None:
-                loops.spawn(slack.delivery.run(), name="outbox-delivery")
-            loops.spawn(runner.run(), name="agent-runner")
+        mcp_url = await _start_mcp(stack, settings, mcp_app, mount)
+        web_app = _web_app(core, scheduler, slack, mount)
+        url = await _start_http(stack, web_app, settings.host, _port(settings, overrides))
+        mcp_url = url + MCP_PATH if mount is not None else mcp_url
+        await _start_intake_and_loops(stack, loops, slack, runner, overrides.run_loops)
         logger.info("serve.started", url=url, mcp_url=mcp_url, slack=slack is not None)
         yield Service(core, supervisor, slack, runner, models, scheduler, url, mcp_url)
     logger.info("serve.stopped")
+
+
+async def _open_core_and_client(
+    stack: AsyncExitStack, settings: Settings, overrides: Overrides
+) -> tuple[Core, AsyncWebClient | None]:
+    """The engine (migrated), the Slack client when Slack is configured, and the use cases."""
+    engine = create_engine(settings.database_url)
+    stack.push_async_callback(engine.dispose)
+    await upgrade(engine)
+    client = web_client(settings) if settings.slack_bot_token else None
+    if client is not None:
+        stack.push_async_callback(close_client, client)
+    probe_for = _slack_probe(client, overrides.clock) if client else None
+    return build_core(settings, engine, overrides, probe_for), client
+
+
+async def _start_mcp(
+    stack: AsyncExitStack, settings: Settings, mcp_app: ASGIApp, mount: AsgiMount | None
+) -> str | None:
+    """Starts the MCP app: mounted on the main server, or on its own port (returns its URL)."""
+    if mount is not None:
+        await mount.start()
+        stack.push_async_callback(mount.close)
+        return None
+    if not settings.mcp_port:
+        return None
+    separate = McpHttpServer(mcp_app, settings.host, settings.mcp_port)
+    await separate.start()
+    stack.push_async_callback(separate.close)
+    return f"http://{settings.host}:{separate.port}{MCP_PATH}"
+
+
+def _web_app(
+    core: Core, scheduler: AsyncIOScheduler, slack: Slack | None, mount: AsgiMount | None
+) -> web.Application:
+    """One HTTP surface: health, Slack's events and the MCP endpoint."""
+    app = web.Application()
+    app.on_shutdown.append(_end_long_polls(core.signal))
+    app.add_routes(health_routes(_readiness(core, scheduler, slack)))
+    if slack is not None:
+        app.add_routes(slack_routes(slack.gateway))
+    if mount is not None:
+        app.add_routes(mount.routes())
+    return app
+
+
+async def _start_http(stack: AsyncExitStack, app: web.Application, host: str, port: int) -> str:
+    """Serves ``app``; returns its base URL (with the port bound, when ``port`` is 0)."""
+    http = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
+    await http.setup()
+    stack.push_async_callback(http.cleanup)  # no more requests: what was acked finishes next
+    site = web.TCPSite(http, host, port)
+    await site.start()
+    return f"http://{host}:{_bound_port(site)}"
+
+
+async def _start_intake_and_loops(
+    stack: AsyncExitStack,
+    loops: Supervisor,
+    slack: Slack | None,
+    runner: AgentRunner,
+    run_loops: bool,
+) -> None:
+    """Connects Socket Mode (closed first at shutdown), then starts delivery and the runner."""
+    if slack is not None and slack.socket is not None:
+        await slack.socket.connect()  # type: ignore[no-untyped-call]  # untyped in slack_sdk
+        stack.push_async_callback(slack.socket.close)
+    if run_loops:
+        if slack is not None:
+            loops.spawn(slack.delivery.run(), name="outbox-delivery")
+        loops.spawn(runner.run(), name="agent-runner")
+
+
+def _port(settings: Settings, overrides: Overrides) -> int:
+    return settings.port if overrides.port is None else overrides.port
 
 
 def _end_long_polls(signal: ChangeSignal) -> Callable[[web.Application], Awaitable[None]]:
