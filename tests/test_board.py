@@ -8,13 +8,13 @@ from bot.board import Board
 from bot.errors import IllegalTransition, InvalidInput, NotClaimHolder, NotFound, Superseded
 from bot.outbox import OutboxKind
 from bot.registry import AgentRegistry
+from bot.root import Core
 from bot.signal import ChangeSignal, Queued
 from bot.status import TaskStatus
 from bot.task import (
     Actor,
     EventKind,
     IncomingReply,
-    LeasePolicy,
     Task,
     TaskRef,
     ThreadMessage,
@@ -356,10 +356,18 @@ async def current(store: SqlStore, task: Task) -> Task:
 
 
 async def test_only_a_commit_that_queued_work_tells_outbox_delivery_and_the_runner(
-    store: SqlStore, registry: AgentRegistry, clock: FakeClock, policy: LeasePolicy
+    core: Core, store: SqlStore, board: Board, registry: AgentRegistry, clock: FakeClock
 ) -> None:
     told: list[set[Queued]] = []
-    board = Board(store, clock, policy, notify=lambda queued: told.append(set(queued)))
+    pending: set[Queued] = set()
+    core.signal.subscribe(lambda: pending.add(Queued.OUTBOX), to=Queued.OUTBOX)
+    core.signal.subscribe(lambda: pending.add(Queued.WAKEUPS), to=Queued.WAKEUPS)
+
+    def commit_seen() -> None:  # called last on every notify: what this commit queued
+        told.append(set(pending))
+        pending.clear()
+
+    core.signal.subscribe(commit_seen)
     await registry.add_agent("coder", slack_user_id="U_CODER")
     task = await board.create_task("C1", "Watch the signal", Actor.user(ALICE))
     await board.assign_task(task.ref, "coder", ALICE)
