@@ -2,9 +2,10 @@
 
 A step of a run is: a claim check before the model call (a read transaction), the streamed model
 request through the SDK (and the INFO line httpx2 logs for it), the usage write, a claim check
-after, and the tool call (post_update through the MCP tool server, its own write transaction).
-Each commit also wakes the runner for a claim pass. The stand-in serves from its own process, so
-only this process's CPU is counted.
+after, and the tool call (post_update through ``TaskTools.call``, in-process as the runtime makes
+it: arguments checked against the tool's signature, its own write transaction). A commit that
+queues a wake-up also wakes the runner for a claim pass. The stand-in serves from its own
+process, so only this process's CPU is counted.
 """
 
 import logging
@@ -13,14 +14,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from mcp.server.mcpserver import MCPServer
-
 from bench.agents_rig import AGENT, Rig, open_rig
 from bench.agents_standin_process import standin_process
-from bot.app import tools_for
 from bot.runtime.model import AgentModel, ToolSpec
 from bot.task import Task
-from bot.tools import RUNTIME_TOOLS, TaskTools, build_tool_server, current_caller
+from bot.tools import RUNTIME_TOOLS, Done, TaskTools, build_tool_server
 from bot.work import Usage
 
 Call = Callable[[int], Awaitable[object]]
@@ -63,32 +61,35 @@ class StepParts:
     task: Task
     model: AgentModel
     specs: list[ToolSpec]
+    #: The run's tool set, pinned to the task's epoch, as the runner builds it.
     caller: TaskTools
-    #: A tool server like the runner's; the runtime calls it in-process with its caller pinned.
-    server: MCPServer
 
     @classmethod
     async def build(cls, rig: Rig, task: Task) -> "StepParts":
         async with rig.core.store.read() as reader:
             agent = await reader.get_agent(AGENT)
         assert agent is not None
-        model = await rig.services.models.for_agent(agent)
-        server = build_tool_server(_unpinned)
+        model = await rig.models.for_agent(agent)
+        # The runner lists its tools from a tool server once, like this; it never calls it.
         specs = [
             ToolSpec(t.name, t.description or "", dict(t.input_schema))
-            for t in await server.list_tools()
+            for t in await build_tool_server(_no_remote_callers).list_tools()
             if t.name in RUNTIME_TOOLS
         ]
-        caller = tools_for(rig.core)(AGENT, task.lease_epoch)
-        return cls(rig, task, model, specs, caller, server)
+        caller = rig.core.tools_for(AGENT, task.lease_epoch)
+        return cls(rig, task, model, specs, caller)
 
     def catalogue(self) -> list[tuple[str, int, Call]]:
         return [
             ("claim check (read transaction, get_task)", 1, self.claim_check),
             ("model request (anthropic SDK, streamed)", 1, self.model_request),
-            ("httpx2 INFO line through the root logger's Rich handler", 1, self.http_log_line),
+            (
+                "httpx2 INFO line (its logger is at WARNING, as serve sets it)",
+                1,
+                self.http_log_line,
+            ),
             ("usage write with the claim check (record_usage transaction)", 1, self.usage_write),
-            ("post_update tool call (MCP tool server, write transaction)", 1, self.tool_call),
+            ("post_update tool call (TaskTools.call, write transaction)", 1, self.tool_call),
             ("runner claim pass finding nothing (run_once)", 0, self.claim_pass),
         ]
 
@@ -109,12 +110,11 @@ class StepParts:
         )
 
     async def tool_call(self, n: int) -> object:
-        token = current_caller.set(self.caller)
-        try:
-            arguments = {"task": str(self.task.ref), "text": f"Step {n}"}
-            return await self.server.call_tool("post_update", arguments)
-        finally:
-            current_caller.reset(token)
+        arguments = {"task": str(self.task.ref), "text": f"Step {n}"}
+        result = await self.caller.call("post_update", arguments)
+        if not isinstance(result, Done):
+            raise AssertionError(f"post_update was refused: {result}")
+        return result
 
     async def claim_pass(self, _n: int) -> int:
         return await self.rig.runner.run_once()
@@ -124,5 +124,5 @@ async def _idle() -> None:
     return None
 
 
-async def _unpinned(_headers: Mapping[str, str] | None) -> TaskTools:
-    raise AssertionError("every tool call here pins its caller")
+async def _no_remote_callers(_headers: Mapping[str, str] | None) -> TaskTools:
+    raise AssertionError("the tool server here only lists the tools")

@@ -78,23 +78,24 @@ def _setting(r: Report) -> str:
             f"- Machine: {m.cpu}, nproc {m.nproc}, {m.ram_gib:.1f} GiB RAM, {m.os}. Load average "
             f"(1, 5, 15 min) at start {m.load_average}, at end {r.load_at_end}.",
             f"- Python {m.python}; {r.versions}.",
-            "- Each part opens a fresh SQLite file (WAL), migrated with `store.migrate.upgrade`, "
-            "and wires the runtime with `open_core(settings, utc_now)` and "
-            "`build_agent_services(core, supervisor, None, worker)` as `serve` does "
-            "(THREADWORK_MCP_PORT=0); one Claude agent; `runner.run()` under the supervisor. "
-            "The real anthropic SDK streams from `tests/agents/standins.AnthropicStandIn` on "
-            "127.0.0.1. Logs at INFO go to a file, as `serve` writes them (structlog, plus the "
-            "stdlib root logger that `MCPServer` configures with a Rich handler at INFO).",
+            "- Each part opens the service on a fresh SQLite file (WAL) from the composition "
+            "root, as `serve` does: `open_service(settings, Overrides(port=0, "
+            'worker="bench-runner", run_loops=False))` (migrations, use cases, agent runner, '
+            "reconcile scheduler, HTTP server; no Slack; THREADWORK_MCP_PORT=0); one Claude "
+            "agent; `runner.run()` under the service's supervisor. The real anthropic SDK "
+            "streams from `tests/agents/standins.AnthropicStandIn` on 127.0.0.1. Logs at INFO "
+            "go to a file, as `serve` writes them (`bot.logging.configure_logging`: structlog "
+            "and stdlib logging, httpx2 at WARNING).",
             "- Steps/s: all tasks are created and assigned first, then `runner.run()` starts; "
             "the clock stops when every run has ended. Each request is answered with post_update "
             "for the task its directive names, `updates` times, then update_task_status "
             "in_review. The stand-in runs in its own process; server CPU is this process's "
             "`time.process_time()` (all threads) over the timed window. Rounds alternate "
-            "between variants: as wired; with the stdlib root logger at WARNING (what "
-            '`MCPServer(log_level="WARNING")` would give); and, for a lone run, with the runner '
-            "wired to a signal nothing notifies, so no commit wakes it (what waking it only for "
-            "commits that enqueue a wake-up would give when, as here, all work is queued "
-            "first).",
+            "between variants: as wired; with the stdlib root logger at WARNING (no library's "
+            "INFO line is formatted); and, for a lone run, with "
+            "`Overrides(runner_wakes_on_commit=False)`, so no commit wakes the runner and it "
+            "claims on its poll (what waking it only for commits that enqueue a wake-up gives "
+            "when, as here, all work is queued first).",
             "- Wake latency: one process and loop; sequential assigns, each timed from "
             "`time.monotonic()` right after `board.assign_task` returns to the stand-in's "
             "`Recorded.at` for that task's first request; each one-step run ends before the "
@@ -214,8 +215,9 @@ def _anatomy(r: Report) -> str:
         if g[0].variant == Variant.AS_WIRED
     )
     rows.append(
-        "\nThe runner makes a claim pass whenever it is woken, that is after any commit in the "
-        f"process. Claim passes per step as wired: {claims} (under load, passes coalesce while "
+        "\nThe runner makes a claim pass whenever it is woken (after a commit that queued a "
+        "wake-up) and on its 1 s poll. Claim passes per step as wired: "
+        f"{claims} (under load, passes coalesce while "
         f"one waits for the writer lock); {r.wake.per_assign(CLAIM_QUERIES):.1f} per assign in "
         "the wake-latency series."
     )

@@ -1,4 +1,5 @@
-"""One core with the built-in runtime, as ``serve`` wires it: a fresh SQLite file, the real clock.
+"""The service as ``serve`` wires it (``bot.root.open_service``), without Slack: a fresh SQLite
+file, the real clock, the built-in runtime and the reconcile scheduler.
 
 The model is whatever stand-in listens at ``anthropic_url``; the MCP front door stays off. SQL
 statements are counted on the engine (``SqlCounter``) so a result can say what a step costs.
@@ -6,7 +7,6 @@ statements are counted on the engine (``SqlCounter``) so a result can say what a
 
 import asyncio
 import contextlib
-import dataclasses
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,16 +17,14 @@ from sqlalchemy import event, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.agents import AgentKind, AgentSettings
-from bot.app import AgentServices, build_agent_services
-from bot.clock import utc_now
-from bot.core import Core, open_core
 from bot.logging import configure_logging
+from bot.root import Core, Overrides, Service, open_service
+from bot.runtime.models import ModelFactory
 from bot.runtime.runner import AgentRunner
 from bot.settings import Settings
 from bot.signal import ChangeSignal
 from bot.supervisor import Supervisor
 from bot.task import Actor, Task
-from store.migrate import upgrade
 from store.schema import tasks
 
 AGENT = "claude-bench"
@@ -84,20 +82,31 @@ class RunWatcher:
 
 @dataclass
 class Rig:
-    """The core, the runner's services and the supervisor that runs them."""
+    """The service as the root built it, with the engine's SQL counted and its runs watched."""
 
-    core: Core
-    supervisor: Supervisor
-    services: AgentServices
+    service: Service
     sql: SqlCounter
     watcher: RunWatcher
 
     @property
+    def core(self) -> Core:
+        return self.service.core
+
+    @property
+    def supervisor(self) -> Supervisor:
+        return self.service.supervisor
+
+    @property
     def runner(self) -> AgentRunner:
-        return self.services.runner
+        return self.service.runner
+
+    @property
+    def models(self) -> ModelFactory:
+        return self.service.models
 
     def start_runner(self) -> None:
-        """Starts ``runner.run()`` in the background, as ``serve`` does."""
+        """Starts ``runner.run()`` in the background, as ``serve`` does (``runner.close`` at
+        the service's exit cancels it before the supervisor drains)."""
         self.supervisor.spawn(self.runner.run(), name="agent-runner")
 
     async def until_finished(self, task_ids: set[int]) -> list[str]:
@@ -120,6 +129,7 @@ def rig_settings(database: Path, anthropic_url: str, max_steps: int) -> Settings
         DATABASE_URL=f"sqlite:///{database}",
         ANTHROPIC_API_KEY="sk-ant-bench-000",
         ANTHROPIC_BASE_URL=anthropic_url,
+        SLACK_BOT_TOKEN=None,
         THREADWORK_MCP_PORT=0,
         THREADWORK_AGENT_MAX_STEPS=max_steps,
     )
@@ -129,27 +139,23 @@ def rig_settings(database: Path, anthropic_url: str, max_steps: int) -> Settings
 async def open_rig(
     database: Path, anthropic_url: str, max_steps: int, wake_on_commit: bool = True
 ) -> AsyncIterator[Rig]:
-    """Migrates ``database``, registers one Claude agent, and wires the runtime; runner stopped.
+    """Opens the service on ``database`` (migrated) with one Claude agent; runner stopped.
 
-    With ``wake_on_commit`` off, the runner is wired to a signal nothing notifies, so it is
-    woken by no commit at all and claims on its 1 s poll: for work that is all queued before the
-    runner starts, that is what waking it only for commits that enqueue a wake-up would cost.
+    With ``wake_on_commit`` off, no commit wakes the runner (``runner_wakes_on_commit``) and it
+    claims on its 1 s poll: for work that is all queued before the runner starts, that is what
+    waking it only for commits that enqueue a wake-up would cost.
     """
     settings = rig_settings(database, anthropic_url, max_steps)
-    async with open_core(settings, utc_now) as core:
-        await upgrade(core.engine)
+    overrides = Overrides(
+        port=0, worker="bench-runner", run_loops=False, runner_wakes_on_commit=wake_on_commit
+    )
+    async with open_service(settings, overrides) as service:
+        core = service.core
         agent_settings = AgentSettings(model=MODEL, max_tokens=1024)
         await core.registry.add_agent(AGENT, AgentKind.CLAUDE, settings=agent_settings)
-        supervisor = Supervisor()
-        wired = core if wake_on_commit else dataclasses.replace(core, signal=ChangeSignal())
-        services = build_agent_services(wired, supervisor, None, "bench-runner")
-        watcher = RunWatcher(services.runner)
+        watcher = RunWatcher(service.runner)
         core.signal.subscribe(watcher.observe)
-        try:
-            yield Rig(core, supervisor, services, SqlCounter().attach(core.engine), watcher)
-        finally:
-            await services.close()
-            await supervisor.close()
+        yield Rig(service, SqlCounter().attach(core.engine), watcher)
 
 
 def log_to(stream: TextIO) -> None:

@@ -24,9 +24,9 @@ class Variant(StrEnum):
 
     #: As ``serve`` wires it.
     AS_WIRED = "as wired"
-    #: The stdlib root logger at WARNING, as ``MCPServer(log_level="WARNING")`` would leave it.
+    #: The stdlib root logger at WARNING, so that no library's INFO line is formatted.
     QUIET_ROOT_LOGGER = "root logger at WARNING"
-    #: The runner woken by no commit (see ``open_rig``), as if only wake-ups woke it.
+    #: The runner woken by no commit, only its poll (``Overrides.runner_wakes_on_commit``).
     NO_COMMIT_WAKE = "runner not woken by commits"
 
 

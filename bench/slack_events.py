@@ -6,11 +6,12 @@ Run from the repository root (two to three minutes; everything stays on 127.0.0.
 
 Two servers run side by side, each in its own spawned process: a bare Bolt AsyncApp (signing
 secret, no-op ``message`` listener, default settings, served by aiohttp through Bolt's adapter)
-and threadwork's own ``serve`` (SQLite file, real clock, default dispatch pacing). This process
-generates the load and runs the Slack Web API stand-in. The events are thread replies by a task's
-assignee, so on threadwork each is verified, de-duplicated, stored, and renews the lease. Both
-servers are warmed up; the closed-loop throughput run alternates between them in rounds, so that
-other load on the machine falls on both alike; then each gets the open-loop steady rate alone.
+and threadwork's own ``bot.root.serve`` (SQLite file, real clock, default outbox delivery
+pacing, MCP at /mcp on the same port). This process generates the load and runs the Slack Web
+API stand-in. The events are thread replies by a task's assignee, so on threadwork each is
+verified, de-duplicated, stored, and renews the lease. Both servers are warmed up; the
+closed-loop throughput run alternates between them in rounds, so that other load on the machine
+falls on both alike; then each gets the open-loop steady rate alone.
 Last, ``/task assign 1 coder`` is sent open-loop to one task per channel, at a sparse and at a
 bursty rate, and timed until the directive's chat.postMessage reaches the stand-in. The results
 go to ``bench/results/slack_events.md`` and stdout.
@@ -54,9 +55,9 @@ from bench.slack_servers import (
     run_bare_bolt,
     run_threadwork,
 )
-from bot.core import open_core
 from bot.delivery import DeliverySettings
 from bot.logging import configure_logging
+from bot.root import open_core
 from bot.task import TaskRef
 from channels.slack.adapter_http import EVENTS_PATH
 from tests.slack.conftest import ALICE, settings_for

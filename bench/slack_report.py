@@ -133,8 +133,9 @@ def _setup(run: Run) -> str:
         "answer never delays the next send). Ack latency runs from the send until the client "
         "has read the whole answer; server CPU is its process's user + system time (all "
         "threads) from /proc, divided by the events sent.",
-        "- threadwork: `bot.app.serve` unchanged (SQLite file in WAL mode, real clock, default "
-        "DeliverySettings, reconcile scheduler running, INFO logs to a file). Per event: "
+        "- threadwork: `bot.root.serve` unchanged (SQLite file in WAL mode, real clock, default "
+        "DeliverySettings, reconcile scheduler running, MCP at /mcp on the same port, INFO "
+        "logs to a file). Per event: "
         "signature check, Bolt dispatch, then the ack; the post goes to the reply inbox, which "
         "stores the posts waiting (up to 200) in one transaction (message insert, de-duplicated "
         "on channel and ts, and the lease renewal). **The database write is inside the measurement:** a "

@@ -19,12 +19,10 @@ from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.app import serve
-from bot.core import open_core
 from bot.logging import configure_logging
+from bot.root import migrate, open_core, serve
 from bot.settings import Settings
 from channels.slack.adapter_http import EVENTS_PATH
-from store.migrate import upgrade
 from tests.slack.conftest import AGENT_USER, SECRET, settings_for
 from tests.slack.standin import TOKEN, SlackStandIn
 
@@ -71,18 +69,19 @@ class TimedStandIn(SlackStandIn):
 
 
 def run_threadwork(database_url: str, slack_url: str, port: int, log_path: str) -> None:
-    """Child process: migrates, registers agent ``coder``, then runs ``serve`` until SIGTERM."""
+    """Child process: migrates, registers agent ``coder``, then runs ``serve`` until SIGTERM.
+
+    The MCP endpoint is served at /mcp on ``port``, as by default.
+    """
     _log_to(log_path)
     configure_logging()  # as `threadwork serve` does
-    # Another server on this machine may hold the default MCP port; take any free one.
-    update = {"port": port, "mcp_port": free_port()}
-    settings = settings_for(database_url, slack_url).model_copy(update=update)
+    settings = settings_for(database_url, slack_url).model_copy(update={"port": port})
     asyncio.run(_seed_and_serve(settings))
 
 
 async def _seed_and_serve(settings: Settings) -> None:
     async with open_core(settings) as core:
-        await upgrade(core.engine)
+        await migrate(core)
         await core.registry.add_agent("coder", display_name="Coder", slack_user_id=AGENT_USER)
     await serve(settings)
 

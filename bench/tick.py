@@ -15,7 +15,14 @@ from bench.backends import settle
 from bench.plans import Plan, TickStatements, capturing, explain
 from bench.population import NOW, POLICY, StaleRows, StaleSet, arm_stale, count_stale
 from bot.reconcile import Reconciler, ReconcileReport
-from store.repository import SqlStore
+from bot.root import Overrides, build_core
+from bot.settings import Settings
+
+#: The service's settings for the benchmark's lease policy (the database is the engine given).
+SETTINGS = Settings(
+    THREADWORK_LEASE_TTL=POLICY.lease_ttl.total_seconds(),
+    THREADWORK_MAX_DISPATCH_ATTEMPTS=POLICY.max_dispatch_attempts,
+)
 
 
 class WrongTick(AssertionError):
@@ -118,13 +125,18 @@ async def _timed_tick(
     """Arms the stale set, then times one tick, recording its statements into ``statements``."""
     stale = await arm_stale(engine, rows)
     await settle(engine)
-    reconciler = Reconciler(SqlStore(engine), lambda: NOW, POLICY)
+    reconciler = _reconciler(engine)
     with capturing(engine, statements):
         wall, cpu = time.perf_counter(), time.process_time()
         report = await reconciler.reconcile_stale_tasks()
         timing = Timing(time.perf_counter() - wall, time.process_time() - cpu)
     await _check(engine, stale, report)
     return stale, timing
+
+
+def _reconciler(engine: AsyncEngine) -> Reconciler:
+    """The service's one reconcile, from the composition root, on a clock fixed at ``NOW``."""
+    return build_core(SETTINGS, engine, Overrides(clock=lambda: NOW)).reconciler
 
 
 async def _check(engine: AsyncEngine, stale: StaleSet, report: ReconcileReport) -> None:
