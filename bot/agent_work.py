@@ -8,6 +8,7 @@ renew the lease; a heartbeat says the agent is alive but is not progress.
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
+from urllib.parse import urlsplit
 
 from bot import outbox
 from bot.board import check_claim, new_key, require_task
@@ -23,6 +24,32 @@ from bot.work import Artifact, Usage
 HEARTBEAT_EVERY = timedelta(seconds=15)
 MAX_POST_CHARS = 3500
 MAX_ARTIFACT_CHARS = 200_000
+MAX_ARTIFACT_NAME = 200
+MAX_ARTIFACT_URI = 2000
+MAX_ARTIFACTS_PER_TASK = 100
+
+
+def check_artifact(name: str, kind: str, uri: str | None, content: str | None) -> None:
+    """Raises InvalidInput naming the limit an artifact is over; nothing is stored then."""
+    if not name.strip() or not kind.strip():
+        raise InvalidInput("An artifact needs a name and a kind.")
+    if len(name.strip()) > MAX_ARTIFACT_NAME or len(kind.strip()) > MAX_ARTIFACT_NAME:
+        raise InvalidInput(
+            f"An artifact's name and kind can be at most {MAX_ARTIFACT_NAME} characters each."
+        )
+    if (uri is None) == (content is None):
+        raise InvalidInput("Give an artifact either a `uri` or `content`, not both or neither.")
+    if uri is not None:
+        scheme = urlsplit(uri.strip()).scheme.lower()
+        if scheme not in ("http", "https") or len(uri) > MAX_ARTIFACT_URI:
+            raise InvalidInput(
+                f"An artifact's `uri` must be an http(s) URL of at most {MAX_ARTIFACT_URI:,} "
+                "characters."
+            )
+    if content is not None and len(content.encode()) > MAX_ARTIFACT_CHARS:
+        raise InvalidInput(
+            f"Artifact content can be at most {MAX_ARTIFACT_CHARS:,} bytes (200 kB)."
+        )
 
 
 class AgentWork:
@@ -75,13 +102,12 @@ class AgentWork:
         epoch: int | None = None,
     ) -> Artifact:
         """Records an artifact (a link or content), announces it in the thread; progress."""
-        if not name.strip() or not kind.strip():
-            raise InvalidInput("An artifact needs a name and a kind.")
-        if (uri is None) == (content is None):
-            raise InvalidInput("Give an artifact either a `uri` or `content`, not both or neither.")
-        if content is not None and len(content) > MAX_ARTIFACT_CHARS:
-            raise InvalidInput(f"Artifact content can be at most {MAX_ARTIFACT_CHARS} characters.")
+        check_artifact(name, kind, uri, content)
         async with self._held(ref, agent, epoch) as (unit, task):
+            if await unit.count_artifacts(task.id) >= MAX_ARTIFACTS_PER_TASK:
+                raise InvalidInput(
+                    f"{ref} already has {MAX_ARTIFACTS_PER_TASK} artifacts, the most a task keeps."
+                )
             now = self._clock()
             artifact = await unit.insert_artifact(
                 task.id, name.strip(), kind.strip(), uri, content, agent, now
@@ -98,7 +124,10 @@ class AgentWork:
             await self._progress(unit, task, now)
             where = f" <{uri}>" if uri else f" ({len(content or '')} characters stored)"
             note = f":paperclip: Added artifact *{artifact.name}* ({artifact.kind}){where}"
-            await unit.enqueue([self._post(task, agent, note)], now)
+            # The notice is rendered from these fields, so the name stays inert and the URI
+            # is linked only if safe; ``note`` is what the thread stores.
+            notice = data | {"content_chars": None if content is None else len(content)}
+            await unit.enqueue([self._post(task, agent, note, artifact=notice)], now)
             return artifact
 
     async def heartbeat(self, ref: TaskRef, agent: str, epoch: int) -> bool:
@@ -158,6 +187,10 @@ class AgentWork:
             raise Conflict(f"{task.ref} changed meanwhile; try again.")
         return renewed
 
-    def _post(self, task: Task, agent: str, text: str) -> OutboxMessage:
-        payload = {"ref": str(task.ref), "agent": agent, "text": text}
+    def _post(
+        self, task: Task, agent: str, text: str, artifact: dict[str, object] | None = None
+    ) -> OutboxMessage:
+        payload: dict[str, object] = {"ref": str(task.ref), "agent": agent, "text": text}
+        if artifact is not None:
+            payload["artifact"] = artifact
         return OutboxMessage(self._new_key(), task.id, OutboxKind.AGENT_POST, payload)

@@ -13,12 +13,14 @@ from datetime import datetime
 from typing import Any
 
 from bot import outbox
+from bot.access import Access, Closers, ConfiguredAdmins, EveryoneIsMember
 from bot.agents import Agent
 from bot.clock import Clock
 from bot.errors import (
     Conflict,
     IllegalTransition,
     InvalidInput,
+    NotAllowed,
     NotClaimHolder,
     NotFound,
     Superseded,
@@ -45,7 +47,9 @@ from bot.task import (
 )
 from bot.work import WakeReason
 
-MAX_TITLE_LENGTH = 300
+MAX_TITLE_LENGTH = 200
+MAX_DESCRIPTION_LENGTH = 4000
+MAX_NOTE_LENGTH = 1000
 #: Bounds on a channel's policy, so no override can break the reconcile or the card.
 MAX_LEASE_TTL_S = 365 * 24 * 3600.0
 MAX_DISPATCH_ATTEMPTS = 100
@@ -116,16 +120,44 @@ class Board:
         policy: LeasePolicy,
         new_key: Callable[[], str] = new_key,
         notify: Notify = ignore,
+        access: Access | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
         self._policy = policy
         self._new_key = new_key
         self._notify = notify
+        self._access = access or Access(EveryoneIsMember(), ConfiguredAdmins(()))
 
     @property
     def clock(self) -> Clock:
         return self._clock
+
+    @property
+    def access(self) -> Access:
+        return self._access
+
+    async def _may_change(
+        self,
+        ref: TaskRef,
+        actor: Actor,
+        in_channel: str | None,
+        closes: Callable[[Task], bool] = lambda _task: False,
+    ) -> None:
+        """Raises unless ``actor`` may change the task ``ref`` names (and close it, when the
+        change ``closes`` it),
+        from ``in_channel`` when the request says where it came from. A task the actor may not
+        see is refused exactly as a missing one. Checked before the write transaction, so no
+        lookup at the chat platform holds the database; the write's compare-and-set then
+        refuses a task that changed meanwhile."""
+        if actor.kind != "user":
+            return
+        async with self._store.read() as reader:
+            task = await require_task(reader, ref)
+            book = await load_policy_book(reader, self._policy)
+        await self._access.require_change(actor, task, in_channel)
+        if closes(task):
+            await self._access.require_close(actor, task, book.closers(task.channel_id))
 
     async def create_task(
         self,
@@ -135,12 +167,19 @@ class Board:
         description: str = "",
         thread_ts: str | None = None,
     ) -> Task:
-        """Creates a todo task in ``channel_id`` and enqueues its card."""
+        """Creates a todo task in ``channel_id`` and enqueues its card; a person must be a
+        member of the channel."""
         title = " ".join(title.split())
         if not title:
             raise InvalidInput("A task needs a title.")
         if len(title) > MAX_TITLE_LENGTH:
             raise InvalidInput(f"A title can be at most {MAX_TITLE_LENGTH} characters.")
+        if len(description.strip()) > MAX_DESCRIPTION_LENGTH:
+            raise InvalidInput(
+                f"A description can be at most {MAX_DESCRIPTION_LENGTH:,} characters."
+            )
+        if not await self._access.may_read(created_by, channel_id):
+            raise NotAllowed("You can create tasks only in channels you are a member of.")
         now = self._clock()
         async with self._transaction() as unit:
             task = await unit.insert_task(
@@ -158,8 +197,19 @@ class Board:
             await unit.enqueue([outbox.card_post(task, self._new_key())], now)
         return task
 
-    async def assign_task(self, ref: TaskRef, agent_name: str, by: str) -> Task:
-        """Assigns ``ref`` to an agent on behalf of Slack user ``by`` and dispatches it."""
+    async def assign_task(
+        self, ref: TaskRef, agent_name: str, by: str, in_channel: str | None = None
+    ) -> Task:
+        """Assigns ``ref`` to an agent on behalf of Slack user ``by`` and dispatches it.
+
+        ``by`` must be a member of the task's channel; taking a task away from the agent it is
+        assigned to is closing it for that agent, so it needs closing rights too.
+        """
+
+        def takes_it_away(task: Task) -> bool:
+            return task.assignee is not None and task.assignee != agent_name
+
+        await self._may_change(ref, Actor.user(by), in_channel, closes=takes_it_away)
         async with self._transaction() as unit:
             task = await require_task(unit, ref)
             agent = await require_agent(unit, agent_name)
@@ -183,12 +233,19 @@ class Board:
         actor: Actor,
         epoch: int | None = None,
         note: str | None = None,
+        in_channel: str | None = None,
     ) -> Task:
         """Moves ``ref`` to ``status`` if the table allows it and ``actor`` may act.
 
-        An agent must hold the claim and, when it passes ``epoch``, the current one. The change
-        counts as progress. Moving a blocked task with an assignee back to work re-dispatches it.
+        A person must be a member of the task's channel, and have closing rights to cancel it
+        or mark it done. An agent must hold the claim and, when it passes ``epoch``, the
+        current one. The change counts as progress. Moving a blocked task with an assignee back
+        to work re-dispatches it.
         """
+        if note is not None and len(note) > MAX_NOTE_LENGTH:
+            raise InvalidInput(f"A note can be at most {MAX_NOTE_LENGTH:,} characters.")
+        closing = status in (TaskStatus.DONE, TaskStatus.CANCELED)
+        await self._may_change(ref, actor, in_channel, closes=lambda _task: closing)
         async with self._transaction() as unit:
             task = await require_task(unit, ref)
             if actor.kind == "agent":
@@ -212,12 +269,21 @@ class Board:
             change = Change(fields, [(kind, data)], dispatch=redispatch, progress=True)
             return await self._apply(unit, task, change, actor)
 
-    async def cancel_task(self, ref: TaskRef, by: Actor, reason: str | None = None) -> Task:
+    async def cancel_task(
+        self,
+        ref: TaskRef,
+        by: Actor,
+        reason: str | None = None,
+        in_channel: str | None = None,
+    ) -> Task:
         """Cancels ``ref``: the claim is cleared and the assignee kept for the record."""
-        return await self.update_task_status(ref, TaskStatus.CANCELED, by, note=reason)
+        return await self.update_task_status(
+            ref, TaskStatus.CANCELED, by, note=reason, in_channel=in_channel
+        )
 
-    async def reopen_task(self, ref: TaskRef, by: Actor) -> Task:
+    async def reopen_task(self, ref: TaskRef, by: Actor, in_channel: str | None = None) -> Task:
         """Reopens a done or canceled task to todo, re-dispatching it to its assignee if any."""
+        await self._may_change(ref, by, in_channel)
         async with self._transaction() as unit:
             task = await require_task(unit, ref)
             check_reopen(task.status)
@@ -349,8 +415,10 @@ class Board:
         lease_ttl_s: float | None,
         max_attempts: int | None,
         agents_may_close: bool | None = None,
+        closers: Closers | None = None,
     ) -> PolicyBook:
-        """Overrides the TTL and/or attempts in ``channel_id``; None leaves a value as it is."""
+        """Overrides the TTL, attempts, agents' closing and who closes tasks in ``channel_id``;
+        None leaves a value as it is."""
         if lease_ttl_s is not None and lease_ttl_s <= 0:
             raise InvalidInput("The TTL must be a positive number of seconds.")
         if lease_ttl_s is not None and lease_ttl_s > MAX_LEASE_TTL_S:
@@ -367,6 +435,7 @@ class Board:
                 current.lease_ttl_s if lease_ttl_s is None else lease_ttl_s,
                 current.max_dispatch_attempts if max_attempts is None else max_attempts,
                 current.agents_may_close if agents_may_close is None else agents_may_close,
+                current.closers if closers is None else closers.value,
             )
             await unit.set_channel_policy(merged, by, self._clock())
             return await load_policy_book(unit, self._policy)
@@ -378,7 +447,7 @@ class Board:
         if change.dispatch:
             fields["claimed_by"] = fields.get("assignee", task.assignee)
             fields["attempts"] = 1
-            fields["lease_epoch"] = task.lease_epoch + 1
+            [fields["lease_epoch"]] = await unit.next_epochs(1)
             fields["last_progress_at"] = now
         elif change.progress and fields.get("claimed_by", task.claimed_by) is not None:
             fields["last_progress_at"] = now

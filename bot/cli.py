@@ -13,13 +13,15 @@ from bot.errors import DomainError
 from bot.logging import configure_logging
 from bot.settings import Settings, SettingsError, load_settings
 from bot.status import parse_status
-from bot.task import TaskRef
+from bot.task import Actor, TaskRef
 from bot.views import agent_view, task_detail_view, task_view
 
 if TYPE_CHECKING:  # the composition root (and the service's weight) loads only when a command runs
     from bot.root import Core
 
 T = TypeVar("T")
+#: Who the CLI acts as: the operator, who sees every task.
+OPERATOR = Actor.system("cli")
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
@@ -28,6 +30,8 @@ agents_app = typer.Typer(no_args_is_help=True, help="Inspect and register agents
 app.add_typer(db_app, name="db")
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(agents_app, name="agents")
+secrets_app = typer.Typer(no_args_is_help=True, help="Agent secrets at rest.")
+app.add_typer(secrets_app, name="secrets")
 
 #: Where ``threadwork serve`` answers MCP by default: /mcp on its own port.
 DEFAULT_MCP_URL = "http://127.0.0.1:3000/mcp"
@@ -106,16 +110,26 @@ def serve_command(
     ] = None,
 ) -> None:
     """Runs the service: migrations at start, Slack, the reconcile scheduler and the HTTP server."""
-    from bot.root import SlackNotConfigured, check_slack_settings, serve
+    from bot.root import (
+        SecretsNotConfigured,
+        SlackNotConfigured,
+        check_secrets_before_start,
+        check_slack_settings,
+        serve,
+    )
 
     settings = settings_or_exit()
     use_socket = socket_mode if socket_mode is not None else settings.slack_app_token is not None
     try:
         check_slack_settings(settings, use_socket)
-    except SlackNotConfigured as exc:
+        asyncio.run(check_secrets_before_start(settings))
+    except (SlackNotConfigured, SecretsNotConfigured) as exc:
         fail(str(exc), code=2)
     configure_logging()
-    asyncio.run(serve(settings, socket_mode=use_socket))
+    try:
+        asyncio.run(serve(settings, socket_mode=use_socket))
+    except SecretsNotConfigured as exc:
+        fail(str(exc), code=2)
 
 
 @db_app.command("upgrade")
@@ -145,7 +159,7 @@ def tasks_list(
             fail(exc.message, code=2)
 
     async def work(core: "Core") -> list[Any]:
-        return (await core.queries.list_tasks(wanted)).tasks
+        return (await core.queries.list_tasks(OPERATOR, wanted)).tasks
 
     tasks = run_with_core(work)
     if as_json:
@@ -162,7 +176,7 @@ def tasks_show(ref: str, as_json: JsonFlag = False) -> None:
     """Shows one task with its event log and thread messages."""
 
     async def work(core: "Core") -> dict[str, Any]:
-        detail = await core.queries.task_detail(TaskRef.parse(ref))
+        detail = await core.queries.task_detail(TaskRef.parse(ref), OPERATOR)
         return task_detail_view(detail)
 
     view = run_with_core(work)
@@ -222,12 +236,14 @@ def agents_add(
     """Registers an agent (or updates one of the same name)."""
 
     async def work(core: "Core") -> Any:
-        return await core.registry.add_agent(
+        return await core.registry.register_agent(
             name, kind, display_name, slack_user_id=slack_user_id, slack_bot_id=slack_bot_id
         )
 
-    agent = run_with_core(work)
-    typer.echo(f"agent {agent.name} registered ({agent.kind.value})")
+    registration = run_with_core(work)
+    agent = registration.agent
+    discarded = "; its stored API key was discarded" if registration.key_discarded else ""
+    typer.echo(f"agent {agent.name} registered ({agent.kind.value}){discarded}")
 
 
 @agents_app.command("set-key")
@@ -244,6 +260,21 @@ def agents_set_key(name: str) -> None:
 
     run_with_core(work)
     typer.echo(f"API key stored for {name}")
+
+
+@secrets_app.command("rotate")
+def secrets_rotate() -> None:
+    """Re-encrypts every stored agent key under THREADWORK_SECRET_KEY; keys stored under the
+    old one are read with THREADWORK_SECRET_KEY_PREVIOUS, which may be unset afterwards."""
+
+    async def work(core: "Core") -> Any:
+        return await core.registry.rotate_secrets()
+
+    rotation = run_with_core(work)
+    changed = f"; {rotation.changed} changed meanwhile, left as set" if rotation.changed else ""
+    typer.echo(
+        f"re-encrypted {rotation.rotated} stored secret(s) under THREADWORK_SECRET_KEY{changed}"
+    )
 
 
 @app.command("mcp")

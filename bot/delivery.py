@@ -1,7 +1,9 @@
-"""Outbox delivery: claims rows, paces them per channel, delivers, settles or retries.
+"""Outbox delivery: claims rows, paces them per channel, delivers, settles, retries or parks.
 
-Platform-neutral: a Deliverer performs one row and raises DeliveryFailed to say how to retry.
-Rows are claimed head-of-thread only, so a thread's side effects land in the order written.
+Platform-neutral: a Deliverer performs one row and raises DeliveryFailed to say whether and how
+to retry. Rows are claimed head-of-thread only, so a thread's side effects land in the order
+written; a row the platform refuses for good is parked as dead, and the rest of its thread goes
+on without it.
 """
 
 import asyncio
@@ -11,6 +13,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from enum import StrEnum
 from typing import Protocol
 
 import structlog
@@ -19,12 +22,16 @@ from bot.clock import Clock
 from bot.outbox import OutboxKind, OutboxRow
 from bot.ports import OutboxQueue
 from bot.signal import work_loop
-from bot.task import TaskRef
+from bot.task import Actor, EventKind, NewEvent, TaskRef
 
 logger = structlog.get_logger(__name__)
 
 #: Kinds that post a new message, and so count against a channel's posting rate.
 POSTING_KINDS = frozenset({OutboxKind.CARD_POST, OutboxKind.DIRECTIVE, OutboxKind.ESCALATION})
+#: Who parks a row as dead, in its task's history.
+OUTBOX_ACTOR = Actor.system("outbox")
+
+Log = structlog.typing.FilteringBoundLogger
 
 
 @dataclass(frozen=True)
@@ -35,14 +42,33 @@ class Delivered:
     recovered: bool = False
 
 
-class DeliveryFailed(Exception):
-    """A delivery that did not happen (or may have): how long to wait, and whether it is unsure."""
+class Retry(StrEnum):
+    """Whether a failed row is worth another attempt, and what kind."""
 
-    def __init__(self, reason: str, retry_after: float | None = None, uncertain: bool = False):
+    #: Later, after Retry-After or a back-off: a rate limit, server trouble, a lost answer.
+    LATER = "later"
+    #: At once, with a shortened text: the message was too long. A second refusal is final.
+    SHORTENED = "shortened"
+    #: Never: the platform refuses this row for good (archived channel, invalid blocks ...).
+    NEVER = "never"
+
+
+class DeliveryFailed(Exception):
+    """A delivery that did not happen (or may have): whether and when to retry, and whether it
+    is unsure."""
+
+    def __init__(
+        self,
+        reason: str,
+        retry_after: float | None = None,
+        uncertain: bool = False,
+        retry: Retry = Retry.LATER,
+    ):
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
         self.uncertain = uncertain
+        self.retry = retry
 
 
 class Deliverer(Protocol):
@@ -190,7 +216,7 @@ class OutboxDelivery:
         try:
             delivered = await self._deliverer.deliver(row)
         except DeliveryFailed as failure:
-            await self._retry(row, failure, log)
+            await self._settle_failure(row, failure, log)
             return
         except Exception as exc:
             log.exception("outbox.delivery_error")
@@ -205,19 +231,48 @@ class OutboxDelivery:
             "outbox.delivered", ts=delivered.ts, recovered=delivered.recovered, settled=settled
         )
 
+    async def _settle_failure(self, row: OutboxRow, failure: DeliveryFailed, log: Log) -> None:
+        """Retries later, retries at once shortened (the first time a row is too long), or
+        parks the row as dead."""
+        if failure.retry == Retry.LATER:
+            await self._retry(row, failure, log)
+        elif failure.retry == Retry.SHORTENED and not row.shortened:
+            await self._retry(row, failure, log, delay=0.0, shortened=True)
+        else:
+            await self._park(row, failure, log)
+
     async def _retry(
-        self, row: OutboxRow, failure: DeliveryFailed, log: structlog.typing.FilteringBoundLogger
+        self,
+        row: OutboxRow,
+        failure: DeliveryFailed,
+        log: Log,
+        delay: float | None = None,
+        shortened: bool = False,
     ) -> None:
-        delay = (
-            failure.retry_after if failure.retry_after is not None else self._backoff(row.attempts)
-        )
+        if delay is None:
+            delay = failure.retry_after
+        if delay is None:
+            delay = self._backoff(row.attempts)
         at = self._clock() + timedelta(seconds=delay)
         await self._queue.release_for_retry(
-            row.id, self._worker, at, failure.reason, failure.uncertain
+            row.id, self._worker, at, failure.reason, failure.uncertain, shortened
         )
         log.warning(
-            "outbox.retry", reason=failure.reason, delay_s=round(delay, 3), attempt=row.attempts
+            "outbox.retry",
+            reason=failure.reason,
+            delay_s=round(delay, 3),
+            attempt=row.attempts,
+            shortened=shortened or row.shortened,
         )
+
+    async def _park(self, row: OutboxRow, failure: DeliveryFailed, log: Log) -> None:
+        """Parks ``row`` as dead with the platform's error, recorded in its task's history."""
+        data = {"outbox_id": row.id, "kind": row.kind.value, "error": failure.reason[:200]}
+        event = NewEvent(row.task_id, EventKind.OUTBOX_DEAD, OUTBOX_ACTOR, self._clock(), data)
+        if await self._queue.mark_dead(row.id, self._worker, failure.reason, event):
+            log.error("outbox.dead", reason=failure.reason, attempt=row.attempts)
+        else:
+            log.warning("outbox.claim_lost", reason=failure.reason)
 
     def _backoff(self, attempts: int) -> float:
         """Exponential back-off with jitter: base * 2^(n-1), capped, times 0.5 to 1.5."""

@@ -52,3 +52,15 @@ class ConfigurationError(DomainError):
     """A setting the operation needs is missing or wrong."""
 
     code = "configuration"
+
+
+class NotAllowed(DomainError):
+    """The actor may see the task but not do this to it."""
+
+    code = "not_allowed"
+
+
+class RateLimited(DomainError):
+    """The caller made too many calls lately; the message says when to retry."""
+
+    code = "rate_limited"

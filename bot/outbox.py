@@ -5,6 +5,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from bot.errors import IllegalTransition
 from bot.task import LeasePolicy, Task
 
 
@@ -32,6 +33,57 @@ class OutboxState(StrEnum):
     IN_FLIGHT = "in_flight"
     #: The platform accepted it; the result (e.g. the posted ts) is recorded.
     DELIVERED = "delivered"
+    #: The platform refused it for good (its error is kept); it no longer holds up its thread
+    #: and waits for an admin to retry or drop it.
+    DEAD = "dead"
+    #: An admin dropped it: it is never sent. Final.
+    DROPPED = "dropped"
+
+
+#: States in which a row holds up the later rows of its thread: it may still be sent.
+OPEN_STATES = (OutboxState.PENDING, OutboxState.IN_FLIGHT)
+
+#: Every move an outbox row makes. A worker claims a pending row (or re-claims one whose claim
+#: expired in flight) and settles it: delivered, back to pending for a retry, or dead. An admin
+#: retries a dead row (back to pending) or drops a dead or pending one.
+TRANSITIONS: dict[OutboxState, frozenset[OutboxState]] = {
+    OutboxState.PENDING: frozenset({OutboxState.IN_FLIGHT, OutboxState.DROPPED}),
+    OutboxState.IN_FLIGHT: frozenset(
+        {OutboxState.IN_FLIGHT, OutboxState.DELIVERED, OutboxState.PENDING, OutboxState.DEAD}
+    ),
+    OutboxState.DEAD: frozenset({OutboxState.PENDING, OutboxState.DROPPED}),
+    OutboxState.DELIVERED: frozenset(),
+    OutboxState.DROPPED: frozenset(),
+}
+
+#: The states an admin may retry a row from (to pending) and drop it from.
+RETRYABLE_STATES = frozenset({OutboxState.DEAD})
+DROPPABLE_STATES = frozenset({OutboxState.DEAD, OutboxState.PENDING})
+
+_WHY_NOT = {
+    OutboxState.PENDING: "it is waiting to be sent already",
+    OutboxState.IN_FLIGHT: "it is being sent right now; look again in a minute",
+    OutboxState.DELIVERED: "it was delivered",
+    OutboxState.DEAD: "it is dead",
+    OutboxState.DROPPED: "it was dropped and is never sent",
+}
+
+
+def check_outbox_retry(row_id: int, state: OutboxState) -> None:
+    """Raises IllegalTransition unless an admin may send row ``row_id`` again."""
+    if state not in RETRYABLE_STATES:
+        raise IllegalTransition(
+            f"Outbox row {row_id} cannot be retried: {_WHY_NOT[state]}. Only a dead row can."
+        )
+
+
+def check_outbox_drop(row_id: int, state: OutboxState) -> None:
+    """Raises IllegalTransition unless an admin may drop row ``row_id``."""
+    if state not in DROPPABLE_STATES:
+        raise IllegalTransition(
+            f"Outbox row {row_id} cannot be dropped: {_WHY_NOT[state]}. Only a dead or "
+            "pending row can."
+        )
 
 
 @dataclass(frozen=True)
@@ -64,6 +116,13 @@ class OutboxRow:
     last_error: str | None = None
     #: An earlier attempt may have been delivered (a crash or a lost answer): check first.
     uncertain: bool = False
+    #: The platform found it too long: send a shortened text (once; then it is dead).
+    shortened: bool = False
+
+    @property
+    def ref(self) -> str:
+        """The ref of the task the row belongs to, as written in its payload."""
+        return str(self.payload.get("ref", ""))
 
 
 def card_post(task: Task, key: str) -> OutboxMessage:

@@ -4,6 +4,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from bot.access import Closers
 from bot.task import LeasePolicy
 
 
@@ -16,6 +17,8 @@ class ChannelPolicy:
     max_dispatch_attempts: int | None = None
     #: Whether agents may set ``done`` themselves here (default: no, a person closes).
     agents_may_close: bool | None = None
+    #: Who may close a task here: ``owners`` (the default) or ``anyone`` in the channel.
+    closers: str | None = None
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,11 @@ class PolicyBook:
     def agents_may_close(self, channel_id: str) -> bool:
         override = self.channels.get(channel_id)
         return bool(override and override.agents_may_close)
+
+    def closers(self, channel_id: str) -> Closers:
+        """Who may close a task in ``channel_id``."""
+        override = self.channels.get(channel_id)
+        return Closers(override.closers) if override and override.closers else Closers.OWNERS
 
     def stale_cutoffs(self, now: datetime) -> tuple[datetime, dict[str, datetime]]:
         """The progress time before which a lease has lapsed: everywhere by default, and in

@@ -9,11 +9,12 @@ or a use case of the core.
 
 from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, TypedDict
 
 from bot.agents import Agent, AgentKind, AgentSettings
-from bot.outbox import OutboxMessage, OutboxRow
+from bot.outbox import OutboxMessage, OutboxRow, OutboxState
 from bot.policy import ChannelPolicy
 from bot.signal import Queued
 from bot.status import TaskStatus
@@ -51,7 +52,10 @@ class BoardStats(TypedDict):
     """Counts for the admin's ``stats``."""
 
     by_status: dict[str, int]
+    #: Outbox rows still to be sent (pending or in flight).
     outbox_backlog: int
+    #: Outbox rows the platform refused for good, waiting for an admin.
+    outbox_dead: int
 
 
 class TaskReads(Protocol):
@@ -111,6 +115,15 @@ class MessageReads(Protocol):
     async def list_messages(self, task_id: int) -> list[ThreadMessage]: ...
 
 
+@dataclass(frozen=True)
+class StoredSecret:
+    """One encrypted secret of an agent, as stored; its repr shows no ciphertext."""
+
+    agent: str
+    name: str
+    ciphertext: bytes = field(repr=False)
+
+
 class AgentReads(Protocol):
     """Registered agents, their encrypted secrets and their tokens."""
 
@@ -130,6 +143,10 @@ class AgentReads(Protocol):
 
     async def get_agent_secret(self, name: str, secret: str) -> bytes | None: ...
 
+    async def list_agent_secrets(self) -> list[StoredSecret]:
+        """Every stored (encrypted) agent secret, by agent name and secret name."""
+        ...
+
     async def find_agent_by_token_hash(self, token_hash: str) -> Agent | None: ...
 
 
@@ -138,12 +155,32 @@ class WorkReads(Protocol):
 
     async def list_artifacts(self, task_id: int) -> list[Artifact]: ...
 
+    async def count_artifacts(self, task_id: int) -> int: ...
+
     async def get_cursor(self, agent: str, task_id: int) -> str | None: ...
 
     async def get_usage(self, task_id: int) -> TaskUsage | None: ...
 
 
-class Reader(TaskReads, PolicyReads, MessageReads, AgentReads, WorkReads, Protocol):
+class OutboxReads(Protocol):
+    """What admins read about the outbox: what is dead, and what still waits to be sent."""
+
+    async def get_outbox_row(self, row_id: int) -> OutboxRow | None: ...
+
+    async def list_dead_outbox(self, limit: int) -> list[OutboxRow]:
+        """Dead rows, oldest first."""
+        ...
+
+    async def list_open_outbox(self, limit: int) -> list[OutboxRow]:
+        """Rows still to be sent (pending or in flight), oldest first."""
+        ...
+
+    async def count_outbox(self) -> dict[OutboxState, int]:
+        """How many rows are pending, in flight and dead."""
+        ...
+
+
+class Reader(TaskReads, PolicyReads, MessageReads, AgentReads, WorkReads, OutboxReads, Protocol):
     """Read-only queries, served by one transaction."""
 
 
@@ -160,6 +197,10 @@ class TaskWrites(Protocol):
 
     async def renew_lease(self, task_id: int, agent: str, at: datetime) -> bool:
         """Moves last_progress_at to ``at`` only while ``agent`` holds the claim."""
+        ...
+
+    async def next_epochs(self, count: int) -> list[int]:
+        """``count`` fresh lease epochs, unique across every task ever dispatched."""
         ...
 
     async def redispatch_stale(
@@ -195,6 +236,19 @@ class OutboxWrites(Protocol):
     async def enqueue(self, messages: Sequence[OutboxMessage], at: datetime) -> None: ...
 
 
+class OutboxReviewWrites(Protocol):
+    """An admin's moves of one outbox row, each a guarded UPDATE; None when the row was not
+    in a state the move starts from."""
+
+    async def retry_outbox_row(self, row_id: int, at: datetime) -> OutboxRow | None:
+        """A dead row back to pending, due at ``at``."""
+        ...
+
+    async def drop_outbox_row(self, row_id: int) -> OutboxRow | None:
+        """A dead or pending row to dropped: never sent."""
+        ...
+
+
 class MessageWrites(Protocol):
     """Messages stored from task threads, once each."""
 
@@ -228,6 +282,16 @@ class AgentWrites(Protocol):
     async def set_agent_secret(
         self, name: str, secret: str, ciphertext: bytes, at: datetime
     ) -> bool: ...
+
+    async def rewrite_agent_secret(
+        self, name: str, secret: str, expected: bytes, ciphertext: bytes, at: datetime
+    ) -> bool:
+        """Replaces the secret's ciphertext only while it is still ``expected``."""
+        ...
+
+    async def delete_agent_secret(self, name: str, secret: str) -> bool:
+        """Deletes one secret of the agent; False when there was none."""
+        ...
 
     async def add_token(self, agent: str, token_hash: str, at: datetime) -> bool: ...
 
@@ -280,6 +344,7 @@ class Unit(
     Reader,
     TaskWrites,
     OutboxWrites,
+    OutboxReviewWrites,
     MessageWrites,
     AgentWrites,
     WakeupWrites,
@@ -308,8 +373,21 @@ class OutboxQueue(Protocol):
     ) -> bool: ...
 
     async def release_for_retry(
-        self, row_id: int, worker: str, available_at: datetime, error: str, uncertain: bool = False
-    ) -> bool: ...
+        self,
+        row_id: int,
+        worker: str,
+        available_at: datetime,
+        error: str,
+        uncertain: bool = False,
+        shortened: bool = False,
+    ) -> bool:
+        """Back to pending at ``available_at``; ``shortened``: later attempts send less."""
+        ...
+
+    async def mark_dead(self, row_id: int, worker: str, error: str, event: NewEvent) -> bool:
+        """Parks the row as dead with ``error`` and appends ``event``, in one transaction,
+        only while ``worker`` holds the claim."""
+        ...
 
 
 class InboundEventIds(Protocol):

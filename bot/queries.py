@@ -2,12 +2,16 @@
 
 Each query is one read transaction and returns plain frozen data that a front door renders
 (Slack replies, App Home, the CLI's tables and JSON). Adapters never open the store themselves.
+Every query a person makes names its ``viewer``, and shows only tasks the viewer may read
+(``bot.access``); a task they may not read is answered as a missing one. The CLI reads as the
+system.
 """
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from bot.access import Access
 from bot.agents import Agent
 from bot.board import require_task
 from bot.clock import Clock
@@ -15,7 +19,7 @@ from bot.outbox import OutboxRow
 from bot.policy import PolicyBook, load_policy_book
 from bot.ports import Reader, Store
 from bot.status import TaskStatus
-from bot.task import LeasePolicy, Task, TaskEvent, TaskRef, ThreadMessage
+from bot.task import Actor, LeasePolicy, Task, TaskEvent, TaskRef, ThreadMessage
 from bot.work import Artifact, TaskUsage
 
 #: How far back a viewer's board shows finished (done or canceled) tasks.
@@ -76,7 +80,10 @@ class BoardStats:
     by_status: dict[str, int]
     #: Leased tasks with no progress for their channel's TTL.
     stale: int
+    #: Outbox rows still to be sent.
     outbox_backlog: int
+    #: Outbox rows refused for good (``/task-admin outbox`` lists them).
+    outbox_dead: int = 0
 
     @property
     def blocked(self) -> int:
@@ -97,15 +104,17 @@ class DeliveryContext:
 class TaskQueries:
     """The read side of the board, over one store, with the injected clock."""
 
-    def __init__(self, store: Store, clock: Clock, policy: LeasePolicy) -> None:
+    def __init__(self, store: Store, clock: Clock, policy: LeasePolicy, access: Access) -> None:
         self._store = store
         self._clock = clock
         self._policy = policy
+        self._access = access
 
-    async def task_detail(self, ref: TaskRef) -> TaskDetail:
+    async def task_detail(self, ref: TaskRef, viewer: Actor) -> TaskDetail:
         """The task ``ref`` names with its events, messages, artifacts and usage."""
         async with self._store.read() as reader:
             task = await require_task(reader, ref)
+            await self._access.require_read(viewer, task)
             book = await load_policy_book(reader, self._policy)
             return TaskDetail(
                 task=task,
@@ -118,29 +127,39 @@ class TaskQueries:
                 now=self._clock(),
             )
 
-    async def task_log(self, ref: TaskRef) -> TaskLog:
+    async def task_log(self, ref: TaskRef, viewer: Actor) -> TaskLog:
         """The history of the task ``ref`` names."""
         async with self._store.read() as reader:
             task = await require_task(reader, ref)
+            await self._access.require_read(viewer, task)
             return TaskLog(task, await reader.list_events(task.id), await _agents(reader))
 
     async def list_tasks(
-        self, status: TaskStatus | None = None, channel_id: str | None = None
+        self, viewer: Actor, status: TaskStatus | None = None, channel_id: str | None = None
     ) -> TaskList:
-        """Tasks, newest first, in one channel and one status when given."""
+        """Tasks the viewer may read, newest first, in one channel and one status when given."""
         async with self._store.read() as reader:
             tasks = await reader.list_tasks(status=status, channel_id=channel_id)
-            return TaskList(tasks, status, await _agents(reader), self._clock())
+            agents = await _agents(reader)
+        readable = {
+            c for c in {t.channel_id for t in tasks} if await self._access.may_read(viewer, c)
+        }
+        shown = [t for t in tasks if t.channel_id in readable]
+        return TaskList(shown, status, agents, self._clock())
 
     async def viewer_board(self, user_id: str, channel_ids: Sequence[str]) -> ViewerBoard:
-        """``user_id``'s board: open tasks, then those finished in the last week."""
+        """``user_id``'s board: open tasks, then those finished in the last week, of the
+        channels they are a member of (``channel_ids``, as the platform says) only: a task they
+        created or assigned in a channel they have left is not shown."""
         now = self._clock()
         async with self._store.read() as reader:
             tasks = await reader.list_tasks_for_viewer(
                 user_id, channel_ids, now - FINISHED_WINDOW, limit=BOARD_LIMIT
             )
             book = await load_policy_book(reader, self._policy)
-            return ViewerBoard(tasks, book, await _agents(reader), now)
+            agents = await _agents(reader)
+        members_of = set(channel_ids)
+        return ViewerBoard([t for t in tasks if t.channel_id in members_of], book, agents, now)
 
     async def board_stats(self) -> BoardStats:
         """Tasks by status, stale leases (each channel by its own TTL), outbox backlog."""
@@ -148,12 +167,17 @@ class TaskQueries:
             book = await load_policy_book(reader, self._policy)
             counts = await reader.board_stats()
             stale = await reader.count_stale_tasks(*book.stale_cutoffs(self._clock()))
-        return BoardStats(counts["by_status"], stale, counts["outbox_backlog"])
+        return BoardStats(
+            counts["by_status"], stale, counts["outbox_backlog"], counts["outbox_dead"]
+        )
 
-    async def task_in_thread(self, channel_id: str, thread_ts: str) -> Task | None:
-        """The task living in the thread, if any."""
+    async def task_in_thread(self, channel_id: str, thread_ts: str, viewer: Actor) -> Task | None:
+        """The task living in the thread, if any the viewer may read."""
         async with self._store.read() as reader:
-            return await reader.get_task_by_thread(channel_id, thread_ts)
+            task = await reader.get_task_by_thread(channel_id, thread_ts)
+        if task is None or not await self._access.may_read(viewer, task.channel_id):
+            return None
+        return task
 
     async def delivery_context(self, row: OutboxRow) -> DeliveryContext | None:
         """The current state an outbox row is rendered from; None when its task is gone."""

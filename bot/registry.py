@@ -1,12 +1,15 @@
 """The agents registry: who can be assigned work, their settings and their secrets."""
 
+import dataclasses
 import hashlib
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from bot.agents import Agent, AgentKind, AgentSettings, normalize_agent_name
 from bot.clock import Clock
-from bot.errors import InvalidInput, NotFound
+from bot.errors import ConfigurationError, InvalidInput, NotFound
+from bot.model_hosts import ModelHosts
 from bot.ports import Store
 from bot.secrets import SecretBox
 from bot.task import Task
@@ -23,6 +26,39 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class Registration:
+    """An agent as registered, and whether registering it discarded its stored key."""
+
+    agent: Agent
+    #: Its kind or endpoint changed, so the key stored for the old one was deleted: a key is
+    #: only ever sent where it was set for.
+    key_discarded: bool = False
+
+
+@dataclass(frozen=True)
+class SecretsReport:
+    """How many agent secrets are stored, and how many the configured keys open."""
+
+    stored: int
+    readable: int
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """What ``rotate_secrets`` did: re-encrypted rows, and rows changed meanwhile (left)."""
+
+    rotated: int
+    changed: int
+
+
+def _moves_key(before: Agent | None, kind: AgentKind, settings: AgentSettings) -> bool:
+    """Whether re-registering ``before`` so would send its key somewhere else."""
+    return before is not None and (
+        before.kind != kind or before.settings.base_url != settings.base_url
+    )
+
+
 class AgentRegistry:
     """Adds, lists and removes agents; stores API keys encrypted and MCP tokens hashed."""
 
@@ -32,11 +68,13 @@ class AgentRegistry:
         clock: Clock,
         secrets: SecretBox | None,
         new_token: Callable[[], str] = new_token,
+        model_hosts: ModelHosts | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
         self._secrets = secrets
         self._new_token = new_token
+        self._hosts = model_hosts or ModelHosts()
 
     async def add_agent(
         self,
@@ -47,18 +85,51 @@ class AgentRegistry:
         slack_bot_id: str | None = None,
         settings: AgentSettings | None = None,
     ) -> Agent:
-        """Registers ``name`` (or updates it in place, re-enabling it)."""
+        """Registers ``name`` (or updates it in place); see :meth:`register_agent`."""
+        registration = await self.register_agent(
+            name, kind, display_name, slack_user_id, slack_bot_id, settings
+        )
+        return registration.agent
+
+    async def register_agent(
+        self,
+        name: str,
+        kind: AgentKind = AgentKind.EXTERNAL,
+        display_name: str | None = None,
+        slack_user_id: str | None = None,
+        slack_bot_id: str | None = None,
+        settings: AgentSettings | None = None,
+    ) -> Registration:
+        """Registers ``name``, or updates it in place: a disabled agent stays disabled, and a
+        change of kind or ``base_url`` deletes its stored key (in the same transaction)."""
         handle = normalize_agent_name(name)
+        settings = settings or AgentSettings()
+        self._check_endpoint(handle, kind, settings)
         async with self._store.transaction() as unit:
-            return await unit.upsert_agent(
+            before = await unit.get_agent(handle)
+            discarded = _moves_key(before, kind, settings) and await unit.delete_agent_secret(
+                handle, API_KEY
+            )
+            agent = await unit.upsert_agent(
                 handle,
                 kind,
                 (display_name or handle).strip(),
                 slack_user_id,
                 slack_bot_id,
-                settings or AgentSettings(),
+                settings,
                 self._clock(),
             )
+            ciphertext = await unit.get_agent_secret(handle, API_KEY)
+        return Registration(self._key_state(agent, ciphertext), discarded)
+
+    def _check_endpoint(self, name: str, kind: AgentKind, settings: AgentSettings) -> None:
+        url = settings.base_url
+        if url is None or kind == AgentKind.EXTERNAL:
+            return
+        if not url.startswith(("http://", "https://")):
+            raise InvalidInput("base_url must be an http(s) URL.")
+        if not self._hosts.allows(url):
+            raise InvalidInput(self._hosts.refusal(name, url))
 
     async def remove_agent(self, name: str) -> None:
         """Deletes the agent and its secrets; tasks keep its name in their history."""
@@ -67,23 +138,41 @@ class AgentRegistry:
                 raise NotFound(f"There is no agent named `{name}`.")
 
     async def set_enabled(self, name: str, enabled: bool) -> list[Task]:
-        """Enables or disables the agent; returns the tasks it holds a claim on. A disabled
-        agent cannot be assigned, its MCP tokens are refused and the runtime does not run it;
-        the claims it holds lapse as any silent agent's do."""
+        """Enables or disables the agent; returns the tasks it holds a claim on. Disabling
+        revokes its MCP tokens (enabling it again does not bring them back), and a disabled
+        agent cannot be assigned and the runtime does not run it; the claims it holds lapse as
+        any silent agent's do."""
         handle = normalize_agent_name(name)
         async with self._store.transaction() as unit:
             if not await unit.set_agent_enabled(handle, enabled, self._clock()):
                 raise NotFound(f"There is no agent named `{name}`.")
+            if not enabled:
+                await unit.revoke_tokens(handle, self._clock())
             return await unit.list_tasks_claimed_by(handle)
 
     async def list_agents(self) -> list[Agent]:
+        """Every agent, by name; a key counts as configured only when it can be decrypted."""
         async with self._store.read() as reader:
-            return await reader.list_agents()
+            agents = await reader.list_agents()
+            stored = await reader.list_agent_secrets()
+        keys = {s.agent: s.ciphertext for s in stored if s.name == API_KEY}
+        return [self._key_state(agent, keys.get(agent.name)) for agent in agents]
 
     async def get_agent(self, name: str) -> Agent | None:
         """The agent registered as ``name`` (a handle, any case, with or without ``@``)."""
         async with self._store.read() as reader:
-            return await reader.get_agent(name.strip().lstrip("@").lower())
+            handle = name.strip().lstrip("@").lower()
+            agent = await reader.get_agent(handle)
+            ciphertext = await reader.get_agent_secret(handle, API_KEY) if agent else None
+        return self._key_state(agent, ciphertext) if agent else None
+
+    def _key_state(self, agent: Agent, ciphertext: bytes | None) -> Agent:
+        """``agent`` saying its key is configured only when a configured key opens it."""
+        box = self._secrets
+        usable = ciphertext is not None and box is not None and box.can_decrypt(ciphertext)
+        if agent.api_key_configured == usable:
+            return agent
+        return dataclasses.replace(agent, api_key_configured=usable)
 
     async def find_by_slack_user(self, user_id: str) -> Agent | None:
         """The agent that is the Slack user ``user_id``, if one is registered."""
@@ -130,3 +219,42 @@ class AgentRegistry:
         if ciphertext is None or self._secrets is None:
             return None
         return self._secrets.decrypt(ciphertext)
+
+    async def secrets_report(self) -> SecretsReport:
+        """How many agent secrets are stored and how many the configured keys can open."""
+        async with self._store.read() as reader:
+            stored = await reader.list_agent_secrets()
+        box = self._secrets
+        readable = sum(1 for s in stored if box is not None and box.can_decrypt(s.ciphertext))
+        return SecretsReport(stored=len(stored), readable=readable)
+
+    async def rotate_secrets(self) -> Rotation:
+        """Re-encrypts every stored secret under THREADWORK_SECRET_KEY, in one transaction.
+
+        Refuses, changing nothing, when a secret opens under none of the configured keys. A row
+        replaced meanwhile (a key set during the rotation) is left as it is: it is already
+        under the current key.
+        """
+        box = self._secrets
+        if box is None:
+            raise ConfigurationError(
+                "THREADWORK_SECRET_KEY is not set: there is no key to rotate to."
+            )
+        async with self._store.transaction() as unit:
+            stored = await unit.list_agent_secrets()
+            unreadable = [s for s in stored if not box.can_decrypt(s.ciphertext)]
+            if unreadable:
+                raise ConfigurationError(
+                    f"{len(unreadable)} stored secret(s) open under neither "
+                    "THREADWORK_SECRET_KEY nor THREADWORK_SECRET_KEY_PREVIOUS; nothing was "
+                    "rotated."
+                )
+            rotated = 0
+            for secret in stored:
+                new = box.rotate(secret.ciphertext)
+                at = self._clock()
+                if await unit.rewrite_agent_secret(
+                    secret.agent, secret.name, secret.ciphertext, new, at
+                ):
+                    rotated += 1
+        return Rotation(rotated=rotated, changed=len(stored) - rotated)

@@ -22,18 +22,21 @@ from functools import partial
 import structlog
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from slack_sdk.signature import SignatureVerifier
 from slack_sdk.socket_mode.aiohttp import SocketModeClient
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp
 
+from bot.access import Access, AdminList, ConfiguredAdmins, EveryoneIsMember, Membership
 from bot.agent_work import AgentWork
 from bot.board import Board, new_key
 from bot.clock import Clock, utc_now
+from bot.dead_letters import DeadLetters
 from bot.delivery import DeliverySettings, OutboxDelivery
 from bot.errors import ConfigurationError
 from bot.inbox import ReplyInbox
+from bot.limits import CallBudget
+from bot.model_hosts import ModelHosts
 from bot.queries import TaskQueries
 from bot.reconcile import ProgressProbe, Reconciler
 from bot.registry import AgentRegistry
@@ -47,13 +50,20 @@ from bot.tools import TaskTools, ToolsFor, build_tool_server, make_caller_factor
 from channels.health import Check, database_check, health_routes
 from channels.mcp.asgi import AsgiMount
 from channels.mcp.bridge import run_stdio_bridge
-from channels.mcp.server import MCP_PATH, McpHttpServer, build_mcp_app, build_mcp_server
+from channels.mcp.server import (
+    MCP_PATH,
+    McpHttpServer,
+    build_mcp_app,
+    build_mcp_server,
+    transport_security,
+)
 from channels.slack.adapter_http import slack_routes
 from channels.slack.app import build_bolt_app
 from channels.slack.client import AuthCheck, close_client, missing_settings, web_client
 from channels.slack.delivery import SlackDeliverer
 from channels.slack.events import store_replies
-from channels.slack.gateway import SlackGateway
+from channels.slack.gateway import SlackGateway, SlackSignature
+from channels.slack.membership import SlackMembership
 from channels.slack.probe import SlackThreadProbe
 from channels.slack.services import AdminCheck, SlackServices
 from channels.slack.socket_mode import build_socket_client
@@ -81,6 +91,8 @@ class Overrides:
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     #: Replaces Slack's thread probe in the reconcile (None: Slack's, when Slack is wired).
     probe: ProgressProbe | None = None
+    #: Replaces who is a member of which channel (None: Slack's, or everyone without Slack).
+    membership: Membership | None = None
     reconcile_batch: int = 1000
     #: This process's name on the claims it takes (None: host and pid).
     worker: str | None = None
@@ -112,6 +124,7 @@ class Core:
     work: AgentWork
     queries: TaskQueries
     reconciler: Reconciler
+    dead_letters: DeadLetters
 
     @property
     def tools_for(self) -> ToolsFor:
@@ -138,25 +151,25 @@ def build_reconciler(
     )
 
 
-ProbeFor = Callable[[Board, AgentRegistry], ProgressProbe]
-
-
 def build_core(
     settings: Settings,
     engine: AsyncEngine,
     overrides: Overrides | None = None,
-    probe_for: ProbeFor | None = None,
+    client: AsyncWebClient | None = None,
 ) -> Core:
-    """The use cases on an engine the caller owns (and disposes of)."""
+    """The use cases on an engine the caller owns (and disposes of). With Slack's ``client``,
+    membership and admins come from Slack and the reconcile reads threads before acting."""
     overrides = overrides or Overrides()
     store = SqlStore(engine)
     clock = overrides.clock
     signal = ChangeSignal()
     policy = settings.lease_policy
-    secret = settings.secret_key.get_secret_value() if settings.secret_key else ""
-    board = Board(store, clock, policy, overrides.new_key, notify=signal.notify)
-    registry = AgentRegistry(store, clock, SecretBox(secret) if secret else None)
-    probe = probe_for(board, registry) if probe_for else None
+    access = _access(settings, overrides, client)
+    board = Board(store, clock, policy, overrides.new_key, notify=signal.notify, access=access)
+    registry = AgentRegistry(
+        store, clock, secret_box(settings), model_hosts=ModelHosts(frozenset(settings.model_hosts))
+    )
+    probe = SlackThreadProbe(client, registry, board, clock) if client else None
     return Core(
         settings=settings,
         engine=engine,
@@ -166,8 +179,9 @@ def build_core(
         board=board,
         registry=registry,
         work=AgentWork(store, clock, overrides.new_key, notify=signal.notify),
-        queries=TaskQueries(store, clock, policy),
+        queries=TaskQueries(store, clock, policy, access),
         reconciler=build_reconciler(store, settings, signal, overrides, probe),
+        dead_letters=DeadLetters(store, clock, notify=signal.notify),
     )
 
 
@@ -176,7 +190,7 @@ async def open_core(settings: Settings, overrides: Overrides | None = None) -> A
     """Opens the database and builds the use cases (for the CLI and tests); closes the engine."""
     engine = create_engine(settings.database_url)
     try:
-        yield build_core(settings, engine, overrides or Overrides(), None)
+        yield build_core(settings, engine, overrides or Overrides())
     finally:
         await engine.dispose()
 
@@ -189,6 +203,46 @@ async def migrate(core: Core, revision: str = "head") -> None:
 async def schema_revisions(core: Core) -> tuple[str | None, str]:
     """The revision the database is at (None before any) and the one this code needs."""
     return await current_revision(core.engine), head_revision()
+
+
+def secret_box(settings: Settings) -> SecretBox | None:
+    """The agent secrets' keys: THREADWORK_SECRET_KEY, and THREADWORK_SECRET_KEY_PREVIOUS for
+    rows not yet rotated; None when no key is set."""
+    if settings.secret_key is None:
+        return None
+    previous = settings.secret_key_previous
+    return SecretBox(
+        settings.secret_key.get_secret_value(),
+        previous.get_secret_value() if previous else None,
+    )
+
+
+class SecretsNotConfigured(Exception):
+    """Agent secrets are stored but THREADWORK_SECRET_KEY is not set; the message says so."""
+
+
+async def check_secrets(core: Core) -> None:
+    """Refuses to start with stored secrets and no key to read them; warns when some stored
+    secrets open under none of the configured keys (their agents then have no key)."""
+    report = await core.registry.secrets_report()
+    if report.stored and core.settings.secret_key is None:
+        raise SecretsNotConfigured(
+            f"THREADWORK_SECRET_KEY is not set, but {report.stored} agent secret(s) are stored "
+            "encrypted: set it to the key they were stored with (README, 'Configuration')."
+        )
+    if report.readable < report.stored:
+        logger.warning("secrets.unreadable", count=report.stored - report.readable)
+
+
+async def check_secrets_before_start(settings: Settings) -> None:
+    """:func:`check_secrets` before ``serve`` starts (and logs), when no key is set and the
+    schema is current; otherwise the same check runs inside :func:`open_service`."""
+    if settings.secret_key is not None:
+        return
+    async with open_core(settings) as core:
+        current, head = await schema_revisions(core)
+        if current == head:
+            await check_secrets(core)
 
 
 class SlackNotConfigured(Exception):
@@ -264,7 +318,11 @@ async def open_service(
             slack.gateway.prune_inbound_event_ids if slack else None,
         )
         mcp_app = build_mcp_app(
-            build_mcp_server(core.registry, core.tools_for), core.registry, settings.host
+            build_mcp_server(
+                core.registry, core.tools_for, CallBudget(settings.agent_calls_per_minute)
+            ),
+            core.registry,
+            transport_security(settings.public_url, settings.host),
         )
         mount = AsgiMount(mcp_app, MCP_PATH) if settings.mcp_port is None else None
         scheduler.start()
@@ -282,15 +340,17 @@ async def open_service(
 async def _open_core_and_client(
     stack: AsyncExitStack, settings: Settings, overrides: Overrides
 ) -> tuple[Core, AsyncWebClient | None]:
-    """The engine (migrated), the Slack client when Slack is configured, and the use cases."""
+    """The engine (migrated), the Slack client when Slack is configured, and the use cases;
+    raises SecretsNotConfigured before anything starts when stored secrets have no key."""
     engine = create_engine(settings.database_url)
     stack.push_async_callback(engine.dispose)
     await upgrade(engine)
     client = web_client(settings) if settings.slack_bot_token else None
     if client is not None:
         stack.push_async_callback(close_client, client)
-    probe_for = _slack_probe(client, overrides.clock) if client else None
-    return build_core(settings, engine, overrides, probe_for), client
+    core = build_core(settings, engine, overrides, client)
+    await check_secrets(core)
+    return core, client
 
 
 async def _start_mcp(
@@ -364,11 +424,18 @@ def _end_long_polls(signal: ChangeSignal) -> Callable[[web.Application], Awaitab
     return on_shutdown
 
 
-def _slack_probe(client: AsyncWebClient, clock: Clock) -> ProbeFor:
-    def probe_for(board: Board, registry: AgentRegistry) -> ProgressProbe:
-        return SlackThreadProbe(client, registry, board, clock)
-
-    return probe_for
+def _access(settings: Settings, overrides: Overrides, client: AsyncWebClient | None) -> Access:
+    """People's rights: membership and admins as Slack says, or, with no chat platform (the
+    CLI, core tests), the operator's view where everyone is a member."""
+    membership: Membership = (
+        overrides.membership or (SlackMembership(client) if client else None) or EveryoneIsMember()
+    )
+    admins: AdminList = (
+        AdminCheck(client, frozenset(settings.admins), settings.workspace_admins)
+        if client
+        else ConfiguredAdmins(settings.admins)
+    )
+    return Access(membership, admins)
 
 
 def _wire_slack(
@@ -391,14 +458,16 @@ def _wire_slack(
         registry=core.registry,
         reconciler=core.reconciler,
         queries=core.queries,
+        access=core.board.access,
         clock=core.clock,
-        admins=AdminCheck(client, frozenset(settings.admins)),
+        admins=AdminCheck(client, frozenset(settings.admins), settings.workspace_admins),
         supervisor=supervisor,
         inbox=inbox,
+        dead_letters=core.dead_letters,
     )
     secret = settings.slack_signing_secret
-    verifier = SignatureVerifier(secret.get_secret_value()) if secret else None
-    gateway = SlackGateway(build_bolt_app(services, client), core.store, core.clock, verifier)
+    signature = SlackSignature(secret.get_secret_value()) if secret else None
+    gateway = SlackGateway(build_bolt_app(services, client), core.store, core.clock, signature)
     slack = Slack(client, AuthCheck(client), gateway, delivery, SlackThreadStatus(client))
     if socket_mode:
         assert settings.slack_app_token is not None
@@ -413,7 +482,12 @@ def _wire_runner(
     """The built-in agents' model clients and the runner that claims their wake-ups."""
     settings = core.settings
     fallback = settings.anthropic_api_key.get_secret_value() if settings.anthropic_api_key else None
-    models = ModelFactory(core.registry, fallback, settings.anthropic_base_url)
+    models = ModelFactory(
+        core.registry,
+        fallback,
+        settings.anthropic_base_url,
+        model_hosts=ModelHosts(frozenset(settings.model_hosts)),
+    )
     runner = AgentRunner(
         core.store,
         core.work,

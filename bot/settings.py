@@ -1,17 +1,22 @@
 """Configuration from the environment, validated once at start."""
 
+import re
 from datetime import timedelta
 from typing import Annotated
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from bot.secrets import decode_secret_key
 from bot.task import LeasePolicy
 
 DEFAULT_SLACK_API_URL = "https://slack.com/api/"
 #: The longest duration accepted for a lease or an interval: one year, in seconds.
 MAX_DURATION_S = 365 * 24 * 3600.0
 _DATABASE_SCHEMES = ("sqlite", "postgresql", "postgres")
+#: A THREADWORK_MODEL_HOSTS entry: a host name or address, optionally with a port.
+_MODEL_HOST = re.compile(r"^(\[[0-9a-f:.]+\]|[a-z0-9]([a-z0-9.-]*[a-z0-9])?)(:[0-9]{1,5})?$")
 
 
 class Settings(BaseSettings):
@@ -34,12 +39,25 @@ class Settings(BaseSettings):
     )
     max_dispatch_attempts: int = Field(2, alias="THREADWORK_MAX_DISPATCH_ATTEMPTS", ge=1)
     admins: Annotated[tuple[str, ...], NoDecode] = Field((), alias="THREADWORK_ADMINS")
+    #: Whether the workspace's own admins and owners are threadwork admins too.
+    workspace_admins: bool = Field(False, alias="THREADWORK_WORKSPACE_ADMINS")
     secret_key: SecretStr | None = Field(None, alias="THREADWORK_SECRET_KEY")
+    #: The key before a rotation: it still decrypts, until `threadwork secrets rotate` ran.
+    secret_key_previous: SecretStr | None = Field(None, alias="THREADWORK_SECRET_KEY_PREVIOUS")
+    #: Where people and agents reach threadwork (https://threadwork.example.com): the MCP
+    #: endpoint accepts this Host and Origin, besides the bound HOST and loopback.
+    public_url: str | None = Field(None, alias="THREADWORK_PUBLIC_URL")
+    #: When set, the only hosts built-in agents' model endpoints may be on (keys go nowhere else).
+    model_hosts: Annotated[tuple[str, ...], NoDecode] = Field((), alias="THREADWORK_MODEL_HOSTS")
     anthropic_api_key: SecretStr | None = Field(None, alias="ANTHROPIC_API_KEY")
     anthropic_base_url: str | None = Field(None, alias="ANTHROPIC_BASE_URL")
     #: Unset: the MCP endpoint is served at /mcp on PORT. A port: on that port instead. 0: off.
     mcp_port: int | None = Field(None, alias="THREADWORK_MCP_PORT", ge=0, le=65535)
     agent_max_steps: int = Field(20, alias="THREADWORK_AGENT_MAX_STEPS", ge=1, le=1000)
+    #: Tool calls an external agent's token may make per minute.
+    agent_calls_per_minute: int = Field(
+        120, alias="THREADWORK_AGENT_CALLS_PER_MINUTE", ge=1, le=100_000
+    )
 
     @field_validator("admins", mode="before")
     @classmethod
@@ -62,6 +80,57 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http(s) URL")
         return value if value.endswith("/") else value + "/"
+
+    @field_validator("secret_key")
+    @classmethod
+    def _secret_key_is_strong(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        decode_secret_key(value.get_secret_value())
+        return SecretStr(value.get_secret_value().strip())
+
+    @field_validator("secret_key_previous")
+    @classmethod
+    def _previous_key_needs_a_key(
+        cls, value: SecretStr | None, info: ValidationInfo
+    ) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        if info.data.get("secret_key") is None:
+            raise ValueError("needs THREADWORK_SECRET_KEY set too (the key to rotate to)")
+        return SecretStr(value.get_secret_value().strip())
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url_is_an_origin(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        url = urlsplit(value.strip())
+        try:
+            url.port  # noqa: B018  # read for its check: raises ValueError for a bad port
+        except ValueError:
+            raise ValueError("has a port that is not a number from 0 to 65535") from None
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError("must be an http(s) URL such as https://threadwork.example.com")
+        if url.username or url.password or url.query or url.fragment:
+            raise ValueError(
+                "must be just scheme, host and port, like https://threadwork.example.com"
+            )
+        return value.strip().rstrip("/")
+
+    @field_validator("model_hosts", mode="before")
+    @classmethod
+    def _split_model_hosts(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        hosts = tuple(part.strip().lower() for part in value.split(",") if part.strip())
+        for host in hosts:
+            if not _MODEL_HOST.match(host):
+                raise ValueError(
+                    "must be host names (api.anthropic.com or 127.0.0.1:11434), comma-separated, "
+                    "not URLs"
+                )
+        return hosts
 
     @property
     def lease_policy(self) -> LeasePolicy:

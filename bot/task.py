@@ -150,6 +150,12 @@ class EventKind(StrEnum):
     HEARTBEAT = "heartbeat"
     AWAITING_INPUT = "awaiting_input"
     RESUMED = "resumed"
+    #: The platform refused one of the task's outbox rows for good; it is parked as dead.
+    OUTBOX_DEAD = "outbox_dead"
+    #: An admin sent a dead outbox row again.
+    OUTBOX_RETRIED = "outbox_retried"
+    #: An admin dropped an outbox row: it is never sent.
+    OUTBOX_DROPPED = "outbox_dropped"
 
 
 @dataclass(frozen=True)

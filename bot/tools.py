@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, ParamSpec
+from typing import Any, ParamSpec, Protocol
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
@@ -29,8 +29,10 @@ from bot.errors import (
     DomainError,
     IllegalTransition,
     InvalidInput,
+    NotAllowed,
     NotClaimHolder,
     NotFound,
+    RateLimited,
     Superseded,
 )
 from bot.ports import Store
@@ -66,6 +68,8 @@ class Refusal(StrEnum):
     INVALID = "invalid"
     #: The task changed meanwhile; try again.
     CONFLICT = "conflict"
+    #: Too many calls lately; the message says when to retry.
+    RATE_LIMITED = "rate_limited"
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,8 @@ REFUSALS: Mapping[type[DomainError], Refusal] = {
     NotClaimHolder: Refusal.NOT_CLAIMED,
     NotFound: Refusal.NOT_FOUND,
     IllegalTransition: Refusal.NOT_ALLOWED,
+    NotAllowed: Refusal.NOT_ALLOWED,
+    RateLimited: Refusal.RATE_LIMITED,
     InvalidInput: Refusal.INVALID,
     Conflict: Refusal.CONFLICT,
 }
@@ -123,7 +129,9 @@ def _tool(method: Callable[P, Awaitable[dict[str, Any]]]) -> Callable[P, Awaitab
 
 @dataclass
 class TaskTools:
-    """The tool set as one agent sees it; ``epoch`` pins a built-in run to its lease epoch.
+    """The tool set as one agent sees it. A built-in run's tools are pinned to its ``task``
+    and that task's lease ``epoch``: any other task is refused as not allowed, before anything
+    is read. An external agent's writes must pass the epoch of its directive.
 
     Every tool returns a ToolResult and never raises a DomainError.
     """
@@ -135,6 +143,26 @@ class TaskTools:
     clock: Clock
     signal: ChangeSignal | None = None
     epoch: int | None = None
+    task: TaskRef | None = None
+
+    def _ref(self, task: str) -> TaskRef:
+        """The task a call names, if this caller may name it."""
+        ref = TaskRef.parse(task)
+        if self.task is not None and ref != self.task:
+            raise NotAllowed(f"This run works on {self.task} only; it cannot touch {ref}.")
+        return ref
+
+    def _epoch(self, epoch: int | None) -> int:
+        """The epoch a write is fenced with: the run's own, or the one the caller passed."""
+        if self.epoch is not None:
+            if epoch is not None and epoch != self.epoch:
+                raise Superseded(f"this run holds epoch {self.epoch}, not {epoch}.")
+            return self.epoch
+        if epoch is None:
+            raise InvalidInput(
+                "Pass `epoch`: the lease epoch from your directive; call get_task to read it."
+            )
+        return epoch
 
     async def call(self, name: str, arguments: Mapping[str, object]) -> ToolResult:
         """Runs the runtime tool ``name`` in-process, its arguments checked against its signature.
@@ -154,12 +182,13 @@ class TaskTools:
     async def list_my_tasks(self) -> dict[str, Any]:
         async with self.store.read() as reader:
             tasks = await reader.list_tasks_claimed_by(self.agent)
-        return {"tasks": [_summary(t) for t in tasks]}
+        mine = [t for t in tasks if self.task is None or t.ref == self.task]
+        return {"tasks": [_summary(t) for t in mine]}
 
     @_tool
     async def get_task(self, task: str) -> dict[str, Any]:
         """The task, thread messages past the agent's cursor (which then advances), artifacts."""
-        ref = TaskRef.parse(task)
+        ref = self._ref(task)
         async with self.store.read() as reader:
             current = await require_task(reader, ref)
             check_claim(current, self.agent, self.epoch)
@@ -191,31 +220,39 @@ class TaskTools:
         }
 
     @_tool
-    async def post_update(self, task: str, text: str) -> dict[str, Any]:
-        updated = await self.work.post_update(TaskRef.parse(task), self.agent, text, self.epoch)
+    async def post_update(self, task: str, text: str, epoch: int | None = None) -> dict[str, Any]:
+        ref, fence = self._ref(task), self._epoch(epoch)
+        updated = await self.work.post_update(ref, self.agent, text, fence)
         return {"ok": True, "task": str(updated.ref), "lease_renewed_at": _iso(updated)}
 
     @_tool
     async def update_task_status(
         self, task: str, status: str, note: str | None = None, epoch: int | None = None
     ) -> dict[str, Any]:
-        if self.epoch is not None and epoch is not None and epoch != self.epoch:
-            raise Superseded(f"this run holds epoch {self.epoch}, not {epoch}.")
+        ref, fence = self._ref(task), self._epoch(epoch)
         updated = await self.board.update_task_status(
-            TaskRef.parse(task),
-            parse_status(status),
-            Actor.agent(self.agent),
-            epoch=self.epoch if self.epoch is not None else epoch,
-            note=note,
+            ref, parse_status(status), Actor.agent(self.agent), epoch=fence, note=note
         )
         return _summary(updated)
 
     @_tool
     async def add_artifact(
-        self, task: str, name: str, kind: str, uri: str | None = None, content: str | None = None
+        self,
+        task: str,
+        name: str,
+        kind: str,
+        uri: str | None = None,
+        content: str | None = None,
+        epoch: int | None = None,
     ) -> dict[str, Any]:
         artifact = await self.work.add_artifact(
-            TaskRef.parse(task), self.agent, name, kind, uri=uri, content=content, epoch=self.epoch
+            self._ref(task),
+            self.agent,
+            name,
+            kind,
+            uri=uri,
+            content=content,
+            epoch=self._epoch(epoch),
         )
         return {"ok": True, "artifact_id": artifact.id, "name": artifact.name}
 
@@ -292,7 +329,14 @@ _RUNTIME_CALLS: dict[str, Callable[..., Awaitable[ToolResult]]] = {
 }
 
 Resolver = Callable[[Mapping[str, str] | None], Awaitable[TaskTools]]
-ToolsFor = Callable[[str, int | None], TaskTools]
+
+
+class ToolsFor(Protocol):
+    """Builds the tool set an agent sees; a built-in run pins its task and epoch."""
+
+    def __call__(
+        self, agent: str, epoch: int | None = None, task: TaskRef | None = None
+    ) -> TaskTools: ...
 
 
 def build_tool_server(resolve: Resolver) -> MCPServer:
@@ -325,9 +369,12 @@ def build_tool_server(resolve: Resolver) -> MCPServer:
         return await render((await caller(ctx)).get_task(task))
 
     @server.tool()
-    async def post_update(task: str, text: str, ctx: Context) -> dict[str, Any]:
-        """Posts a progress message in the task's Slack thread under your name; renews your lease."""
-        return await render((await caller(ctx)).post_update(task, text))
+    async def post_update(
+        task: str, text: str, ctx: Context, epoch: int | None = None
+    ) -> dict[str, Any]:
+        """Posts a progress message in the task's Slack thread under your name; renews your lease.
+        Pass the epoch from your directive (required over MCP)."""
+        return await render((await caller(ctx)).post_update(task, text, epoch))
 
     @server.tool()
     async def update_task_status(
@@ -335,7 +382,7 @@ def build_tool_server(resolve: Resolver) -> MCPServer:
     ) -> dict[str, Any]:
         """Moves a task you hold: todo, in_progress, in_review, or blocked (with a note saying why).
         done needs a person unless the channel lets agents close. Pass the epoch from your
-        directive; a call from a superseded run is refused as superseded."""
+        directive (required over MCP); a call from a superseded run is refused as superseded."""
         return await render((await caller(ctx)).update_task_status(task, status, note, epoch))
 
     @server.tool()
@@ -346,10 +393,13 @@ def build_tool_server(resolve: Resolver) -> MCPServer:
         ctx: Context,
         uri: str | None = None,
         content: str | None = None,
+        epoch: int | None = None,
     ) -> dict[str, Any]:
         """Attaches a result to a task you hold: a link (uri) or text content, with a name and a
-        kind such as pull_request, file, report or log. Counts as progress."""
-        return await render((await caller(ctx)).add_artifact(task, name, kind, uri, content))
+        kind such as pull_request, file, report or log. Counts as progress. Pass the epoch from
+        your directive (required over MCP)."""
+        tools = await caller(ctx)
+        return await render(tools.add_artifact(task, name, kind, uri, content, epoch))
 
     @server.tool()
     async def wait_for_work(ctx: Context, timeout_s: float = 30.0) -> dict[str, Any]:
@@ -363,7 +413,7 @@ def build_tool_server(resolve: Resolver) -> MCPServer:
 def make_caller_factory(
     store: Store, board: Board, work: AgentWork, clock: Clock, signal: ChangeSignal | None
 ) -> ToolsFor:
-    def factory(agent: str, epoch: int | None = None) -> TaskTools:
-        return TaskTools(agent, store, board, work, clock, signal, epoch)
+    def factory(agent: str, epoch: int | None = None, task: TaskRef | None = None) -> TaskTools:
+        return TaskTools(agent, store, board, work, clock, signal, epoch, task)
 
     return factory

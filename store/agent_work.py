@@ -4,7 +4,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, or_, select, update
+from sqlalchemy import Row, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.agents import Agent
@@ -65,6 +65,10 @@ class AgentWorkReads:
     async def list_artifacts(self, task_id: int) -> list[Artifact]:
         query = select(artifacts).where(artifacts.c.task_id == task_id).order_by(artifacts.c.id)
         return [_artifact(row) for row in await self._db.execute(query)]
+
+    async def count_artifacts(self, task_id: int) -> int:
+        query = select(func.count()).select_from(artifacts).where(artifacts.c.task_id == task_id)
+        return int((await self._db.execute(query)).scalar_one())
 
     async def get_cursor(self, agent: str, task_id: int) -> str | None:
         query = select(agent_cursors.c.last_ts).where(

@@ -7,19 +7,19 @@ from sqlalchemy import and_, func, or_, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.agents import Agent
-from bot.outbox import OutboxState
+from bot.outbox import OPEN_STATES, OutboxState
 from bot.policy import ChannelPolicy
-from bot.ports import BoardStats
+from bot.ports import BoardStats, StoredSecret
 from bot.status import TERMINAL_STATUSES, TaskStatus
 from bot.task import Actor, EventKind, Task, TaskEvent, TaskRef, ThreadMessage
 from store.agent_work import AgentWorkReads
+from store.outbox import OutboxReads
 from store.rows import agent_from_row, task_from_row
 from store.schema import (
     LEASED_SQL,
     agent_secrets,
     agents,
     channel_policies,
-    outbox,
     task_events,
     task_messages,
     tasks,
@@ -34,7 +34,7 @@ _HAS_KEY = (
 )
 
 
-class SqlReader(AgentWorkReads):
+class SqlReader(AgentWorkReads, OutboxReads):
     """Implements ``bot.ports.Reader`` over one open connection."""
 
     def __init__(self, connection: AsyncConnection) -> None:
@@ -154,14 +154,12 @@ class SqlReader(AgentWorkReads):
         counts = await self._db.execute(
             select(tasks.c.status, func.count()).group_by(tasks.c.status)
         )
-        backlog = await self._db.execute(
-            select(func.count())
-            .select_from(outbox)
-            .where(outbox.c.state != OutboxState.DELIVERED.value)
-        )
+        by_status = {status: int(n) for status, n in counts}
+        outbox_counts = await self.count_outbox()
         return {
-            "by_status": {status: int(n) for status, n in counts},
-            "outbox_backlog": int(backlog.scalar_one()),
+            "by_status": by_status,
+            "outbox_backlog": sum(outbox_counts[state] for state in OPEN_STATES),
+            "outbox_dead": outbox_counts[OutboxState.DEAD],
         }
 
     async def find_agent_by_slack_id(self, user_id: str | None, bot_id: str | None) -> Agent | None:
@@ -196,7 +194,11 @@ class SqlReader(AgentWorkReads):
         rows = await self._db.execute(select(channel_policies))
         return [
             ChannelPolicy(
-                row.channel_id, row.lease_ttl_s, row.max_dispatch_attempts, row.agents_may_close
+                row.channel_id,
+                row.lease_ttl_s,
+                row.max_dispatch_attempts,
+                row.agents_may_close,
+                row.closers,
             )
             for row in rows
         ]
@@ -219,3 +221,14 @@ class SqlReader(AgentWorkReads):
         )
         value = (await self._db.execute(query)).scalar_one_or_none()
         return bytes(value) if value is not None else None
+
+    async def list_agent_secrets(self) -> list[StoredSecret]:
+        query = (
+            select(agents.c.name, agent_secrets.c.name.label("secret"), agent_secrets.c.ciphertext)
+            .join(agents, agents.c.id == agent_secrets.c.agent_id)
+            .order_by(agents.c.name, agent_secrets.c.name)
+        )
+        return [
+            StoredSecret(row.name, row.secret, bytes(row.ciphertext))
+            for row in await self._db.execute(query)
+        ]

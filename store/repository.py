@@ -8,6 +8,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.outbox import OutboxRow
+from bot.task import NewEvent
 from store import inbound, outbox
 from store.database import read_transaction, write_transaction
 from store.reader import SqlReader
@@ -57,12 +58,26 @@ class SqlStore:
             return settled
 
     async def release_for_retry(
-        self, row_id: int, worker: str, available_at: datetime, error: str, uncertain: bool = False
+        self,
+        row_id: int,
+        worker: str,
+        available_at: datetime,
+        error: str,
+        uncertain: bool = False,
+        shortened: bool = False,
     ) -> bool:
         async with write_transaction(self.engine) as connection:
             return await outbox.release_for_retry(
-                connection, row_id, worker, available_at, error, uncertain
+                connection, row_id, worker, available_at, error, uncertain, shortened
             )
+
+    async def mark_dead(self, row_id: int, worker: str, error: str, event: NewEvent) -> bool:
+        """Parks a row the platform refused for good, with the event that says so."""
+        async with write_transaction(self.engine) as connection:
+            parked = await outbox.mark_dead(connection, row_id, worker, error)
+            if parked:
+                await SqlUnit(connection).append_events([event])
+            return parked
 
     async def remember_inbound_event(self, event_id: str, at: datetime) -> bool:
         async with write_transaction(self.engine) as connection:

@@ -114,6 +114,11 @@ task_messages = Table(
     Index("ix_task_messages_task_id_ts", "task_id", "ts"),
 )
 
+#: Outbox rows still to be sent (``bot.outbox.OPEN_STATES``), and rows parked as dead; spelled
+#: with literals, like LEASED_SQL, so that queries can use the partial indexes on SQLite.
+OPEN_OUTBOX_SQL = "state IN ('pending', 'in_flight')"
+DEAD_OUTBOX_SQL = "state = 'dead'"
+
 outbox = Table(
     "outbox",
     metadata,
@@ -133,12 +138,21 @@ outbox = Table(
     Column("last_error", Text),
     #: The last attempt may have reached the platform: look for it before sending again.
     Column("uncertain", Boolean, nullable=False, server_default=false()),
+    #: The platform said the message was too long: the next attempt sends a shortened text.
+    Column("shortened", Boolean, nullable=False, server_default=false()),
+    #: The rows that hold up the later rows of their thread: the head-of-thread claim's index.
     Index(
-        "ix_outbox_undelivered_task",
+        "ix_outbox_open_task",
         "task_id",
         "id",
-        sqlite_where=text("state != 'delivered'"),
-        postgresql_where=text("state != 'delivered'"),
+        sqlite_where=text(OPEN_OUTBOX_SQL),
+        postgresql_where=text(OPEN_OUTBOX_SQL),
+    ),
+    Index(
+        "ix_outbox_dead",
+        "id",
+        sqlite_where=text(DEAD_OUTBOX_SQL),
+        postgresql_where=text(DEAD_OUTBOX_SQL),
     ),
 )
 
@@ -173,8 +187,18 @@ channel_policies = Table(
     Column("lease_ttl_s", Float),
     Column("max_dispatch_attempts", Integer),
     Column("agents_may_close", Boolean),
+    Column("closers", String(16)),
     Column("updated_by", String(32), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+#: The last lease epoch handed out: epochs come from this one counter, so they are unique across
+#: tasks and a fencing token from one task never matches another's.
+fencing_tokens = Table(
+    "fencing_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("last", BigInteger, nullable=False),
 )
 
 #: Ids of inbound Slack events already processed, so a redelivery is not processed twice.

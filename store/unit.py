@@ -4,7 +4,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, text, tuple_, update
+from sqlalchemy import and_, case, delete, func, or_, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.agents import Agent, AgentKind, AgentSettings
@@ -16,6 +16,7 @@ from bot.status import TaskStatus
 from bot.task import NewEvent, Task, ThreadMessage
 from store.agent_work import AgentWorkWrites
 from store.dialect import dialect_insert
+from store.outbox import OutboxReviewWrites
 from store.reader import SqlReader
 from store.rows import task_from_row
 from store.schema import (
@@ -24,6 +25,7 @@ from store.schema import (
     agents,
     channel_counters,
     channel_policies,
+    fencing_tokens,
     outbox,
     task_events,
     task_messages,
@@ -38,7 +40,7 @@ def _column_values(fields: TaskFields) -> dict[str, Any]:
     }
 
 
-class SqlUnit(SqlReader, AgentWorkWrites):
+class SqlUnit(SqlReader, AgentWorkWrites, OutboxReviewWrites):
     """Implements ``bot.ports.Unit`` over a connection inside a write transaction."""
 
     def __init__(self, connection: AsyncConnection) -> None:
@@ -106,12 +108,26 @@ class SqlUnit(SqlReader, AgentWorkWrites):
         )
         return (await self._db.execute(query)).rowcount == 1
 
+    async def next_epochs(self, count: int) -> list[int]:
+        query = (
+            update(fencing_tokens)
+            .where(fencing_tokens.c.id == 1)
+            .values(last=fencing_tokens.c.last + count)
+            .returning(fencing_tokens.c.last)
+        )
+        last = int((await self._db.execute(query)).scalar_one())
+        return list(range(last - count + 1, last + 1))
+
     async def redispatch_stale(
         self, stale: Sequence[Task], cutoff: datetime, at: datetime
     ) -> list[Task]:
+        if not stale:
+            return []
+        # Every task gets a fresh epoch from the one counter (those not acted on leave a gap).
+        epochs = dict(zip((t.id for t in stale), await self.next_epochs(len(stale)), strict=True))
         changes = {
             "attempts": tasks.c.attempts + 1,
-            "lease_epoch": tasks.c.lease_epoch + 1,
+            "lease_epoch": case(epochs, value=tasks.c.id),
             "last_progress_at": at,
             "updated_at": at,
         }
@@ -223,6 +239,7 @@ class SqlUnit(SqlReader, AgentWorkWrites):
             "lease_ttl_s": policy.lease_ttl_s,
             "max_dispatch_attempts": policy.max_dispatch_attempts,
             "agents_may_close": policy.agents_may_close,
+            "closers": policy.closers,
             "updated_by": by,
             "updated_at": at,
         }
@@ -287,12 +304,13 @@ class SqlUnit(SqlReader, AgentWorkWrites):
             "slack_user_id": slack_user_id,
             "slack_bot_id": slack_bot_id,
             "settings": settings.to_json(),
-            "enabled": True,
             "updated_at": at,
         }
+        # A new agent starts enabled; re-registering one leaves ``enabled`` as it is, so a
+        # disabled agent stays disabled until an admin enables it.
         query = (
             dialect_insert(self._db, agents)
-            .values(name=name, created_at=at, **values)
+            .values(name=name, created_at=at, enabled=True, **values)
             .on_conflict_do_update(index_elements=["name"], set_=values)
         )
         await self._db.execute(query)
@@ -325,3 +343,25 @@ class SqlUnit(SqlReader, AgentWorkWrites):
         )
         await self._db.execute(query)
         return True
+
+    async def rewrite_agent_secret(
+        self, name: str, secret: str, expected: bytes, ciphertext: bytes, at: datetime
+    ) -> bool:
+        agent_ids = select(agents.c.id).where(agents.c.name == name).scalar_subquery()
+        query = (
+            update(agent_secrets)
+            .where(
+                agent_secrets.c.agent_id == agent_ids,
+                agent_secrets.c.name == secret,
+                agent_secrets.c.ciphertext == expected,
+            )
+            .values(ciphertext=ciphertext, updated_at=at)
+        )
+        return (await self._db.execute(query)).rowcount == 1
+
+    async def delete_agent_secret(self, name: str, secret: str) -> bool:
+        agent_ids = select(agents.c.id).where(agents.c.name == name).scalar_subquery()
+        query = delete(agent_secrets).where(
+            agent_secrets.c.agent_id == agent_ids, agent_secrets.c.name == secret
+        )
+        return (await self._db.execute(query)).rowcount == 1

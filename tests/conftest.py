@@ -36,6 +36,8 @@ TABLES = (
     "task_usage"
 )
 START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+#: THREADWORK_SECRET_KEY for tests: 32 random bytes in URL-safe base64, as the setting requires.
+TEST_SECRET_KEY = "aEyMcDUJyAbKTdVXEtavsAChfs1W2ZXAUAoKt60fwCM="
 
 
 class FakeClock:
@@ -139,6 +141,7 @@ async def database_url(
     try:
         async with engine.begin() as conn:
             await conn.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+            await conn.execute(text("UPDATE fencing_tokens SET last = 0"))
     finally:
         await engine.dispose()
     return pg_url
@@ -146,7 +149,7 @@ async def database_url(
 
 def core_settings(database_url: str) -> Settings:
     """The settings the core tests run with: a 600 s TTL and two attempts (the defaults)."""
-    return Settings(DATABASE_URL=database_url, THREADWORK_SECRET_KEY="test-secret-key")
+    return Settings(DATABASE_URL=database_url, THREADWORK_SECRET_KEY=TEST_SECRET_KEY)
 
 
 @pytest.fixture

@@ -5,7 +5,14 @@ from datetime import timedelta
 import pytest
 
 from bot.board import Board
-from bot.errors import IllegalTransition, InvalidInput, NotClaimHolder, NotFound, Superseded
+from bot.errors import (
+    IllegalTransition,
+    InvalidInput,
+    NotAllowed,
+    NotClaimHolder,
+    NotFound,
+    Superseded,
+)
 from bot.outbox import OutboxKind
 from bot.registry import AgentRegistry
 from bot.root import Core
@@ -95,15 +102,27 @@ async def test_assigning_claims_the_task_and_enqueues_a_directive_on_behalf_of_t
 
 
 async def test_reassigning_to_another_agent_bumps_the_epoch(board: Board, task: Task) -> None:
-    first = await board.assign_task(task.ref, "coder", ALICE)
-    second = await board.assign_task(task.ref, "reviewer", "U_BOB")
+    first = await board.assign_task(task.ref, "coder", "U_BOB")
+    second = await board.assign_task(task.ref, "reviewer", ALICE)  # ALICE created the task
     assert second.lease_epoch == first.lease_epoch + 1
     assert (second.assignee, second.claimed_by, second.assigned_by) == (
         "reviewer",
         "reviewer",
-        "U_BOB",
+        ALICE,
     )
     assert second.attempts == 1
+
+
+async def test_only_an_owner_may_take_a_task_away_from_its_agent(
+    board: Board, store: SqlStore, task: Task
+) -> None:
+    await board.assign_task(task.ref, "coder", ALICE)
+    before = await snapshot(store, task)
+    with pytest.raises(NotAllowed, match="Only the creator of C1#1, whoever assigned it"):
+        await board.assign_task(task.ref, "reviewer", "U_BOB")
+    assert await snapshot(store, task) == before
+    again = await board.assign_task(task.ref, "coder", "U_BOB")  # the same agent: not closing
+    assert again.assignee == "coder"
 
 
 async def test_assigning_to_an_unknown_or_disabled_agent_changes_nothing(
@@ -448,3 +467,32 @@ async def test_the_viewers_board_keeps_room_for_open_tasks_however_many_finished
         )
     assert [t.id for t in shown] == [newer.id, old.id, finished[2].id, finished[1].id]
     assert forgotten.id not in [t.id for t in shown]
+
+
+async def test_epochs_are_unique_across_tasks_so_one_tasks_epoch_never_fences_another(
+    core: Core, board: Board, registry: AgentRegistry, clock: FakeClock
+) -> None:
+    await registry.add_agent("coder")
+    refs = []
+    for title in ("First", "Second", "Third"):
+        task = await board.create_task("C1", title, Actor.user(ALICE))
+        refs.append((await board.assign_task(task.ref, "coder", ALICE)).ref)
+    epochs = [(await require(core, ref)).lease_epoch for ref in refs]
+    assert len(set(epochs)) == 3
+    with pytest.raises(Superseded):
+        await board.update_task_status(
+            refs[1], TaskStatus.IN_PROGRESS, Actor.agent("coder"), epoch=epochs[0]
+        )
+    clock.advance(601)
+    report = await core.reconciler.reconcile_stale_tasks()
+    assert sorted(report.redispatched) == sorted(refs)
+    after = [(await require(core, ref)).lease_epoch for ref in refs]
+    assert len(set(after) | set(epochs)) == 6
+    assert min(after) > max(epochs)
+
+
+async def require(core: Core, ref: TaskRef) -> Task:
+    async with core.store.read() as reader:
+        task = await reader.get_task(ref)
+    assert task is not None
+    return task

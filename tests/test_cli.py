@@ -19,6 +19,7 @@ import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
+from bot.agents import AgentKind
 from bot.board import Board
 from bot.registry import AgentRegistry
 from bot.root import Overrides, open_core
@@ -30,7 +31,7 @@ from tests.conftest import FakeClock
 
 THREADWORK = Path(sys.executable).parent / "threadwork"
 COMMAND_TIMEOUT_S = 30
-SECRET_KEY = "cli-test-secret-key"
+SECRET_KEY = "TeNtaJ9DDN-hj45ip0b_as-iO2x1fo82bK5t0-7i42Q="
 API_KEY = "sk-ant-cli-test-7f3a9c1e5b"
 
 
@@ -488,6 +489,10 @@ BAD_SETTINGS = [
     ("SLACK_API_URL", "ftp://slack.example"),
     ("DATABASE_URL", "mysql://x"),
     ("DATABASE_URL", "not a url"),
+    ("THREADWORK_SECRET_KEY", "cli-test-secret-key"),
+    ("THREADWORK_SECRET_KEY", "c2hvcnQta2V5"),
+    ("THREADWORK_PUBLIC_URL", "threadwork.example.com"),
+    ("THREADWORK_MODEL_HOSTS", "https://api.anthropic.com"),
 ]
 
 
@@ -506,6 +511,8 @@ async def test_a_bad_setting_stops_a_command_at_start_with_one_line_naming_it_an
         pytest.param(["serve"], "THREADWORK_LEASE_TTL", "0", id="serve-lease-ttl-0"),
         pytest.param(["serve"], "THREADWORK_RECONCILE_INTERVAL", "inf", id="serve-interval-inf"),
         pytest.param(["serve"], "DATABASE_URL", "mysql://x", id="serve-mysql"),
+        pytest.param(["serve"], "THREADWORK_SECRET_KEY", "hunter2", id="serve-weak-secret-key"),
+        pytest.param(["serve"], "THREADWORK_PUBLIC_URL", "ftp://x", id="serve-public-url-ftp"),
         pytest.param(["db", "upgrade"], "DATABASE_URL", "mysql://x", id="db-upgrade-mysql"),
     ],
 )
@@ -531,3 +538,69 @@ async def test_any_positive_duration_and_in_range_number_is_accepted(
     result = await threadwork("tasks", "list", "--json", env=env | {variable: value})
 
     assert (result.code, result.stdout, result.stderr) == (0, "[]\n", "")
+
+
+# -- secrets ---------------------------------------------------------------------------------
+
+NEW_SECRET_KEY = "vnepMS6VIJXM5mAdXNfk76YVrMbWcBm8zVQBuw9_JOw="
+
+
+async def test_a_weak_secret_key_is_named_and_never_echoed(env: dict[str, str]) -> None:
+    result = await threadwork("agents", "list", env=env | {"THREADWORK_SECRET_KEY": "hunter2"})
+
+    assert_one_error_line(result, 2, "THREADWORK_SECRET_KEY", "32 random bytes")
+    assert "hunter2" not in result.stderr
+
+
+async def test_secrets_rotate_moves_stored_keys_to_the_new_key_so_the_old_can_go(
+    env: dict[str, str], domain: Domain
+) -> None:
+    await domain.registry.add_agent("claude-1")
+    await domain.registry.set_api_key("claude-1", API_KEY)
+    new_only = env | {"THREADWORK_SECRET_KEY": NEW_SECRET_KEY}
+    rotating = new_only | {"THREADWORK_SECRET_KEY_PREVIOUS": SECRET_KEY}
+
+    unreadable = await threadwork("agents", "list", "--json", env=new_only)
+    refused = await threadwork("secrets", "rotate", env=new_only)
+    rotated = await threadwork("secrets", "rotate", env=rotating)
+    after = await threadwork("agents", "list", "--json", env=new_only)
+
+    assert [a["api_key_configured"] for a in unreadable.json()] == [False]
+    assert_one_error_line(refused, 1, "1 stored secret(s)", "nothing was rotated")
+    assert (rotated.code, rotated.stderr) == (0, "")
+    assert rotated.stdout == "re-encrypted 1 stored secret(s) under THREADWORK_SECRET_KEY\n"
+    assert [a["api_key_configured"] for a in after.json()] == [True]
+    for run in (unreadable, refused, rotated, after):
+        for secret in (API_KEY, SECRET_KEY, NEW_SECRET_KEY):
+            assert secret not in run.stdout + run.stderr
+
+
+async def test_serve_refuses_to_start_when_keys_are_stored_but_no_secret_key_is_set(
+    env: dict[str, str], domain: Domain
+) -> None:
+    await domain.registry.add_agent("claude-1")
+    await domain.registry.set_api_key("claude-1", API_KEY)
+    slack = {
+        "SLACK_BOT_TOKEN": "xoxb-cli-test",
+        "SLACK_SIGNING_SECRET": "cli-signing-secret",
+        "SLACK_API_URL": "http://127.0.0.1:9/api/",
+        "THREADWORK_MCP_PORT": "0",
+    }
+
+    result = await threadwork("serve", "--http", env=env | slack)
+
+    assert_one_error_line(result, 2, "THREADWORK_SECRET_KEY is not set", "1 agent secret(s)")
+
+
+async def test_agents_add_with_another_kind_discards_the_stored_key_and_says_so(
+    env: dict[str, str], domain: Domain
+) -> None:
+    await domain.registry.add_agent("claude-1", AgentKind.CLAUDE)
+    await domain.registry.set_api_key("claude-1", API_KEY)
+    keyed = env | {"THREADWORK_SECRET_KEY": SECRET_KEY}
+
+    result = await threadwork("agents", "add", "claude-1", "--kind", "openai", env=keyed)
+
+    assert (result.code, result.stderr) == (0, "")
+    assert result.stdout == "agent claude-1 registered (openai); its stored API key was discarded\n"
+    assert await domain.registry.get_api_key("claude-1") is None

@@ -1,13 +1,19 @@
-"""Outbox claiming: ordered per task thread, never two rows of a thread at once, never dropped."""
+"""Outbox claiming and settling: ordered per task thread, never two rows of a thread at once;
+dead rows parked aside, and an admin's retry or drop as guarded moves."""
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.board import Board
-from bot.outbox import OutboxKind, OutboxState
+from bot.outbox import OutboxKind, OutboxRow, OutboxState
 from bot.registry import AgentRegistry
-from bot.task import Actor
+from bot.signal import Queued
+from bot.task import Actor, EventKind, NewEvent
 from store.database import create_engine
+from store.migrate import downgrade, upgrade
 from store.repository import SqlStore
 from tests.conftest import FakeClock
 
@@ -127,3 +133,144 @@ async def test_a_definite_refusal_does_not_make_a_row_uncertain(
     assert await store.release_for_retry(again.id, "w1", clock.now, "dropped", uncertain=True)
     [third] = await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=1)
     assert third.uncertain is True
+
+
+def dead_event(row: OutboxRow, error: str, at: datetime) -> NewEvent:
+    data = {"outbox_id": row.id, "kind": row.kind.value, "error": error}
+    return NewEvent(row.task_id, EventKind.OUTBOX_DEAD, Actor.system("outbox"), at, data)
+
+
+async def kill(store: SqlStore, row: OutboxRow, worker: str, at: datetime) -> None:
+    assert await store.mark_dead(row.id, worker, "not_in_channel", dead_event(row, "x", at))
+
+
+async def test_a_dead_row_no_longer_holds_up_the_later_rows_of_its_thread(
+    board: Board, registry: AgentRegistry, store: SqlStore, clock: FakeClock
+) -> None:
+    await seed(board, registry, tasks=1)
+    [card] = await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=10)
+    assert await store.mark_delivered(card.id, "w1", {"ts": "1.0"}, clock.now, card=(1, "1.0"))
+    [directive] = await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=10)
+    await kill(store, directive, "w1", clock.now)
+
+    [update] = await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=10)
+    assert (update.kind, update.task_id) == (OutboxKind.CARD_UPDATE, 1)
+    rows = {r.id: r for r in await store.list_outbox()}
+    assert (rows[directive.id].state, rows[directive.id].last_error) == (
+        OutboxState.DEAD,
+        "not_in_channel",
+    )
+    assert rows[directive.id].claimed_by is None
+    async with store.read() as reader:
+        events = [e for e in await reader.list_events(1) if e.kind == EventKind.OUTBOX_DEAD]
+    assert [(e.actor, e.data["outbox_id"]) for e in events] == [
+        (Actor.system("outbox"), directive.id)
+    ]
+
+
+async def test_only_the_claiming_worker_parks_a_row_and_a_lost_claim_appends_no_event(
+    board: Board, registry: AgentRegistry, store: SqlStore, clock: FakeClock
+) -> None:
+    await seed(board, registry, tasks=1)
+    [head] = await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=1)
+    assert not await store.mark_dead(head.id, "w2", "is_archived", dead_event(head, "x", clock.now))
+    clock.advance(CLAIM.total_seconds() + 1)
+    [taken] = await store.claim_outbox("w2", clock.now, clock.now + CLAIM, limit=1)
+    assert not await store.mark_dead(head.id, "w1", "is_archived", dead_event(head, "x", clock.now))
+    await kill(store, taken, "w2", clock.now)
+    [row, *_] = await store.list_outbox()
+    assert (row.state, row.uncertain) == (
+        OutboxState.DEAD,
+        True,
+    )  # the expired claim may have posted
+    async with store.read() as reader:
+        dead = [e for e in await reader.list_events(1) if e.kind == EventKind.OUTBOX_DEAD]
+    assert len(dead) == 1
+
+
+async def test_the_backlog_counts_rows_still_to_be_sent_and_dead_rows_apart(
+    board: Board, registry: AgentRegistry, store: SqlStore, clock: FakeClock
+) -> None:
+    await seed(board, registry, tasks=2)  # six rows, all pending
+    first = await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=10)
+    await kill(store, first[0], "w1", clock.now)
+    assert await store.mark_delivered(first[1].id, "w1", {"ts": "2.0"}, clock.now)
+    async with store.read() as reader:
+        stats = await reader.board_stats()
+        counts = await reader.count_outbox()
+        dead = await reader.list_dead_outbox(limit=10)
+        waiting = await reader.list_open_outbox(limit=10)
+    assert (stats["outbox_backlog"], stats["outbox_dead"]) == (4, 1)
+    assert counts == {OutboxState.PENDING: 4, OutboxState.IN_FLIGHT: 0, OutboxState.DEAD: 1}
+    assert [r.id for r in dead] == [first[0].id]
+    assert [r.kind for r in waiting] == [OutboxKind.DIRECTIVE, OutboxKind.CARD_UPDATE] * 2
+
+
+async def test_a_retried_dead_row_is_due_at_once_and_holds_its_thread_in_order_again(
+    board: Board, registry: AgentRegistry, store: SqlStore, clock: FakeClock
+) -> None:
+    await seed(board, registry, tasks=1)
+    [card] = await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=1)
+    await kill(store, card, "w1", clock.now)
+    async with store.transaction() as unit:
+        revived = await unit.retry_outbox_row(card.id, clock.now)
+        assert revived is not None
+        assert revived.state == OutboxState.PENDING
+        assert await unit.retry_outbox_row(card.id, clock.now) is None  # pending is not dead
+        assert unit.queued == {Queued.OUTBOX}
+    # The revived card is again the head of its thread: the directive waits behind it.
+    [again] = await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=10)
+    assert (again.id, again.attempts, again.last_error) == (card.id, 2, "not_in_channel")
+
+
+async def test_a_dropped_row_is_never_claimed_and_only_dead_or_pending_rows_can_be_dropped(
+    board: Board, registry: AgentRegistry, store: SqlStore, clock: FakeClock
+) -> None:
+    await seed(board, registry, tasks=1)
+    [card] = await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=1)
+    async with store.transaction() as unit:
+        assert await unit.drop_outbox_row(card.id) is None  # in flight: not droppable
+    await kill(store, card, "w1", clock.now)
+    async with store.transaction() as unit:
+        dropped = await unit.drop_outbox_row(card.id)
+        assert dropped is not None
+        assert dropped.state == OutboxState.DROPPED
+        directive = (await unit.list_open_outbox(limit=1))[0]
+        assert (await unit.drop_outbox_row(directive.id)) is not None  # pending: droppable
+        assert await unit.retry_outbox_row(card.id, clock.now) is None  # dropped is final
+    [update] = await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=10)
+    assert update.kind == OutboxKind.CARD_UPDATE
+    assert await store.mark_delivered(update.id, "w1", {"ts": "1.0"}, clock.now)
+    assert await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=10) == []
+
+
+async def test_the_shortened_flag_is_kept_on_the_row_across_claims_and_later_retries(
+    board: Board, store: SqlStore, clock: FakeClock
+) -> None:
+    await board.create_task("C1", "t", Actor.user(ALICE))
+    [head] = await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=1)
+    assert head.shortened is False
+    assert await store.release_for_retry(head.id, "w1", clock.now, "msg_too_long", shortened=True)
+    [again] = await store.claim_outbox("w2", clock.now, clock.now + CLAIM, limit=1)
+    assert again.shortened is True
+    assert await store.release_for_retry(again.id, "w2", clock.now, "http_500", uncertain=True)
+    [third] = await store.claim_outbox("w3", clock.now, clock.now + CLAIM, limit=1)
+    assert (third.shortened, third.uncertain) == (True, True)
+
+
+async def test_downgrading_below_dead_letters_retries_dead_rows_and_settles_dropped_ones(
+    board: Board, registry: AgentRegistry, store: SqlStore, clock: FakeClock, engine: AsyncEngine
+) -> None:
+    await seed(board, registry, tasks=1)
+    [card] = await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=1)
+    await kill(store, card, "w1", clock.now)
+    async with store.transaction() as unit:
+        directive = (await unit.list_open_outbox(limit=1))[0]
+        assert await unit.drop_outbox_row(directive.id) is not None
+    await downgrade(engine, "0004")
+    async with engine.connect() as conn:
+        states = (await conn.execute(text("SELECT state FROM outbox ORDER BY id"))).scalars()
+        assert list(states) == ["pending", "delivered", "pending"]
+    await upgrade(engine)
+    [row, *_] = await store.list_outbox()
+    assert (row.state, row.shortened) == (OutboxState.PENDING, False)

@@ -1,12 +1,15 @@
-"""Outbox delivery's pacing and back-off, with a recording deliverer and no real sleeping."""
+"""Outbox delivery's pacing, back-off and dead letters, with a recording deliverer and no real
+sleeping."""
 
 import asyncio
 
+from structlog.testing import capture_logs
+
 from bot.board import Board
-from bot.delivery import Delivered, DeliveryFailed, DeliverySettings, OutboxDelivery
+from bot.delivery import Delivered, DeliveryFailed, DeliverySettings, OutboxDelivery, Retry
 from bot.outbox import OutboxKind, OutboxRow, OutboxState
 from bot.registry import AgentRegistry
-from bot.task import Actor
+from bot.task import Actor, EventKind
 from store.repository import SqlStore
 from tests.conftest import FakeClock
 
@@ -208,3 +211,40 @@ async def test_no_more_rows_are_claimed_than_a_batch_while_earlier_ones_wait_the
         loop.cancel()
         await asyncio.gather(loop, return_exceptions=True)
     assert all(r.state == OutboxState.DELIVERED for r in await store.list_outbox())
+
+
+async def test_a_refusal_for_good_parks_the_row_once_and_its_thread_goes_on(
+    board: Board, registry: AgentRegistry, store: SqlStore, clock: FakeClock
+) -> None:
+    await registry.add_agent("coder")
+    task = await board.create_task("C1", "t", Actor.user("U1"))
+    await board.assign_task(task.ref, "coder", "U1")
+    recorder = Recorder([DeliveryFailed("is_archived", retry=Retry.NEVER)])
+    with capture_logs() as logs:
+        await delivery_for(store, clock, recorder, FakeTime()).drain()
+    assert [r.kind for r in recorder.delivered] == [OutboxKind.DIRECTIVE, OutboxKind.CARD_UPDATE]
+    [card, *_] = await store.list_outbox()
+    assert (card.state, card.last_error, card.attempts) == (OutboxState.DEAD, "is_archived", 1)
+    assert [e["reason"] for e in logs if e["event"] == "outbox.dead"] == ["is_archived"]
+    async with store.read() as reader:
+        [event] = [e for e in await reader.list_events(task.id) if e.kind == EventKind.OUTBOX_DEAD]
+    assert (event.actor, event.data) == (
+        Actor.system("outbox"),
+        {"outbox_id": card.id, "kind": "card_post", "error": "is_archived"},
+    )
+
+
+async def test_too_long_is_retried_at_once_shortened_and_then_parked(
+    board: Board, store: SqlStore, clock: FakeClock
+) -> None:
+    await board.create_task("C1", "t", Actor.user("U1"))
+    too_long = [DeliveryFailed("msg_too_long", retry=Retry.SHORTENED) for _ in range(2)]
+    recorder = Recorder(too_long)
+    worker = delivery_for(store, clock, recorder, FakeTime())
+    await worker.run_once()
+    [row] = await store.list_outbox()
+    assert (row.state, row.shortened, row.available_at) == (OutboxState.PENDING, True, clock.now)
+    await worker.drain()
+    [row] = await store.list_outbox()
+    assert (row.state, row.attempts, row.last_error) == (OutboxState.DEAD, 2, "msg_too_long")
+    assert recorder.delivered == []

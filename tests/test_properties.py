@@ -424,9 +424,14 @@ def check_dispatches(step: Step) -> None:
         assert after.lease_epoch >= before.lease_epoch, f"{after} on {step.op}"
         events = step.new_events(ref)
         rows = [row for row in fresh if row.task_id == after.id]
-        new_epochs = list(range(before.lease_epoch + 1, after.lease_epoch + 1))
+        # Epochs come from one counter shared by all tasks: each dispatch takes a fresh, higher
+        # one, and the task ends at the last one announced.
         announced = [e.data["epoch"] for e in events if e.kind in DISPATCH_EVENTS]
+        new_epochs = announced if after.lease_epoch != before.lease_epoch else []
         assert announced == new_epochs, f"{ref} went to epoch {after.lease_epoch} on {step.op}"
+        assert announced == sorted(set(announced)), f"{ref}: epochs {announced} not increasing"
+        assert all(e > before.lease_epoch for e in announced), f"{ref}: {announced}"
+        assert announced[-1:] == ([after.lease_epoch] if announced else []), f"{ref}: {announced}"
         sent = [
             (r.payload["epoch"], r.payload["agent"]) for r in rows if r.kind == OutboxKind.DIRECTIVE
         ]

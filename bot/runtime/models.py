@@ -4,6 +4,7 @@ import anthropic
 
 from bot.agents import Agent, AgentKind
 from bot.errors import ConfigurationError
+from bot.model_hosts import ANTHROPIC_API_URL, ModelHosts
 from bot.registry import AgentRegistry
 from bot.runtime.anthropic_model import AnthropicModel
 from bot.runtime.model import AgentModel
@@ -12,6 +13,11 @@ from bot.runtime.openai_model import OpenAICompatibleModel
 DEFAULT_CLAUDE_MODEL = "claude-sonnet-4-6"
 DEFAULT_MAX_TOKENS = 4096
 MODEL_TIMEOUT_S = 300.0
+
+
+def _endpoint(agent: Agent) -> tuple[AgentKind, str | None]:
+    """Where the agent's requests (and its key) go."""
+    return agent.kind, agent.settings.base_url
 
 
 class ModelFactory:
@@ -23,21 +29,34 @@ class ModelFactory:
         anthropic_api_key: str | None,
         anthropic_base_url: str | None,
         max_retries: int = 2,
+        model_hosts: ModelHosts | None = None,
     ) -> None:
         self._registry = registry
         self._fallback_key = anthropic_api_key
         self._base_url = anthropic_base_url
         self._max_retries = max_retries
+        self._hosts = model_hosts or ModelHosts()
         self._clients: dict[str, anthropic.AsyncAnthropic] = {}
 
     async def for_agent(self, agent: Agent) -> AgentModel:
+        """The agent's model, from its settings and its stored key. A key is discarded whenever
+        the agent's kind or base_url changes, so one read after ``agent`` was could belong to
+        another endpoint: the agent is read again, and a change refuses the run."""
         key = await self._registry.get_api_key(agent.name)
+        current = await self._registry.get_agent(agent.name)
+        if current is None or _endpoint(current) != _endpoint(agent):
+            raise ConfigurationError(
+                f"`{agent.name}` was changed or removed as its run started; nothing was sent. "
+                "Assign the task again to start it."
+            )
         max_tokens = agent.settings.max_tokens or DEFAULT_MAX_TOKENS
         if agent.kind == AgentKind.OPENAI:
             if not agent.settings.base_url:
                 raise ConfigurationError(f"`{agent.name}` has no endpoint: set base_url=...")
+            self._check_host(agent.name, agent.settings.base_url)
             model = agent.settings.model or "default"
             return OpenAICompatibleModel(agent.settings.base_url, key, model, max_tokens)
+        self._check_host(agent.name, self._base_url or ANTHROPIC_API_URL)
         key = key or self._fallback_key
         if not key:
             raise ConfigurationError(
@@ -47,6 +66,11 @@ class ModelFactory:
         return AnthropicModel(
             self._client(key), agent.settings.model or DEFAULT_CLAUDE_MODEL, max_tokens
         )
+
+    def _check_host(self, name: str, url: str) -> None:
+        """Refuses an endpoint outside THREADWORK_MODEL_HOSTS, before any key is sent."""
+        if not self._hosts.allows(url):
+            raise ConfigurationError(self._hosts.refusal(name, url))
 
     def _client(self, key: str) -> anthropic.AsyncAnthropic:
         if key not in self._clients:

@@ -150,7 +150,7 @@ class AgentRunner:
             epoch=task.lease_epoch,
             reason=wakeup.reason,
             model=model,
-            tools=self._tools_for(agent.name, task.lease_epoch),
+            tools=self._tools_for(agent.name, task.lease_epoch, task.ref),
             work=self._work,
             specs=await self._tool_specs(),
             system=prompt.system_prompt(agent.settings.system_prompt),

@@ -6,16 +6,20 @@ is scoped to the token's agent.
 
 import asyncio
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
 import uvicorn
 from mcp.server.mcpserver import MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from bot.errors import DomainError
-from bot.registry import AgentRegistry
+from bot.errors import DomainError, RateLimited
+from bot.limits import CallBudget
+from bot.registry import AgentRegistry, token_hash
 from bot.tools import TaskTools, ToolsFor, build_tool_server
 
 logger = structlog.get_logger(__name__)
@@ -34,15 +38,24 @@ def bearer(headers: Mapping[str, str] | None) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def build_mcp_server(registry: AgentRegistry, tools_for: ToolsFor) -> MCPServer:
-    """The tool server whose callers are identified by their bearer token."""
+def build_mcp_server(
+    registry: AgentRegistry, tools_for: ToolsFor, budget: CallBudget | None = None
+) -> MCPServer:
+    """The tool server whose callers are identified by their bearer token; each token's tool
+    calls are counted against ``budget``."""
 
     async def resolve(headers: Mapping[str, str] | None) -> TaskTools:
         token = bearer(headers)
         agent = await registry.agent_for_token(token) if token else None
-        if agent is None:
+        if agent is None or token is None:
             raise Unauthenticated("A valid agent token is required (Authorization: Bearer ...).")
-        return tools_for(agent.name, None)
+        wait = budget.take(token_hash(token)) if budget is not None else None
+        if wait is not None:
+            raise RateLimited(
+                f"rate_limited: this token made too many tool calls in the last minute; retry "
+                f"in {math.ceil(wait)} s."
+            )
+        return tools_for(agent.name)
 
     return build_tool_server(resolve)
 
@@ -81,8 +94,44 @@ async def _unauthorized(send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def build_mcp_app(server: MCPServer, registry: AgentRegistry, host: str) -> ASGIApp:
-    app = server.streamable_http_app(streamable_http_path=MCP_PATH, host=host)
+#: Loopback names a local client may use whatever HOST is bound: a DNS-rebinding page always
+#: arrives under its own (foreign) name, never one of these.
+_LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
+
+
+def _authority(host: str) -> str:
+    """``host`` as it appears in a Host header (IPv6 addresses in brackets)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def transport_security(public_url: str | None, host: str) -> TransportSecuritySettings:
+    """The Host and Origin values the endpoint accepts: those of ``public_url`` (the address
+    agents and browsers use, THREADWORK_PUBLIC_URL), and the bound ``host`` and loopback on any
+    port, for local clients. Anything else is refused by the SDK (421 for a Host, 403 for an
+    Origin), whatever ``host`` is bound to."""
+    local = dict.fromkeys([_authority(host), *_LOOPBACK])
+    hosts = [f"{name}:*" for name in local]
+    origins = [f"http://{name}:*" for name in local]
+    if public_url:
+        url = urlsplit(public_url)
+        assert url.hostname is not None  # checked by Settings
+        name = _authority(url.hostname.lower())
+        default = 443 if url.scheme == "https" else 80
+        port = url.port or default
+        hosts += [f"{name}:{port}"] + ([name] if port == default else [])
+        origins += [f"{url.scheme}://{name}:{port}"] + (
+            [f"{url.scheme}://{name}"] if port == default else []
+        )
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
+    )
+
+
+def build_mcp_app(
+    server: MCPServer, registry: AgentRegistry, security: TransportSecuritySettings
+) -> ASGIApp:
+    """The streamable HTTP app: a live token first, then the SDK's Host and Origin checks."""
+    app = server.streamable_http_app(streamable_http_path=MCP_PATH, transport_security=security)
     return RequireToken(app, registry)
 
 

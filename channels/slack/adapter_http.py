@@ -10,7 +10,7 @@ EVENTS_PATH = "/slack/events"
 
 def slack_routes(gateway: SlackGateway) -> list[web.RouteDef]:
     async def events(request: web.Request) -> web.Response:
-        raw = await request.text()
+        raw = await request.read()  # bytes: the signature is checked before any decoding
         response = await gateway.handle_http(raw, request.query_string, request.headers)
         return await to_aiohttp_response(response)
 

@@ -6,9 +6,13 @@ from collections.abc import Awaitable, Callable
 
 from slack_sdk.errors import SlackApiError
 
+from bot.access import Closers
 from bot.agents import AgentKind, AgentSettings, Autonomy, normalize_agent_name
 from bot.errors import DomainError, InvalidInput
 from bot.reconcile import ReconcileReport
+from bot.task import Actor
+from channels.slack.outbox_command import USAGE as OUTBOX_USAGE
+from channels.slack.outbox_command import outbox_command
 from channels.slack.parsing import SlashCommand, parse_user_mention, split_args, split_options
 from channels.slack.replies import ADMIN_USAGE
 from channels.slack.services import SlackServices
@@ -23,9 +27,11 @@ USAGE = {
     "agent disable": "/task-admin agent disable <name>",
     "agent enable": "/task-admin agent enable <name>",
     "agent key": "/task-admin agent key <name>",
-    "policy": "/task-admin policy [show | ttl <seconds> | attempts <n> | agents-close on|off]",
+    "policy": "/task-admin policy [show | ttl <seconds> | attempts <n> | agents-close on|off "
+    "| closers anyone|owners]",
     "reconcile": "/task-admin reconcile",
     "stats": "/task-admin stats",
+    "outbox": OUTBOX_USAGE,
 }
 AGENT_KEY_VIEW = "agent_key_modal"
 
@@ -34,10 +40,11 @@ Handler = Callable[[SlashCommand, list[str], SlackServices], Awaitable[str]]
 
 async def handle_admin_command(command: SlashCommand, services: SlackServices) -> str:
     """Runs one ``/task-admin`` invocation for an admin; refuses everyone else."""
-    if not await services.admins.is_admin(command.user_id):
+    if not await services.access.is_admin(Actor.user(command.user_id)):
         return (
-            ":no_entry: `/task-admin` is for threadwork admins (THREADWORK_ADMINS) and workspace "
-            "admins and owners. Nothing was changed."
+            ":no_entry: `/task-admin` is for threadwork admins (THREADWORK_ADMINS, and the "
+            "workspace's admins and owners when THREADWORK_WORKSPACE_ADMINS=1). Nothing was "
+            "changed."
         )
     try:
         words = split_args(command.text)
@@ -81,7 +88,7 @@ async def _agent_add(command: SlashCommand, args: list[str], services: SlackServ
                 f"Slack has no handle for <@{user_id}>; give the agent one with `name=<handle>`."
             )
     name = normalize_agent_name(handle or "")
-    agent = await services.registry.add_agent(
+    registration = await services.registry.register_agent(
         name,
         kind,
         display_name=options.get("display"),
@@ -89,6 +96,7 @@ async def _agent_add(command: SlashCommand, args: list[str], services: SlackServ
         slack_bot_id=options.get("bot"),
         settings=settings,
     )
+    agent = registration.agent
     who = f" (<@{agent.slack_user_id}>)" if agent.slack_user_id else ""
     extra = ""
     if agent.built_in:
@@ -99,7 +107,12 @@ async def _agent_add(command: SlashCommand, args: list[str], services: SlackServ
             extra += (
                 f"; set its key with `/task-admin agent key {agent.name}` (or ANTHROPIC_API_KEY)"
             )
-    return f"Agent `{agent.name}`{who} is registered as `{agent.kind.value}`{extra}."
+    if registration.key_discarded:
+        extra += ". Its stored API key was discarded, because its kind or base_url changed"
+        if agent.kind == AgentKind.OPENAI:
+            extra += f": set one for the new endpoint with `/task-admin agent key {agent.name}`"
+    state = "" if agent.enabled else f" It stays disabled: `/task-admin agent enable {agent.name}`."
+    return f"Agent `{agent.name}`{who} is registered as `{agent.kind.value}`{extra}.{state}"
 
 
 def _agent_settings(kind: AgentKind, options: dict[str, str]) -> AgentSettings:
@@ -238,7 +251,13 @@ def agent_key_view(name: str) -> dict[str, object]:
 
 async def _policy(command: SlashCommand, args: list[str], services: SlackServices) -> str:
     channel = command.channel_id
-    if args and args[0].lower() == "agents-close":
+    if args and args[0].lower() == "closers":
+        if len(args) != 2 or args[1].lower() not in ("anyone", "owners"):
+            raise InvalidInput("`policy closers` takes `anyone` or `owners`.")
+        await services.board.set_channel_policy(
+            channel, command.user_id, None, None, closers=Closers(args[1].lower())
+        )
+    elif args and args[0].lower() == "agents-close":
         if len(args) != 2 or args[1].lower() not in ("on", "off"):
             raise InvalidInput("`policy agents-close` takes `on` or `off`.")
         allowed = args[1].lower() == "on"
@@ -258,15 +277,20 @@ async def _policy(command: SlashCommand, args: list[str], services: SlackService
     book = await services.board.policies()
     policy, own = book.for_channel(channel), book.channels.get(channel)
     source = "this channel's own" if own else "the global defaults"
-    closers = (
+    agents_done = (
         "agents may mark tasks done"
         if book.agents_may_close(channel)
         else "only people mark tasks done"
     )
+    anyone_closes = (
+        "; any member of the channel may cancel, finish or reassign a task"
+        if book.closers(channel) == Closers.ANYONE
+        else ""
+    )
     return (
         f"Lease policy in <#{channel}> ({source}): TTL {policy.lease_ttl.total_seconds():g}s, "
         f"{policy.max_dispatch_attempts} dispatch attempt(s) before a silent task is blocked; "
-        f"{closers}."
+        f"{agents_done}{anyone_closes}."
     )
 
 
@@ -302,6 +326,7 @@ async def _stats(command: SlashCommand, args: list[str], services: SlackServices
     return (
         f"*Tasks*: {by_status}\n*Stale leases*: {stats.stale}\n*Blocked*: {stats.blocked}\n"
         f"*Outbox backlog*: {stats.outbox_backlog} undelivered"
+        + (f", {stats.outbox_dead} dead (`/task-admin outbox`)" if stats.outbox_dead else "")
     )
 
 
@@ -316,4 +341,5 @@ HANDLERS: dict[str, Handler] = {
     "policy": _policy,
     "reconcile": _reconcile,
     "stats": _stats,
+    "outbox": outbox_command,
 }

@@ -12,7 +12,7 @@ from channels.slack import interactive
 from channels.slack.admin_command import AGENT_KEY_VIEW, handle_admin_command
 from channels.slack.events import on_mention, thread_reply
 from channels.slack.home import publish_home
-from channels.slack.parsing import MessageEvent, SlashCommand
+from channels.slack.parsing import MemberEvent, MessageEvent, SlashCommand
 from channels.slack.services import SlackServices
 from channels.slack.task_command import handle_task_command
 
@@ -70,6 +70,18 @@ def register_events(app: AsyncApp, services: SlackServices) -> None:
     @app.event("app_mention")
     async def mention(event: dict[str, Any], client: AsyncWebClient) -> None:
         await on_mention(MessageEvent.from_event(event), services, client)
+
+    @app.event("member_joined_channel")
+    async def joined(event: dict[str, Any]) -> None:
+        member = MemberEvent.from_event(event)
+        if member is not None:
+            services.access.membership.joined(member.user_id, member.channel_id)
+
+    @app.event("member_left_channel")
+    async def left(event: dict[str, Any]) -> None:
+        member = MemberEvent.from_event(event)
+        if member is not None:
+            services.access.membership.left(member.user_id, member.channel_id)
 
     @app.event("app_home_opened")
     async def home(event: dict[str, Any], client: AsyncWebClient) -> None:

@@ -1,11 +1,16 @@
-"""Outbox delivery to Slack: in order per thread, paced per channel, never dropped, never doubled.
+"""Outbox delivery to Slack: in order per thread, paced per channel, never doubled.
 
 Each row is rendered from the task's state at delivery time. A 429 waits Retry-After; a 5xx or a
 dropped connection backs off exponentially and marks the row uncertain, because Slack may have
 posted it anyway. Before re-posting an uncertain row, the thread is searched for the row's key in
 message metadata, so a crash between Slack's answer and our record never posts twice.
+
+An error that Slack will give for this row every time (the bot is not in the channel, the channel
+is archived, the blocks are invalid ...) parks the row as dead, for an admin to retry or drop. A
+message Slack finds too long is sent once more, shortened, with a pointer to ``/task show``.
 """
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,11 +22,11 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.agents import Agent
 from bot.board import Board
 from bot.clock import Clock
-from bot.delivery import Delivered, DeliveryFailed
+from bot.delivery import Delivered, DeliveryFailed, Retry
 from bot.errors import NotFound
 from bot.outbox import OutboxKind, OutboxRow
 from bot.queries import TaskQueries
-from bot.task import LeasePolicy, Task, ThreadMessage
+from bot.task import LeasePolicy, Task, TaskRef, ThreadMessage
 from channels.slack import render
 from channels.slack.parsing import error_code
 
@@ -35,6 +40,10 @@ EVENT_TYPES = {
 }
 #: How far before a row's creation to search the thread when looking for an earlier post.
 LOOKBACK = timedelta(minutes=5)
+#: How much of a text a shortened retry keeps, and of a card's title and description.
+SHORTENED_TEXT = 3000
+SHORTENED_TITLE = 150
+SHORTENED_DESCRIPTION = 1000
 
 
 def slack_ts(at: datetime) -> str:
@@ -66,9 +75,14 @@ class SlackDeliverer:
         if context is None:
             raise NotFound(f"task {row.payload['ref']} is gone")
         task, agents, policy = context.task, context.agents, context.policy
+        if row.shortened:
+            task = shortened_task(task)
         handoff = f'"{render.escape(context.handoff[:300])}"' if context.handoff else None
         if row.kind == OutboxKind.CARD_UPDATE:
             return await self._update_card(task, agents, policy)
+        if row.kind != OutboxKind.CARD_POST and task.thread_ts is None:
+            # Its card was never posted (dead or dropped): a post now would start a stray thread.
+            raise DeliveryFailed("card_not_posted", retry=Retry.NEVER)
         if row.uncertain:
             earlier = await self._find_posted(task, row)
             if earlier is not None:
@@ -79,12 +93,14 @@ class SlackDeliverer:
         self, task: Task, agents: dict[str, Agent], policy: LeasePolicy
     ) -> Delivered:
         if task.card_ts is None:
-            raise NotFound(f"the card of {task.ref} has not been posted")
+            # The card's own row is dead or dropped; once retried it shows the current state.
+            raise DeliveryFailed("card_not_posted", retry=Retry.NEVER)
         await self._client.chat_update(
             channel=task.channel_id,
             ts=task.card_ts,
             text=render.card_text(task),
             blocks=render.card_blocks(task, policy, agents, self._clock()),
+            link_names=False,
         )
         return Delivered(task.card_ts)
 
@@ -101,7 +117,12 @@ class SlackDeliverer:
             "event_payload": {"task": str(task.ref), "outbox_key": row.key}
             | {k: row.payload[k] for k in ("epoch", "attempt", "agent") if k in row.payload},
         }
-        message: dict[str, Any] = {"channel": task.channel_id, "metadata": metadata}
+        # link_names off: a bare "@channel" in a rendered text stays text (Slack's default, pinned).
+        message: dict[str, Any] = {
+            "channel": task.channel_id,
+            "metadata": metadata,
+            "link_names": False,
+        }
         if row.kind == OutboxKind.CARD_POST:
             message |= {
                 "text": render.card_text(task),
@@ -121,8 +142,7 @@ class SlackDeliverer:
                 "thread_ts": task.thread_ts,
                 "reply_broadcast": True,
             }
-        response = await self._client.chat_postMessage(**message)
-        return Delivered(str(response["ts"]))
+        return Delivered(await self._send(row, task, message))
 
     async def _agent_post(
         self, task: Task, row: OutboxRow, message: dict[str, Any], agents: dict[str, Agent]
@@ -131,18 +151,24 @@ class SlackDeliverer:
         name = row.payload["agent"]
         agent = agents.get(name)
         message |= {
-            "text": row.payload["text"],
+            "text": render.agent_post_text(row.payload),
             "thread_ts": task.thread_ts,
             "username": agent.display_name if agent else name,
             "icon_emoji": ":robot_face:",
         }
-        response = await self._client.chat_postMessage(**message)
-        ts = str(response["ts"])
+        ts = await self._send(row, task, message)
         posted = ThreadMessage(
             task.id, task.channel_id, ts, f"agent:{name}", row.payload["text"], self._clock()
         )
         await self._board.record_thread_message(posted, agent=name, renew=False)
         return Delivered(ts)
+
+    async def _send(self, row: OutboxRow, task: Task, message: dict[str, Any]) -> str:
+        """Posts ``message`` and returns its ts; shortened once Slack found the row too long."""
+        if row.shortened:
+            message["text"] = shorten(message["text"], task.ref, SHORTENED_TEXT)
+        response = await self._client.chat_postMessage(**message)
+        return str(response["ts"])
 
     async def _find_posted(self, task: Task, row: OutboxRow) -> str | None:
         """The ts of an earlier post of ``row`` (found by its key in metadata), if any."""
@@ -176,8 +202,66 @@ class SlackDeliverer:
         return None
 
 
+#: Errors Slack gives for this row every time, from its method references (chat.postMessage,
+#: chat.update, conversations.replies/history): the channel, the message to update, the content
+#: or the request itself is wrong. Retrying cannot help; the row is parked as dead.
+PERMANENT_ERRORS = frozenset(
+    {
+        # The channel: gone, archived or frozen, or the bot is not in it.
+        "channel_not_found",
+        "not_in_channel",
+        "is_archived",
+        "is_inactive",
+        "channel_type_not_supported",
+        "team_not_found",
+        "thread_not_found",
+        # A workspace or channel rule forbids the post.
+        "restricted_action",
+        "restricted_action_read_only_channel",
+        "restricted_action_thread_only_channel",
+        "restricted_action_non_threadable_channel",
+        "ekm_access_denied",
+        "slack_connect_file_link_sharing_blocked",
+        "slack_connect_canvas_sharing_blocked",
+        # The content.
+        "invalid_blocks",
+        "invalid_blocks_format",
+        "block_mismatch",
+        "invalid_attachments",
+        "too_many_attachments",
+        "no_text",
+        "markdown_text_conflict",
+        "invalid_metadata_format",
+        "invalid_metadata_schema",
+        "metadata_too_large",
+        "metadata_must_be_sent_from_app",
+        # The card to update.
+        "message_not_found",
+        "cant_update_message",
+        "edit_window_closed",
+        "cant_broadcast_message",
+        "no_dual_broadcast_content_update",
+        # The request.
+        "invalid_arguments",
+        "invalid_arg_name",
+        "invalid_array_arg",
+        "invalid_charset",
+        "invalid_form_data",
+        "invalid_post_type",
+        "missing_post_type",
+        "as_user_not_supported",
+    }
+)
+#: The message (or the request, HTTP 413) is too long: one more try, shortened.
+TOO_LONG_ERRORS = frozenset({"msg_too_long", "msg_blocks_too_long"})
+#: Slack's own trouble, after which "some aspect of the operation" may have succeeded.
+UNSURE_ERRORS = frozenset({"internal_error", "fatal_error", "service_unavailable"})
+
+
 def _classify(exc: SlackApiError) -> DeliveryFailed:
-    """429: wait Retry-After, nothing was posted. 5xx: unsure. Other errors: retry with back-off."""
+    """429: wait Retry-After, nothing was posted. 5xx or Slack's internal errors: back off,
+    unsure. Too long: once more, shortened. A permanent error: never again. Anything else (an
+    auth or workspace problem, which fixing the app fixes for every row): back off."""
     status = exc.response.status_code
     error = error_code(exc)
     if status == 429:
@@ -185,4 +269,30 @@ def _classify(exc: SlackApiError) -> DeliveryFailed:
             exc.response.headers.get("Retry-After", exc.response.headers.get("retry-after", 1))
         )
         return DeliveryFailed("ratelimited", retry_after=retry_after)
-    return DeliveryFailed(error, uncertain=status >= 500)
+    if status == 413 or error in TOO_LONG_ERRORS:
+        return DeliveryFailed(error, retry=Retry.SHORTENED)
+    if error in PERMANENT_ERRORS:
+        return DeliveryFailed(error, retry=Retry.NEVER)
+    return DeliveryFailed(error, uncertain=status >= 500 or error in UNSURE_ERRORS)
+
+
+def shorten(text: str, ref: TaskRef, limit: int) -> str:
+    """At most ``limit`` characters of ``text``, cut before a half-written ``<...>`` link or
+    mention or ``&...;`` entity, ending with a pointer to the rest; short texts are unchanged."""
+    if len(text) <= limit:
+        return text
+    head = text[:limit]
+    for opener, closer, longest in (("<", ">", 300), ("&", ";", 8)):
+        start = head.rfind(opener, len(head) - longest)
+        if start > head.rfind(closer):
+            head = head[:start]
+    return f"{head.rstrip()}… (truncated; `/task show {ref}` has the rest)"
+
+
+def shortened_task(task: Task) -> Task:
+    """``task`` with its title and description cut down, for a card Slack found too long."""
+    return replace(
+        task,
+        title=shorten(task.title, task.ref, SHORTENED_TITLE),
+        description=shorten(task.description, task.ref, SHORTENED_DESCRIPTION),
+    )

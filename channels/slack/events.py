@@ -11,7 +11,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.board import Board
 from bot.errors import DomainError
 from bot.task import Actor, IncomingReply, Task
-from channels.slack.parsing import MessageEvent, error_code
+from channels.slack.parsing import MessageEvent, error_code, unescape
 from channels.slack.services import SlackServices
 from channels.slack.task_command import resolve_agent
 
@@ -53,11 +53,14 @@ async def on_mention(event: MessageEvent, services: SlackServices, client: Async
         return
     try:
         agent = await resolve_agent(services.registry, match["agent"])
-        task = await services.queries.task_in_thread(event.channel_id, thread_ts)
+        viewer = Actor.user(event.author)
+        task = await services.queries.task_in_thread(event.channel_id, thread_ts, viewer)
         if task is None:
             title = await _thread_title(client, event.channel_id, thread_ts)
             task = await _create_from_thread(services, event, thread_ts, title)
-        await services.board.assign_task(task.ref, agent.name, event.author)
+        await services.board.assign_task(
+            task.ref, agent.name, event.author, in_channel=event.channel_id
+        )
     except DomainError as exc:
         await _tell(client, event, f":warning: {exc.message}\n{MENTION_USAGE}")
 
@@ -77,7 +80,7 @@ async def _thread_title(client: AsyncWebClient, channel_id: str, thread_ts: str)
     except SlackApiError:
         return "Task from a thread"
     messages: list[dict[str, Any]] = response.get("messages") or []
-    text = str(messages[0].get("text", "")) if messages else ""
+    text = unescape(str(messages[0].get("text", ""))) if messages else ""
     text = re.sub(r"<@[A-Z0-9]+(\|[^>]*)?>", "", text).strip()
     first = text.splitlines()[0].strip() if text else ""
     return (first[:120] + "…") if len(first) > 120 else (first or "Task from a thread")

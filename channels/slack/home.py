@@ -12,10 +12,20 @@ from bot.queries import ViewerBoard
 from bot.status import TERMINAL_STATUSES, TaskStatus
 from bot.task import Task, is_stale
 from channels.slack.parsing import error_code
-from channels.slack.render import STATUS_EMOJI, Block, age, agent_label, task_heading
+from channels.slack.render import (
+    STATUS_EMOJI,
+    Block,
+    age,
+    agent_label,
+    inert_mrkdwn,
+    task_heading,
+)
 from channels.slack.services import SlackServices
 
 logger = structlog.get_logger(__name__)
+
+#: Slack refuses a section whose text is longer than this.
+SECTION_LIMIT = 3000
 
 GROUPS = [
     ("stale", ":hourglass: Lease lapsed"),
@@ -74,7 +84,7 @@ def home_blocks(board: ViewerBoard) -> list[Block]:
                 "type": "section",
                 "text": {
                     "type": "mrkdwn",
-                    "text": "Nothing open or recently finished. `/task new <title>` starts one.",
+                    "text": "Nothing open or recently finished. `/task new &lt;title&gt;` starts one.",
                 },
             }
         )
@@ -84,14 +94,21 @@ def home_blocks(board: ViewerBoard) -> list[Block]:
         if not members:
             continue
         lines = [_line(t, book, agents, now) for t in members[:15]]
-        blocks.append(
-            {
-                "type": "section",
-                "text": {"type": "mrkdwn", "text": f"*{title}*\n" + "\n".join(lines)},
-            }
-        )
+        blocks.append({"type": "section", "text": inert_mrkdwn(_section(title, lines))})
         blocks.append({"type": "divider"})
     return blocks[:100]
+
+
+def _section(title: str, lines: list[str]) -> str:
+    """The group's title and as many whole lines as fit in a section, then how many did not."""
+    text = f"*{title}*"
+    for shown, line in enumerate(lines):
+        rest = f"\n…and {len(lines) - shown} more"
+        room = SECTION_LIMIT - (0 if shown == len(lines) - 1 else len(rest))
+        if len(text) + 1 + len(line) > room:
+            return text + rest
+        text += "\n" + line
+    return text
 
 
 def _line(task: Task, book: PolicyBook, agents: dict[str, Agent], now: datetime) -> str:

@@ -10,7 +10,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.errors import DomainError
 from bot.status import parse_status
 from bot.task import Actor, TaskRef
-from channels.slack.parsing import error_code
+from channels.slack.parsing import CardAction, error_code, unescape
 from channels.slack.services import SlackServices
 
 logger = structlog.get_logger(__name__)
@@ -23,27 +23,29 @@ NO_ASSIGNEE = "-"
 async def on_card_action(
     body: dict[str, Any], services: SlackServices, client: AsyncWebClient
 ) -> None:
-    """Runs the card control a person used; a refusal comes back to them alone."""
-    action = body["actions"][0]
-    user_id = str(body["user"]["id"])
-    actor = Actor.user(user_id)
-    action_id = str(action["action_id"])
+    """Runs the card control a person used, as coming from the channel the card is in (a
+    control of another channel's task is refused); a refusal comes back to them alone."""
+    used = CardAction.from_body(body)
+    if used is None:
+        logger.warning("interactive.malformed_action", type=body.get("type"))
+        return
+    actor, board = Actor.user(used.user_id), services.board
+    where = used.channel_id or ""  # no channel said: matches no task's channel
     try:
-        if action_id == "task_assign":
-            ref_text, _, agent = str(action["selected_option"]["value"]).partition(" ")
-            await services.board.assign_task(TaskRef.parse(ref_text), agent, user_id)
-        elif action_id == "task_cancel":
-            await services.board.cancel_task(TaskRef.parse(str(action["value"])), actor)
-        elif action_id == "task_status_reopen":
-            await services.board.reopen_task(TaskRef.parse(str(action["value"])), actor)
+        if used.action_id == "task_assign":
+            ref_text, _, agent = used.value.partition(" ")
+            await board.assign_task(TaskRef.parse(ref_text), agent, used.user_id, in_channel=where)
+        elif used.action_id == "task_cancel":
+            await board.cancel_task(TaskRef.parse(used.value), actor, in_channel=where)
+        elif used.action_id == "task_status_reopen":
+            await board.reopen_task(TaskRef.parse(used.value), actor, in_channel=where)
         else:
-            target = parse_status(action_id.removeprefix("task_status_"))
-            await services.board.update_task_status(
-                TaskRef.parse(str(action["value"])), target, actor
+            target = parse_status(used.action_id.removeprefix("task_status_"))
+            await board.update_task_status(
+                TaskRef.parse(used.value), target, actor, in_channel=where
             )
     except DomainError as exc:
-        channel = (body.get("channel") or {}).get("id")
-        await _tell(client, channel, user_id, f":warning: {exc.message}")
+        await _tell(client, used.channel_id, used.user_id, f":warning: {exc.message}")
 
 
 async def _tell(client: AsyncWebClient, channel: str | None, user_id: str, text: str) -> None:
@@ -60,7 +62,7 @@ async def open_create_task(
 ) -> None:
     """Opens the "Create task from message" form, prefilled from the message."""
     message = body.get("message") or {}
-    text = str(message.get("text", "")).strip()
+    text = unescape(str(message.get("text", ""))).strip()  # Slack sends it escaped
     meta = {
         "channel": body["channel"]["id"],
         "thread_ts": message.get("thread_ts") or message.get("ts"),
@@ -158,7 +160,7 @@ async def submit_create_task(
 async def submit_agent_key(body: dict[str, Any], services: SlackServices) -> dict[str, Any] | None:
     """Stores the key typed into the admin's form, for admins only. Never logs it."""
     user_id = str(body["user"]["id"])
-    if not await services.admins.is_admin(user_id):
+    if not await services.access.is_admin(Actor.user(user_id)):
         return {"response_action": "errors", "errors": {"api_key": "Only admins can set keys."}}
     name = json.loads(body["view"]["private_metadata"])["agent"]
     try:

@@ -41,6 +41,55 @@ class SlashCommand:
 
 
 @dataclass(frozen=True)
+class MemberEvent:
+    """Someone joined or left a channel."""
+
+    user_id: str
+    channel_id: str
+
+    @classmethod
+    def from_event(cls, event: dict[str, Any]) -> "MemberEvent | None":
+        user, channel = event.get("user"), event.get("channel")
+        if isinstance(user, str) and isinstance(channel, str):
+            return cls(user, channel)
+        return None
+
+
+@dataclass(frozen=True)
+class CardAction:
+    """A person's use of a card control: which, with what value, by whom, from where."""
+
+    action_id: str
+    value: str
+    user_id: str
+    channel_id: str | None
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> "CardAction | None":
+        """The first action of a ``block_actions`` payload; None when it lacks what a card
+        control always carries (a user, an action id and a value or selected option)."""
+        actions = body.get("actions")
+        user = body.get("user")
+        if not (isinstance(actions, list) and actions and isinstance(actions[0], dict)):
+            return None
+        if not (isinstance(user, dict) and isinstance(user.get("id"), str)):
+            return None
+        action = actions[0]
+        selected = action.get("selected_option")
+        value = selected.get("value") if isinstance(selected, dict) else action.get("value")
+        if not isinstance(value, str) or not isinstance(action.get("action_id"), str):
+            return None
+        channel = body.get("channel")
+        channel_id = channel.get("id") if isinstance(channel, dict) else None
+        return cls(
+            str(action["action_id"]),
+            value,
+            str(user["id"]),
+            channel_id if isinstance(channel_id, str) else None,
+        )
+
+
+@dataclass(frozen=True)
 class MessageEvent:
     """A message posted in a channel, possibly in a thread."""
 

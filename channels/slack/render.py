@@ -1,7 +1,18 @@
-"""What people see: task cards, directives, escalations and command replies, as Block Kit."""
+"""What people see: task cards, directives, escalations and command replies, as Block Kit.
 
+Output safety: every text that came from a person or an agent (titles, descriptions, notes,
+agent posts, artifact names and kinds, handoffs) passes through ``escape`` here, exactly once,
+so Slack shows it and parses nothing in it: ``<!channel>``, ``<!here>``, ``<!everyone>``,
+``<!subteam^...>``, ``<@U...>`` and ``<url|label>`` all arrive as inert text. Stored text is
+plain (``channels.slack.parsing.unescape`` undoes Slack's escaping once, at the edge). Markup
+is written only by threadwork: mentions of ids it knows, channel links, dates, and links built
+by ``link`` for plain http(s) URLs.
+"""
+
+import re
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from bot.agents import Agent
 from bot.status import TERMINAL_STATUSES, TRANSITIONS, TaskStatus
@@ -23,10 +34,50 @@ ASSIGN_ACTION = "task_assign"
 STATUS_ACTION_PREFIX = "task_status_"
 CANCEL_ACTION = "task_cancel"
 
+#: A Slack user id threadwork may mention (bots have B ids and cannot be mentioned).
+_USER_ID = re.compile(r"^[UW][A-Z0-9]+$")
+_LINK_SCHEMES = frozenset({"http", "https"})
+
 
 def escape(text: str) -> str:
-    """Escapes the three characters Slack's mrkdwn treats as control characters."""
+    """Makes ``text`` inert in Slack: ``&``, ``<`` and ``>`` become entities, nothing else.
+
+    Slack parses mentions, links and commands only inside ``<...>``, so after this no
+    broadcast, mention or disguised link survives; mrkdwn styling (``*bold*``, code, quotes)
+    and line breaks still render.
+    """
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def escape_clipped(text: str, limit: int) -> str:
+    """``text`` escaped and at most ``limit`` characters long, cut (with …) between entities."""
+    escaped = escape(text)
+    if len(escaped) <= limit:
+        return escaped
+    cut = escaped[: limit - 1]
+    amp = cut.rfind("&", max(0, len(cut) - 4))
+    if amp != -1 and ";" not in cut[amp:]:
+        cut = cut[:amp]
+    return cut + "…"
+
+
+def linkable(uri: str) -> bool:
+    """Whether threadwork links ``uri``: an http(s) URL with a host and nothing that Slack's
+    link markup reads (``|``, ``<``, ``>``), no whitespace and no invisible characters."""
+    if any(c in "|<>" or c.isspace() or not c.isprintable() for c in uri):
+        return False
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return False
+    return parts.scheme.lower() in _LINK_SCHEMES and bool(parts.hostname)
+
+
+def link(uri: str, label: str | None = None) -> str:
+    """``<uri|label>`` (``<uri>`` without a label) for a linkable URI; otherwise inert text."""
+    if not linkable(uri):
+        return escape(uri) if label is None else f"{escape(label)} ({escape(uri)})"
+    return f"<{escape(uri)}>" if label is None else f"<{escape(uri)}|{escape(label)}>"
 
 
 def slack_date(at: datetime) -> str:
@@ -54,15 +105,27 @@ def agent_label(name: str | None, agents: dict[str, Agent]) -> str:
     agent = agents.get(name)
     if agent and agent.slack_user_id:
         return f"<@{agent.slack_user_id}>"
-    return f"`{name}`"
+    return f"`{escape(name)}`"
+
+
+def user_label(user_id: str) -> str:
+    """Mentions a Slack user id; anything else (a bot id, a stray value) is shown inert."""
+    return f"<@{user_id}>" if _USER_ID.match(user_id) else f"`{escape(user_id)}`"
 
 
 def actor_label(actor: Actor, agents: dict[str, Agent]) -> str:
     if actor.kind == "user":
-        return f"<@{actor.id}>"
+        return user_label(actor.id)
     if actor.kind == "agent":
         return agent_label(actor.id, agents)
     return "threadwork"
+
+
+def author_label(author: str, agents: dict[str, Agent]) -> str:
+    """Who wrote a thread message: ``agent:<name>`` for an agent's post, else a Slack id."""
+    if author.startswith("agent:"):
+        return agent_label(author.removeprefix("agent:"), agents)
+    return user_label(author)
 
 
 def task_heading(task: Task) -> str:
@@ -88,23 +151,31 @@ def card_blocks(
         if task.assignee
         else "*Attempt*\n—",
         f"*Last progress*\n{progress}",
-        f"*Assigned by*\n<@{task.assigned_by}>" if task.assigned_by else "*Assigned by*\n—",
+        f"*Assigned by*\n{user_label(task.assigned_by)}"
+        if task.assigned_by
+        else "*Assigned by*\n—",
     ]
     blocks: list[Block] = [
-        {"type": "section", "text": {"type": "mrkdwn", "text": task_heading(task)}},
+        {"type": "section", "text": inert_mrkdwn(task_heading(task))},
         {"type": "section", "fields": [{"type": "mrkdwn", "text": f} for f in fields]},
     ]
     if task.description:
         blocks.append(
             {
                 "type": "context",
-                "elements": [{"type": "mrkdwn", "text": escape(task.description)[:2000]}],
+                "elements": [inert_mrkdwn(escape_clipped(task.description, 2000))],
             }
         )
     controls = card_controls(task, agents)
     if controls:
         blocks.append({"type": "actions", "block_id": f"task:{task.ref}", "elements": controls})
     return blocks
+
+
+def inert_mrkdwn(text: str) -> Block:
+    """A mrkdwn text object that Slack does not auto-parse (no bare names become mentions or
+    links); the markup threadwork wrote in ``text`` still renders."""
+    return {"type": "mrkdwn", "text": text, "verbatim": True}
 
 
 def card_controls(task: Task, agents: dict[str, Agent]) -> list[Block]:
@@ -162,7 +233,7 @@ def _button(text: str, action_id: str, value: str) -> Block:
 
 def card_text(task: Task) -> str:
     """The notification fallback for the card."""
-    return f"{task.ref} · {task.title} — {task.status.value}"
+    return f"{task.ref} · {escape(task.title)} — {task.status.value}"
 
 
 def directive_text(
@@ -171,30 +242,52 @@ def directive_text(
     agents: dict[str, Agent],
     handoff: str | None,
 ) -> str:
-    """The directive that wakes the assignee, written on behalf of the assigner."""
+    """The directive that wakes the assignee, written on behalf of the assigner.
+
+    ``handoff`` is the assignee's last message, already escaped by the caller.
+    """
     ref = payload["ref"]
     lines = [
-        f"{agent_label(payload['agent'], agents)} — on behalf of <@{payload['on_behalf_of']}>: "
+        f"{agent_label(payload['agent'], agents)} — on behalf of "
+        f"{user_label(str(payload['on_behalf_of']))}: "
         f"please work on {task_heading(task)} (board: <#{task.channel_id}>).",
         f"Attempt {payload['attempt']}/{payload['max_attempts']} · lease {payload['lease_ttl_s']}s: "
         "post progress in this thread before the lease runs out, or the task is re-dispatched.",
-        f'Report status with `update_task_status(task="{ref}", status="in_progress")`, then '
-        "`in_review` when done, or `blocked` with a note saying why.",
+        f'Report status with `update_task_status(task="{ref}", status="in_progress", '
+        f"epoch={int(payload['epoch'])})`, then `in_review` when done, or `blocked` with a note "
+        "saying why; pass this epoch with every write (posts and artifacts too).",
     ]
     if payload.get("redispatch"):
         lines.append(
             f"Handoff: the lease lapsed and the task is re-dispatched. Current status: "
-            f"`{payload['status']}`. Last progress from the assignee: {handoff or '_none recorded_'}"
+            f"`{escape(str(payload['status']))}`. "
+            f"Last progress from the assignee: {handoff or '_none recorded_'}"
         )
     return "\n".join(lines)
 
 
 def escalation_text(task: Task, payload: dict[str, Any], agents: dict[str, Agent]) -> str:
     """Tells the assigner why the task is blocked and how to get it moving."""
-    who = f"<@{payload['assigned_by']}>" if payload.get("assigned_by") else "Heads up"
+    who = user_label(str(payload["assigned_by"])) if payload.get("assigned_by") else "Heads up"
     return (
-        f"{who} {task_heading(task)} is now *blocked*: {payload['reason']} "
+        f"{who} {task_heading(task)} is now *blocked*: {escape(str(payload['reason']))} "
         f"(assignee {agent_label(payload['agent'], agents)}, the claim is cleared). "
-        f"Reassign it with `/task assign {task.number} <agent>` or the menu on the card, "
+        f"Reassign it with `/task assign {task.number} &lt;agent&gt;` or the menu on the card, "
         f"or move it back to work with `/task status {task.number} todo`."
     )
+
+
+def agent_post_text(payload: dict[str, Any]) -> str:
+    """An agent's post as Slack shows it: its words inert, or threadwork's artifact notice."""
+    artifact = payload.get("artifact")
+    if isinstance(artifact, dict):
+        return artifact_text(artifact)
+    return escape(str(payload["text"]))
+
+
+def artifact_text(artifact: dict[str, Any]) -> str:
+    """Announces an artifact: its name and kind inert, its URI a link only when linkable."""
+    uri, chars = artifact.get("uri"), artifact.get("content_chars") or 0
+    where = link(str(uri)) if uri else f"({chars} characters stored)"
+    name, kind = escape(str(artifact.get("name"))), escape(str(artifact.get("kind")))
+    return f":paperclip: Added artifact *{name}* ({kind}) {where}"

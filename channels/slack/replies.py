@@ -1,18 +1,28 @@
-"""Ephemeral replies to people: help, show, log and list."""
+"""Ephemeral replies to people: help, show, log and list.
+
+Text that people and agents wrote (titles, descriptions, notes, messages, artifact names and
+kinds, event data) is escaped by ``render``; only threadwork's own markup is live.
+"""
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from bot.agents import Agent
 from bot.queries import TaskDetail, TaskList, TaskLog
 from bot.task import EventKind, Task, TaskEvent, is_stale
+from bot.work import Artifact
 from channels.slack.render import (
     STATUS_EMOJI,
     actor_label,
     age,
     agent_label,
+    author_label,
     escape,
+    escape_clipped,
+    link,
     slack_date,
     task_heading,
+    user_label,
 )
 
 #: A heartbeat this recent means the agent is generating right now.
@@ -43,9 +53,10 @@ ADMIN_USAGE = """*`/task-admin` — for threadwork admins*
 • `/task-admin agent list` · `/task-admin agent remove <name>`
 • `/task-admin agent disable <name>` · `/task-admin agent enable <name>` — stop or resume its work
 • `/task-admin agent key <name>` — opens a form for the agent's API key
-• `/task-admin policy [show | ttl <seconds> | attempts <n> | agents-close on|off]` — this channel's policy
+• `/task-admin policy [show | ttl <seconds> | attempts <n> | agents-close on|off | closers anyone|owners]` — this channel's policy
 • `/task-admin reconcile` — run one reconcile tick now
-• `/task-admin stats` — tasks by status, stale, blocked, outbox backlog"""
+• `/task-admin stats` — tasks by status, stale, blocked, outbox backlog
+• `/task-admin outbox [retry <id> | drop <id>]` — dead and waiting outbox rows; send one again or drop it"""
 
 
 def show_text(detail: TaskDetail) -> str:
@@ -66,15 +77,12 @@ def show_text(detail: TaskDetail) -> str:
         + f" · {lease}",
     ]
     if task.assigned_by:
-        lines.append(f"Assigned by <@{task.assigned_by}>")
+        lines.append(f"Assigned by {user_label(task.assigned_by)}")
     if task.description:
-        lines.append(f"> {escape(task.description)[:500]}")
+        lines.append(f"> {escape_clipped(task.description, 500)}")
     if detail.artifacts:
         lines.append("*Artifacts*")
-        lines += [
-            f"• {escape(a.name)} ({a.kind})" + (f" <{a.uri}>" if a.uri else " (stored content)")
-            for a in detail.artifacts
-        ]
+        lines += [artifact_line(a) for a in detail.artifacts]
     if detail.usage:
         u = detail.usage.usage
         lines.append(
@@ -85,10 +93,21 @@ def show_text(detail: TaskDetail) -> str:
     if detail.messages:
         lines.append("*Latest in the thread*")
         lines += [
-            f"• <@{m.author}> {age(m.at, now)}: {escape(m.text)[:200]}"
+            f"• {author_label(m.author, agents)} {age(m.at, now)}: {escape_clipped(m.text, 200)}"
             for m in detail.messages[-5:]
         ]
     return "\n".join(lines)
+
+
+def artifact_line(artifact: Artifact) -> str:
+    """One artifact: its name and kind inert, then its link or that its content is stored."""
+    where = link(artifact.uri) if artifact.uri else "(stored content)"
+    return f"• {escape(artifact.name)} ({escape(artifact.kind)}) {where}"
+
+
+def _text(value: Any) -> str:
+    """A value from an event's data (written by a person, an agent or the core), inert."""
+    return escape(str(value))
 
 
 def explain_event(event: TaskEvent, agents: dict[str, Agent]) -> str:
@@ -106,34 +125,46 @@ def explain_event(event: TaskEvent, agents: dict[str, Agent]) -> str:
             )
             return f"{who} assigned it to {agent}{previous}."
         case EventKind.DISPATCHED:
-            return f"A directive went to {agent}: attempt {data.get('attempt')}, lease epoch {data.get('epoch')}."
+            return (
+                f"A directive went to {agent}: attempt {_text(data.get('attempt'))}, "
+                f"lease epoch {_text(data.get('epoch'))}."
+            )
         case EventKind.REDISPATCHED:
             return (
-                f"The lease lapsed ({data.get('reason')}); re-dispatched to {agent}, "
-                f"attempt {data.get('attempt')}/{data.get('max_attempts')}."
+                f"The lease lapsed ({_text(data.get('reason'))}); re-dispatched to {agent}, "
+                f"attempt {_text(data.get('attempt'))}/{_text(data.get('max_attempts'))}."
             )
         case EventKind.BLOCKED:
             reason = data.get("reason") or data.get("note") or "no reason given"
-            return f"{who} marked it blocked: {escape(str(reason))}."
+            return f"{who} marked it blocked: {_text(reason)}."
         case EventKind.CANCELED:
-            return f"{who} canceled it" + (
-                f": {escape(data['note'])}." if data.get("note") else "."
-            )
+            return f"{who} canceled it" + (f": {_text(data['note'])}." if data.get("note") else ".")
         case EventKind.REOPENED:
-            return f"{who} reopened it (it was {data.get('from')})."
+            return f"{who} reopened it (it was {_text(data.get('from'))})."
         case EventKind.ARTIFACT_ADDED:
-            return f"{who} added artifact {escape(str(data.get('name')))} ({data.get('kind')})."
+            name, kind = _text(data.get("name")), _text(data.get("kind"))
+            return f"{who} added artifact {name} ({kind})."
         case EventKind.HEARTBEAT:
             return f"{who} was alive, generating."
         case EventKind.AWAITING_INPUT:
             return f"{who} asked a question and is waiting for an answer (lease paused)."
         case EventKind.RESUMED:
             why = data.get("reason") or "someone answered in the thread"
-            return f"The wait for input ended: {escape(str(why))}."
+            return f"The wait for input ended: {_text(why)}."
+        case EventKind.OUTBOX_DEAD:
+            return (
+                f"Slack refused its {data.get('kind')} for good "
+                f"(`{escape(str(data.get('error')))}`); outbox row {data.get('outbox_id')} is dead."
+            )
+        case EventKind.OUTBOX_RETRIED:
+            return f"{who} sent its dead {data.get('kind')} again (outbox row {data.get('outbox_id')})."
+        case EventKind.OUTBOX_DROPPED:
+            return f"{who} dropped its {data.get('kind')} (outbox row {data.get('outbox_id')}); it is never sent."
         case EventKind.STATUS_CHANGED:
-            note = f" — {escape(data['note'])}" if data.get("note") else ""
-            return f"{who} moved it from `{data.get('from')}` to `{data.get('to')}`{note}."
-    return f"{who}: {event.kind.value}."
+            note = f" — {_text(data['note'])}" if data.get("note") else ""
+            moved = f"from `{_text(data.get('from'))}` to `{_text(data.get('to'))}`"
+            return f"{who} moved it {moved}{note}."
+    return f"{who}: {_text(event.kind.value)}."
 
 
 def log_text(log: TaskLog) -> str:

@@ -8,8 +8,10 @@ import structlog
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.access import Access
 from bot.board import Board
 from bot.clock import Clock
+from bot.dead_letters import DeadLetters
 from bot.inbox import ReplyInbox
 from bot.queries import TaskQueries
 from bot.reconcile import Reconciler
@@ -24,16 +26,20 @@ ADMIN_CACHE_SECONDS = 300.0
 
 @dataclass
 class AdminCheck:
-    """Admins are THREADWORK_ADMINS plus the workspace's admins and owners (users.info)."""
+    """Implements ``bot.access.AdminList``: THREADWORK_ADMINS, plus the workspace's admins and
+    owners (users.info) when THREADWORK_WORKSPACE_ADMINS is on."""
 
     client: AsyncWebClient
     configured: frozenset[str]
+    workspace_admins: bool = False
     monotonic: Callable[[], float] = time.monotonic
     _cache: dict[str, tuple[float, bool]] = field(default_factory=dict)
 
     async def is_admin(self, user_id: str) -> bool:
         if user_id in self.configured:
             return True
+        if not self.workspace_admins:
+            return False
         cached = self._cache.get(user_id)
         if cached and self.monotonic() - cached[0] < ADMIN_CACHE_SECONDS:
             return cached[1]
@@ -56,7 +62,9 @@ class SlackServices:
     registry: AgentRegistry
     reconciler: Reconciler
     queries: TaskQueries
+    access: Access
     clock: Clock
     admins: AdminCheck
     supervisor: Supervisor
     inbox: ReplyInbox
+    dead_letters: DeadLetters

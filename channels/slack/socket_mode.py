@@ -34,6 +34,11 @@ def build_socket_client(
         response = await gateway.handle_socket(request.payload)
         if response.status == 200:
             await socket.send_socket_mode_response(envelope_reply(request.envelope_id, response))
+        elif response.status < 500:
+            # Refused (malformed, or nothing listens for it): a redelivery would be refused
+            # the same way, so it is acknowledged, with no reply, and not retried.
+            logger.warning("socket_mode.refused", status=response.status)
+            await socket.send_socket_mode_response(SocketModeResponse(request.envelope_id))
         else:
             logger.warning("socket_mode.unacknowledged", status=response.status)
 

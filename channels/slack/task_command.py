@@ -98,12 +98,14 @@ async def _status(command: SlashCommand, rest: str, services: SlackServices) -> 
 
 
 async def _show(command: SlashCommand, rest: str, services: SlackServices) -> str:
-    detail = await services.queries.task_detail(_one_ref(command, rest, "show"))
+    ref = _one_ref(command, rest, "show")
+    detail = await services.queries.task_detail(ref, Actor.user(command.user_id))
     return show_text(detail)
 
 
 async def _log(command: SlashCommand, rest: str, services: SlackServices) -> str:
-    return log_text(await services.queries.task_log(_one_ref(command, rest, "log")))
+    ref = _one_ref(command, rest, "log")
+    return log_text(await services.queries.task_log(ref, Actor.user(command.user_id)))
 
 
 async def _list(command: SlashCommand, rest: str, services: SlackServices) -> str:
@@ -111,7 +113,8 @@ async def _list(command: SlashCommand, rest: str, services: SlackServices) -> st
     if len(words) > 1:
         raise InvalidInput("`list` takes at most one status.")
     status = parse_status(words[0]) if words else None
-    return list_text(await services.queries.list_tasks(status, command.channel_id))
+    viewer = Actor.user(command.user_id)
+    return list_text(await services.queries.list_tasks(viewer, status, command.channel_id))
 
 
 async def _cancel(command: SlashCommand, rest: str, services: SlackServices) -> str:

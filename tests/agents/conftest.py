@@ -14,7 +14,7 @@ from bot.settings import Settings
 from bot.supervisor import Supervisor
 from bot.task import Actor, Task
 from tests.agents.standins import AnthropicStandIn, OpenAIStandIn
-from tests.conftest import FakeClock
+from tests.conftest import TEST_SECRET_KEY, FakeClock
 
 ALICE = "UALICE01"
 FALLBACK_KEY = "sk-ant-fallback-000"
@@ -57,7 +57,7 @@ class Runtime:
 def runtime_settings(database_url: str, anthropic_url: str, max_steps: int = 20) -> Settings:
     return Settings(
         DATABASE_URL=database_url,
-        THREADWORK_SECRET_KEY="agents-test-secret",
+        THREADWORK_SECRET_KEY=TEST_SECRET_KEY,
         ANTHROPIC_API_KEY=FALLBACK_KEY,
         ANTHROPIC_BASE_URL=anthropic_url,
         THREADWORK_MCP_PORT=0,

@@ -22,9 +22,11 @@ from bot.settings import Settings
 from bot.status import TaskStatus
 from bot.task import Actor, TaskRef
 from store.repository import SqlStore
-from tests.conftest import FakeClock, SequentialKeys
+from tests.conftest import TEST_SECRET_KEY, FakeClock, SequentialKeys
 
 ALICE = "UALICE01"
+#: Where the world's agents reach threadwork from outside (THREADWORK_PUBLIC_URL).
+PUBLIC_URL = "https://threadwork.example.com"
 
 
 @dataclass
@@ -64,7 +66,12 @@ async def world(
     """The service as ``serve`` builds it, its MCP endpoint at /mcp on the main port, or on a
     port of its own when THREADWORK_MCP_PORT is set."""
     own = {"THREADWORK_MCP_PORT": free_port()} if request.param == "own-port" else {}
-    settings = Settings(DATABASE_URL=database_url, THREADWORK_SECRET_KEY="k", **own)
+    settings = Settings(
+        DATABASE_URL=database_url,
+        THREADWORK_SECRET_KEY=TEST_SECRET_KEY,
+        THREADWORK_PUBLIC_URL=PUBLIC_URL,
+        **own,
+    )
     overrides = Overrides(clock=clock, new_key=keys, port=0, worker="mcp-test", run_loops=False)
     async with AsyncExitStack() as stack:
         service = await stack.enter_async_context(open_service(settings, overrides))
@@ -129,7 +136,9 @@ async def test_an_agent_lists_the_tools_and_drives_its_task_to_review(world: Mcp
             "update_task_status", {"task": str(ref), "status": "in_progress", "epoch": epoch}
         )
         payload(
-            await client.call_tool("post_update", {"task": str(ref), "text": "Ported 3 of 5 jobs"})
+            await client.call_tool(
+                "post_update", {"task": str(ref), "text": "Ported 3 of 5 jobs", "epoch": epoch}
+            )
         )
         payload(
             await client.call_tool(
@@ -139,6 +148,7 @@ async def test_an_agent_lists_the_tools_and_drives_its_task_to_review(world: Mcp
                     "name": "PR",
                     "kind": "pull_request",
                     "uri": "https://git.example/pr/9",
+                    "epoch": epoch,
                 },
             )
         )
@@ -165,7 +175,9 @@ async def test_done_and_cancel_are_for_people_and_blocked_needs_a_reason(world: 
             ("canceled", None, "not_allowed: Agents cannot cancel"),
             ("blocked", None, "invalid: Say why the task is blocked"),
         ]:
-            args = {"task": str(ref), "status": status} | ({"note": note} if note else {})
+            args = {"task": str(ref), "status": status, "epoch": 1} | (
+                {"note": note} if note else {}
+            )
             result = await client.call_tool("update_task_status", args)
             assert refusal(result, "update_task_status").startswith(says)
     async with world.store.read() as reader:
@@ -181,7 +193,7 @@ async def test_another_agents_task_a_superseded_epoch_and_a_missing_task_are_ref
     mine = await assigned(world, "cursor-bot")
     async with connect(world, world.tokens["cursor-bot"]) as client:
         refused = await client.call_tool(
-            "post_update", {"task": str(theirs), "text": "let me help"}
+            "post_update", {"task": str(theirs), "text": "let me help", "epoch": 1}
         )
         assert refusal(refused, "post_update") == (
             f"not_claimed: {theirs} is not claimed by `cursor-bot`; only its assignee can change it."
@@ -191,8 +203,9 @@ async def test_another_agents_task_a_superseded_epoch_and_a_missing_task_are_ref
         late = await client.call_tool(
             "update_task_status", {"task": str(mine), "status": "in_progress", "epoch": old_epoch}
         )
+        now = payload(await client.call_tool("get_task", {"task": str(mine)}))["epoch"]
         assert refusal(late, "update_task_status").startswith(
-            "superseded: epoch 1 of C1#2 was replaced by epoch 2; "
+            f"superseded: epoch {old_epoch} of C1#2 was replaced by epoch {now}; "
         )
         missing = await client.call_tool("get_task", {"task": "C1#99"})
         assert refusal(missing, "get_task") == "not_found: There is no task C1#99."
@@ -254,9 +267,10 @@ async def test_the_stdio_bridge_gives_a_local_client_the_same_tools_as_its_agent
         assert "update_task_status" in names
         mine = payload(await client.call_tool("list_my_tasks", {}))["tasks"]
         assert [t["ref"] for t in mine] == [str(ref)]
+        epoch = mine[0]["epoch"]
         moved = payload(
             await client.call_tool(
-                "update_task_status", {"task": str(ref), "status": "in_progress"}
+                "update_task_status", {"task": str(ref), "status": "in_progress", "epoch": epoch}
             )
         )
         assert moved["status"] == "in_progress"
@@ -286,3 +300,84 @@ async def test_a_wait_for_work_in_flight_answers_nothing_came_at_shutdown(world:
         async with asyncio.timeout(10):
             await world.close()
             assert payload(await waiting) == {"work": []}
+
+
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "host-check", "version": "1"},
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"Host": "evil.example"}, 421),
+        ({"Host": "threadwork.example.com.evil.example"}, 421),
+        ({"Host": "threadwork.example.com:8443"}, 421),
+        ({"Origin": "https://evil.example"}, 403),
+        ({"Origin": "http://threadwork.example.com"}, 403),
+        ({"Host": "threadwork.example.com", "Origin": "https://evil.example"}, 403),
+        ({"Host": "threadwork.example.com", "Origin": PUBLIC_URL}, 200),
+        ({"Host": "threadwork.example.com:443", "Origin": PUBLIC_URL + ":443"}, 200),
+        ({}, 200),
+    ],
+    ids=[
+        "foreign-host",
+        "lookalike-host",
+        "public-host-other-port",
+        "foreign-origin",
+        "public-host-other-scheme",
+        "public-host-foreign-origin",
+        "public-host-and-origin",
+        "public-with-default-port",
+        "the-bound-address",
+    ],
+)
+async def test_the_endpoint_answers_only_the_configured_host_and_origin(
+    world: McpWorld, headers: dict[str, str], status: int
+) -> None:
+    token = world.tokens["cursor-bot"]
+    async with httpx2.AsyncClient() as http:
+        response = await http.post(
+            world.url,
+            json=INITIALIZE,
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Accept": "application/json, text/event-stream",
+            }
+            | headers,
+        )
+    assert response.status_code == status, response.text
+
+
+async def test_a_foreign_host_is_refused_even_when_the_service_binds_every_address(
+    database_url: str, clock: FakeClock, keys: SequentialKeys
+) -> None:
+    settings = Settings(
+        DATABASE_URL=database_url,
+        HOST="0.0.0.0",  # noqa: S104  # the case under test: bound to every address
+        THREADWORK_SECRET_KEY=TEST_SECRET_KEY,
+        THREADWORK_PUBLIC_URL=PUBLIC_URL,
+    )
+    overrides = Overrides(clock=clock, new_key=keys, port=0, worker="mcp-test", run_loops=False)
+    async with open_service(settings, overrides) as service:
+        await service.core.registry.add_agent("cursor-bot")
+        token = await service.core.registry.issue_token("cursor-bot")
+        assert service.mcp_url is not None
+        url = service.mcp_url.replace("0.0.0.0", "127.0.0.1")  # noqa: S104  # its own address
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Accept": "application/json, text/event-stream",
+        }
+        async with httpx2.AsyncClient(headers=headers) as http:
+            foreign = await http.post(url, json=INITIALIZE, headers={"Host": "evil.example"})
+            public = await http.post(
+                url, json=INITIALIZE, headers={"Host": "threadwork.example.com"}
+            )
+    assert (foreign.status_code, public.status_code) == (421, 200)

@@ -481,7 +481,7 @@ async def test_a_run_whose_task_moves_on_after_its_model_call_stops_and_posts_no
     assert (current.status, current.claimed_by, current.lease_epoch) == (
         TaskStatus.IN_PROGRESS,
         MOVES[move],
-        2,
+        task.lease_epoch + 1,  # the next epoch from the counter all tasks share
     )
 
 
@@ -509,7 +509,7 @@ async def test_a_run_whose_task_moved_on_before_it_read_it_stops_before_asking_i
     assert rt.anthropic.requests == []
     assert await posts(rt, task) == []
     current = await rt.task(task)
-    assert (current.claimed_by, current.lease_epoch) == (MOVES[move], 2)
+    assert (current.claimed_by, current.lease_epoch) == (MOVES[move], task.lease_epoch + 1)
 
 
 def tools_of(rt: Runtime, agent: str = "claude-1", epoch: int | None = None) -> TaskTools:
@@ -559,7 +559,8 @@ async def test_an_in_process_call_on_a_task_the_agent_does_not_hold_is_not_claim
 ) -> None:
     rt = runtime
     task = await rt.assigned("claude-waits")
-    result = await tools_of(rt).call("post_update", {"task": str(task.ref), "text": "mine now"})
+    arguments = {"task": str(task.ref), "text": "mine now", "epoch": task.lease_epoch}
+    result = await tools_of(rt).call("post_update", arguments)
     assert result == Refused(
         Refusal.NOT_CLAIMED, "C1#1 is not claimed by `claude-1`; only its assignee can change it."
     )
@@ -662,4 +663,52 @@ async def test_a_refusal_about_another_task_is_told_to_the_model_and_the_run_goe
         if block.get("type") == "tool_result"
     ]
     refused = [str(r["content"]) for r in results if r.get("is_error")]
-    assert any(text.startswith("not_claimed:") for text in refused)
+    assert any(text.startswith("not_allowed:") for text in refused)
+
+
+async def test_a_runs_tools_refuse_any_other_task_before_reading_it(runtime: Runtime) -> None:
+    rt = runtime
+    mine = await rt.assigned()
+    other = await rt.assigned(title="Held by the same agent, not this run's")
+    pinned = rt.core.tools_for("claude-1", mine.lease_epoch, mine.ref)
+    for name, arguments in [
+        ("get_task", {"task": str(other.ref)}),
+        ("post_update", {"task": str(other.ref), "text": "leak"}),
+        ("update_task_status", {"task": str(other.ref), "status": "in_review"}),
+        ("add_artifact", {"task": str(other.ref), "name": "x", "kind": "log", "content": "y"}),
+    ]:
+        result = await pinned.call(name, arguments)
+        assert isinstance(result, Refused), name
+        assert result.reason == Refusal.NOT_ALLOWED, result
+        assert str(other.ref) in result.message
+    listed = await pinned.call("list_my_tasks", {})
+    assert isinstance(listed, Done)
+    assert [t["ref"] for t in listed.data["tasks"]] == [str(mine.ref)]
+    assert await posts(rt, other) == []
+    assert (await rt.task(other)).status == TaskStatus.TODO
+
+
+async def test_an_external_agents_write_without_an_epoch_is_refused_and_says_how(
+    runtime: Runtime,
+) -> None:
+    rt = runtime
+    await rt.core.registry.add_agent("cursor-bot")
+    task = await rt.assigned("cursor-bot")
+    external = rt.core.tools_for("cursor-bot")
+    for name, arguments in [
+        ("post_update", {"task": str(task.ref), "text": "hello"}),
+        ("update_task_status", {"task": str(task.ref), "status": "in_progress"}),
+        ("add_artifact", {"task": str(task.ref), "name": "x", "kind": "log", "content": "y"}),
+    ]:
+        result = await external.call(name, arguments)
+        assert isinstance(result, Refused)
+        assert (result.reason, "call get_task" in result.message) == (Refusal.INVALID, True)
+    stale = await external.call(
+        "post_update", {"task": str(task.ref), "text": "hi", "epoch": task.lease_epoch - 1}
+    )
+    assert isinstance(stale, Refused)
+    assert stale.reason == Refusal.SUPERSEDED
+    fenced = await external.call(
+        "post_update", {"task": str(task.ref), "text": "hi", "epoch": task.lease_epoch}
+    )
+    assert isinstance(fenced, Done)

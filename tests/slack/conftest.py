@@ -25,7 +25,7 @@ from bot.root import Core, Overrides, Service, Slack, open_service
 from bot.settings import Settings
 from bot.supervisor import Supervisor
 from bot.task import Task, TaskRef
-from tests.conftest import FakeClock
+from tests.conftest import TEST_SECRET_KEY, FakeClock
 from tests.slack.standin import TOKEN, SlackStandIn
 
 SECRET = "test-signing-secret-0123456789"
@@ -73,6 +73,7 @@ class Harness:
         await self.stack.aclose()
 
     _events = itertools.count(1)
+    _requests = itertools.count(1)
 
     async def post(
         self, body: str, content_type: str, headers: dict[str, str] | None = None
@@ -99,7 +100,8 @@ class Harness:
                 "command": command,
                 "text": text,
                 "trigger_id": "trigger-1",
-                "response_url": "https://hooks.invalid/response",
+                # Unique per invocation, as Slack's is: the gateway runs a signed request once.
+                "response_url": f"https://hooks.invalid/response/{next(self._requests)}",
             }
         )
         async with self.http.post(
@@ -159,7 +161,10 @@ class Harness:
         return message
 
     async def interact(self, payload: dict[str, Any]) -> aiohttp.ClientResponse:
-        body = urlencode({"payload": json.dumps(payload)})
+        # Slack's payloads differ per click (response_url, action_ts); the gateway runs each
+        # signed request once, so two identical clicks within a second must differ here too.
+        unique = {"response_url": f"https://hooks.invalid/response/{next(self._requests)}"}
+        body = urlencode({"payload": json.dumps(unique | payload)})
         return await self.post(body, "application/x-www-form-urlencoded")
 
     async def prune_inbound_event_ids(self) -> int:
@@ -182,7 +187,7 @@ def settings_for(database_url: str, slack_url: str) -> Settings:
         SLACK_SIGNING_SECRET=SECRET,
         SLACK_API_URL=slack_url,
         THREADWORK_ADMINS=ADMIN,
-        THREADWORK_SECRET_KEY="test-secret-key",
+        THREADWORK_SECRET_KEY=TEST_SECRET_KEY,
         THREADWORK_LEASE_TTL=600,
         THREADWORK_MAX_DISPATCH_ATTEMPTS=2,
         THREADWORK_RECONCILE_INTERVAL=3600,
@@ -203,10 +208,15 @@ def sqlite_url(tmp_path: Path, sqlite_template: Path) -> str:
     return f"sqlite:///{path}"
 
 
+#: The people of the test workspace; every one is a member of the public channels C1 and C2.
+PEOPLE = {ADMIN, ALICE, AGENT_USER, "UBOB0001", "UBOSS001", "UGHOST01", "UREVIEW1", "UNEW0001"}
+
+
 @pytest.fixture
 async def standin() -> AsyncIterator[SlackStandIn]:
     fake = SlackStandIn(
-        users={ADMIN: {"is_admin": False}, ALICE: {"is_admin": False, "name": "alice"}}
+        users={ADMIN: {"is_admin": False}, ALICE: {"is_admin": False, "name": "alice"}},
+        members={"C1": set(PEOPLE), "C2": set(PEOPLE)},
     )
     await fake.start()
     yield fake

@@ -2,7 +2,9 @@
 
 It serves the methods threadwork uses, keeps the messages it was sent (threads, metadata), and
 can be told to answer the next calls of a method with a 429 (Retry-After), a 500, or a 500 after
-performing the call (as when Slack acts but the answer is lost).
+performing the call (as when Slack acts but the answer is lost), or with one of Slack's error
+codes (``{"ok": false, "error": "not_in_channel"}``). With ``max_text`` set, a message whose
+text is longer is refused as ``msg_too_long``, as Slack does.
 """
 
 import asyncio
@@ -42,6 +44,8 @@ class Failure:
     retry_after: int | None = None
     #: Perform the call first, then fail: the caller cannot know it happened.
     after_effect: bool = False
+    #: Answer Slack's ``{"ok": false, "error": ...}`` with this code (and ``status``).
+    error: str | None = None
 
 
 @dataclass
@@ -52,7 +56,11 @@ class SlackStandIn:
     messages: list[dict[str, Any]] = field(default_factory=list)
     users: dict[str, dict[str, Any]] = field(default_factory=dict)
     channels_of: dict[str, list[str]] = field(default_factory=dict)
+    #: Each channel's members (conversations.members); a channel not here is not found.
+    members: dict[str, set[str]] = field(default_factory=dict)
     failures: dict[str, deque[Failure]] = field(default_factory=dict)
+    #: The longest message text chat.postMessage and chat.update accept (None: any).
+    max_text: int | None = None
     #: Time as the service sees it, so message ts line up with leases (a FakeClock in tests).
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     _last_ts: float = 0.0
@@ -81,14 +89,15 @@ class SlackStandIn:
     def fail(
         self,
         method: str,
-        status: int,
+        status: int = 200,
         *,
         retry_after: int | None = None,
         times: int = 1,
         after_effect: bool = False,
+        error: str | None = None,
     ) -> None:
         queue = self.failures.setdefault(method, deque())
-        queue.extend(Failure(status, retry_after, after_effect) for _ in range(times))
+        queue.extend(Failure(status, retry_after, after_effect, error) for _ in range(times))
 
     def next_ts(self) -> str:
         """A message ts at the clock's time, strictly increasing like Slack's."""
@@ -169,6 +178,8 @@ class SlackStandIn:
     def _failure_response(self, failure: Failure) -> web.Response:
         if failure.status == DROP:
             raise ConnectionDropped
+        if failure.error is not None:
+            return web.json_response({"ok": False, "error": failure.error}, status=failure.status)
         if failure.status == 429:
             headers = {"Retry-After": str(failure.retry_after or 1)}
             return web.json_response(
@@ -208,7 +219,12 @@ class SlackStandIn:
             "user": "threadwork",
         }
 
+    def _too_long(self, args: dict[str, Any]) -> bool:
+        return self.max_text is not None and len(args.get("text") or "") > self.max_text
+
     def _chat_postMessage(self, args: dict[str, Any]) -> dict[str, Any]:
+        if self._too_long(args):
+            return {"ok": False, "error": "msg_too_long"}
         message = {
             "type": "message",
             "channel": args["channel"],
@@ -225,6 +241,8 @@ class SlackStandIn:
         return {"ok": True, "channel": args["channel"], "ts": message["ts"], "message": message}
 
     def _chat_update(self, args: dict[str, Any]) -> dict[str, Any]:
+        if self._too_long(args):
+            return {"ok": False, "error": "msg_too_long"}
         for message in self.messages:
             if message["channel"] == args["channel"] and message["ts"] == args["ts"]:
                 message["text"] = args.get("text", message["text"])
@@ -267,6 +285,16 @@ class SlackStandIn:
     def _users_conversations(self, args: dict[str, Any]) -> dict[str, Any]:
         ids = self.channels_of.get(args.get("user", ""), [])
         return {"ok": True, "channels": [{"id": c} for c in ids]}
+
+    def _conversations_members(self, args: dict[str, Any]) -> dict[str, Any]:
+        members = self.members.get(args.get("channel", ""))
+        if members is None:
+            return {"ok": False, "error": "channel_not_found"}
+        return {"ok": True, "members": sorted(members), "response_metadata": {"next_cursor": ""}}
+
+    def join(self, user: str, channel: str) -> None:
+        """Makes ``user`` a member of ``channel`` (the service hears it from an event)."""
+        self.members.setdefault(channel, set()).add(user)
 
     def _views_open(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "view": {"id": "V1", **args["view"]}}

@@ -5,6 +5,7 @@ was; every success says what it did, and the card and the outbox follow.
 """
 
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,9 @@ from channels.slack.admin_command import AGENT_KEY_VIEW
 from channels.slack.admin_command import USAGE as ADMIN_COMMAND_USAGE
 from channels.slack.replies import ADMIN_USAGE, TASK_USAGE
 from channels.slack.task_command import USAGE
-from tests.slack.conftest import ADMIN, AGENT_USER, ALICE, CHANNEL, Harness
+from tests.conftest import FakeClock
+from tests.slack.conftest import ADMIN, AGENT_USER, ALICE, CHANNEL, Harness, start_service
+from tests.slack.standin import SlackStandIn
 
 SECRET_KEY = "sk-secret-xyz"
 NEWCOMER = "UNEW0001"
@@ -438,16 +441,37 @@ async def test_a_user_slack_does_not_know_is_refused(service: Harness) -> None:
     assert [a.name for a in await service.core.registry.list_agents()] == ["coder"]
 
 
+@pytest.fixture
+async def trusting_workspace_admins(
+    sqlite_url: str, standin: SlackStandIn, clock: FakeClock
+) -> AsyncIterator[Harness]:
+    """The service with THREADWORK_WORKSPACE_ADMINS=1."""
+    async for harness in start_service(sqlite_url, standin, clock, workspace_admins=True):
+        await harness.core.registry.add_agent("coder", slack_user_id="UCODER01")
+        yield harness
+
+
 @pytest.mark.parametrize("role", ["is_admin", "is_owner", "is_primary_owner"])
-async def test_a_workspace_admin_found_through_users_info_is_allowed(
-    service: Harness, role: str
+async def test_a_workspace_admin_found_through_users_info_is_allowed_when_trusted(
+    trusting_workspace_admins: Harness, role: str
 ) -> None:
+    service = trusting_workspace_admins
     service.standin.users["UBOSS001"] = {"is_admin": False, role: True}
 
     reply = await task_admin(service, "agent add reviewer", user="UBOSS001")
 
     assert reply == "Agent `reviewer` is registered as `external`."
     assert [c.args["user"] for c in service.standin.calls_to("users.info")] == ["UBOSS001"]
+
+
+async def test_a_workspace_admin_is_not_a_threadwork_admin_by_default(service: Harness) -> None:
+    service.standin.users["UBOSS001"] = {"is_admin": True, "is_owner": True}
+
+    reply = await task_admin(service, "agent add reviewer", user="UBOSS001")
+
+    assert reply.startswith(":no_entry:")
+    assert service.standin.calls_to("users.info") == []
+    assert [a.name for a in await service.core.registry.list_agents()] == ["coder"]
 
 
 async def test_a_configured_admin_is_allowed_without_asking_slack(service: Harness) -> None:

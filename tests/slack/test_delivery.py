@@ -1,11 +1,13 @@
-"""Outbox delivery against Slack's weather: rate limits, errors, lost answers, crashes, restarts."""
+"""Outbox delivery against Slack's weather: rate limits, errors, lost answers, crashes, restarts,
+and errors that will never pass (parked as dead) or messages too long (sent once shortened)."""
 
 from collections.abc import AsyncIterator
 
 import pytest
+from structlog.testing import capture_logs
 
 from bot.delivery import POSTING_KINDS
-from bot.outbox import OutboxKind, OutboxState
+from bot.outbox import OutboxKind, OutboxRow, OutboxState
 from channels.slack.delivery import SlackDeliverer
 from tests.conftest import FakeClock
 from tests.slack.conftest import CHANNEL, Harness, start_service
@@ -161,3 +163,155 @@ async def test_a_restart_keeps_tasks_agents_and_the_undelivered_outbox(
         kind not in POSTING_KINDS or state == OutboxState.DELIVERED
         for kind, state in await outbox_states(second_life)
     )
+
+
+def outbox_row(rows: list[OutboxRow], kind: OutboxKind) -> OutboxRow:
+    [row] = [r for r in rows if r.kind == kind]
+    return row
+
+
+async def test_a_directive_slack_refuses_for_good_is_parked_and_the_card_update_after_it_lands(
+    service: Harness,
+) -> None:
+    await service.command("new Refused directive")
+    await service.deliver()
+    service.standin.fail("chat.postMessage", error="not_in_channel")
+    await service.command("assign 1 coder")
+    with capture_logs() as logs:
+        await service.deliver()
+    rows = await service.core.store.list_outbox()
+    directive = outbox_row(rows, OutboxKind.DIRECTIVE)
+    assert (directive.state, directive.last_error, directive.attempts) == (
+        OutboxState.DEAD,
+        "not_in_channel",
+        1,
+    )
+    assert outbox_row(rows, OutboxKind.CARD_UPDATE).state == OutboxState.DELIVERED
+    assert "`todo`" in str(service.standin.calls_to("chat.update")[-1].args["blocks"])
+    assert posted(service.standin, DIRECTIVE) == []
+    dead = [e for e in logs if e["event"] == "outbox.dead"]
+    assert [(e["reason"], e["kind"], e["ref"]) for e in dead] == [
+        ("not_in_channel", "directive", "C1#1")
+    ]
+
+    service.clock.advance(3600)  # a dead row is not retried, however long one waits
+    await service.deliver()
+    assert len(service.standin.calls_to("chat.postMessage")) == 2  # the card, the refused one
+    assert "Slack refused its directive for good (`not_in_channel`)" in await service.command(
+        "log 1"
+    )
+
+
+@pytest.mark.parametrize(
+    "error", ["is_archived", "channel_not_found", "invalid_blocks", "restricted_action"]
+)
+async def test_a_permanent_slack_error_parks_the_row_with_slacks_error(
+    service: Harness, error: str
+) -> None:
+    service.standin.fail("chat.postMessage", error=error)
+    await service.command("new Refused card")
+    await service.deliver()
+    [row] = await service.core.store.list_outbox()
+    assert (row.state, row.last_error, row.uncertain) == (OutboxState.DEAD, error, False)
+
+
+async def test_rows_of_a_task_whose_card_is_dead_never_post_outside_its_thread(
+    service: Harness,
+) -> None:
+    service.standin.fail("chat.postMessage", error="invalid_blocks")
+    await service.command("new Card never posted")
+    await service.deliver()
+    await service.command("assign 1 coder")
+    await service.deliver()
+    assert service.standin.posts(CHANNEL) == []
+    assert [(r.kind, r.state, r.last_error) for r in await service.core.store.list_outbox()] == [
+        (OutboxKind.CARD_POST, OutboxState.DEAD, "invalid_blocks"),
+        (OutboxKind.DIRECTIVE, OutboxState.DEAD, "card_not_posted"),
+        (OutboxKind.CARD_UPDATE, OutboxState.DEAD, "card_not_posted"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("error", "uncertain"),
+    [("internal_error", True), ("fatal_error", True), ("invalid_auth", False)],
+)
+async def test_slacks_own_trouble_and_auth_errors_are_still_retried(
+    service: Harness, error: str, uncertain: bool
+) -> None:
+    service.standin.fail("chat.postMessage", error=error)
+    await service.command("new Transient trouble")
+    await service.deliver()
+    [row] = await service.core.store.list_outbox()
+    assert (row.state, row.last_error, row.uncertain) == (OutboxState.PENDING, error, uncertain)
+    service.clock.advance(10)
+    await service.deliver()
+    assert len(posted(service.standin, CARD)) == 1
+    assert await outbox_states(service) == [(OutboxKind.CARD_POST, OutboxState.DELIVERED)]
+
+
+async def assigned_with_a_long_post(service: Harness, text: str) -> None:
+    await service.command("new Long winded")
+    await service.command("assign 1 coder")
+    await service.deliver()
+    task = await service.task(1)
+    await service.core.work.post_update(task.ref, "coder", text, task.lease_epoch)
+
+
+async def test_a_message_slack_finds_too_long_is_sent_once_more_shortened(
+    service: Harness,
+) -> None:
+    service.standin.max_text = 3200
+    long = "word " * 700  # 3,500 characters, the most an agent may post
+    await assigned_with_a_long_post(service, long)
+    await service.deliver()
+    [post] = [
+        m
+        for m in service.standin.posts(CHANNEL)
+        if (m.get("metadata") or {}).get("event_type") == "threadwork_agent_post"
+    ]
+    assert len(post["text"]) <= 3000 + 60
+    assert post["text"].startswith("word word")
+    assert post["text"].endswith("… (truncated; `/task show C1#1` has the rest)")
+    row = outbox_row(await service.core.store.list_outbox(), OutboxKind.AGENT_POST)
+    assert (row.state, row.shortened, row.attempts) == (OutboxState.DELIVERED, True, 2)
+    async with service.core.store.read() as reader:
+        stored = await reader.list_messages(1)
+    assert stored[-1].text == long.strip()  # the board keeps every word
+
+
+async def test_a_message_still_too_long_when_shortened_is_parked(service: Harness) -> None:
+    await assigned_with_a_long_post(service, "x" * 3500)
+    service.standin.fail("chat.postMessage", error="msg_too_long", times=2)
+    await service.deliver()
+    row = outbox_row(await service.core.store.list_outbox(), OutboxKind.AGENT_POST)
+    assert (row.state, row.last_error, row.attempts) == (OutboxState.DEAD, "msg_too_long", 2)
+    calls = service.standin.calls_to("chat.postMessage")[-2:]
+    assert len(calls[0].args["text"]) == 3500
+    assert calls[1].args["text"].endswith("has the rest)")
+
+
+async def test_a_413_sends_the_card_once_more_with_its_title_shortened(service: Harness) -> None:
+    service.standin.fail("chat.postMessage", 413)
+    await service.command("new " + "A very long title " * 11)  # 198 characters
+    await service.deliver()
+    [card] = posted(service.standin, CARD)
+    assert "… (truncated; `/task show C1#1` has the rest)" in str(card["text"])
+    assert "has the rest)" in str(card["blocks"])
+    [row] = await service.core.store.list_outbox()
+    assert (row.state, row.shortened, row.last_error) == (OutboxState.DELIVERED, True, "http_413")
+
+
+async def test_the_shortened_retry_survives_a_restart(
+    service: Harness, second_life: Harness
+) -> None:
+    await assigned_with_a_long_post(service, "y" * 3500)
+    service.standin.fail("chat.postMessage", error="msg_too_long")
+    # One round: the refusal is recorded, and the shortened retry has not run yet.
+    await service.slack.delivery.run_once()
+    await service.close()
+
+    await second_life.deliver()
+    refused, sent = service.standin.calls_to("chat.postMessage")[-2:]
+    assert len(refused.args["text"]) == 3500
+    assert sent.args["text"].endswith("has the rest)")
+    assert len(sent.args["text"]) < 3100

@@ -34,7 +34,11 @@ async def test_assigning_posts_a_directive_in_the_thread_and_updates_the_card(
     directive = service.standin.posts(CHANNEL)[-1]
     assert directive["thread_ts"] == task.thread_ts
     assert directive["text"].startswith(f"<@{AGENT_USER}> — on behalf of <@{ALICE}>")
-    assert 'update_task_status(task="C1#1", status="in_progress")' in directive["text"]
+    epoch = (await service.task(1)).lease_epoch
+    assert (
+        f'update_task_status(task="C1#1", status="in_progress", epoch={epoch})'
+        in (directive["text"])
+    )
     assert "Attempt 1/2 · lease 600s" in directive["text"]
     assert "<#C1>" in directive["text"]
     payload = directive["metadata"]["event_payload"]

@@ -47,6 +47,8 @@ def test_the_bot_subscribes_to_the_events_the_listeners_handle(manifest: dict[st
     assert sorted(settings["event_subscriptions"]["bot_events"]) == [
         "app_home_opened",
         "app_mention",
+        "member_joined_channel",
+        "member_left_channel",
         "message.channels",
         "message.groups",
     ]
