@@ -17,7 +17,7 @@ from bot.errors import Conflict, InvalidInput
 from bot.outbox import OutboxKind, OutboxMessage
 from bot.ports import Store, Unit
 from bot.signal import Notify, ignore
-from bot.task import Actor, EventKind, NewEvent, Task, TaskRef
+from bot.task import Actor, EventKind, NewEvent, Task, TaskRef, storable
 from bot.work import Artifact, Usage
 
 #: Heartbeat events are recorded at most this often per task.
@@ -82,7 +82,7 @@ class AgentWork:
         self, ref: TaskRef, agent: str, text: str, epoch: int | None = None
     ) -> Task:
         """Posts ``text`` in the thread under the agent's name; counts as progress."""
-        text = text.strip()
+        text = storable(text).strip()
         if not text:
             raise InvalidInput("An update needs some text.")
         async with self._held(ref, agent, epoch) as (unit, task):
@@ -102,6 +102,9 @@ class AgentWork:
         epoch: int | None = None,
     ) -> Artifact:
         """Records an artifact (a link or content), announces it in the thread; progress."""
+        name, kind = storable(name), storable(kind)
+        uri = storable(uri) if uri is not None else None
+        content = storable(content) if content is not None else None
         check_artifact(name, kind, uri, content)
         async with self._held(ref, agent, epoch) as (unit, task):
             if await unit.count_artifacts(task.id) >= MAX_ARTIFACTS_PER_TASK:

@@ -44,6 +44,7 @@ from bot.task import (
     Task,
     TaskRef,
     ThreadMessage,
+    storable,
 )
 from bot.work import WakeReason
 
@@ -169,7 +170,7 @@ class Board:
     ) -> Task:
         """Creates a todo task in ``channel_id`` and enqueues its card; a person must be a
         member of the channel."""
-        title = " ".join(title.split())
+        title, description = " ".join(storable(title).split()), storable(description)
         if not title:
             raise InvalidInput("A task needs a title.")
         if len(title) > MAX_TITLE_LENGTH:
@@ -242,6 +243,7 @@ class Board:
         current one. The change counts as progress. Moving a blocked task with an assignee back
         to work re-dispatches it.
         """
+        note = storable(note) if note is not None else None
         if note is not None and len(note) > MAX_NOTE_LENGTH:
             raise InvalidInput(f"A note can be at most {MAX_NOTE_LENGTH:,} characters.")
         closing = status in (TaskStatus.DONE, TaskStatus.CANCELED)

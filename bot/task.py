@@ -16,6 +16,11 @@ MAX_TASK_NUMBER = 2**31 - 1
 MAX_CHANNEL_ID = 32
 
 
+def storable(text: str) -> str:
+    """``text`` without NUL characters, which no database text column can hold."""
+    return text.replace("\x00", "")
+
+
 @dataclass(frozen=True, order=True)
 class TaskRef:
     """A task's human handle: its channel and its number there, written ``C123#7``."""

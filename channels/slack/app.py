@@ -85,8 +85,8 @@ def register_events(app: AsyncApp, services: SlackServices) -> None:
 
     @app.event("app_home_opened")
     async def home(event: dict[str, Any], client: AsyncWebClient) -> None:
-        if event.get("tab", "home") == "home":
-            user = str(event["user"])
+        user = event.get("user")
+        if event.get("tab", "home") == "home" and isinstance(user, str) and user:
             services.supervisor.spawn(publish_home(client, services, user), name=f"home:{user}")
 
 

@@ -8,15 +8,17 @@ from typing import Any
 from slack_sdk.errors import SlackApiError
 
 from bot.errors import InvalidInput
-from bot.task import TaskRef
+from bot.task import TaskRef, storable
 
 _USER_MENTION = re.compile(r"^<@(?P<id>[UW][A-Z0-9]+)(?:\|(?P<label>[^>]*))?>$")
 _NUMBER = re.compile(r"^#?(?P<n>\d+)$")
 
 
 def unescape(text: str) -> str:
-    """Slack escapes &, < and > in message and command text; this undoes it, once, here."""
-    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    """Slack escapes &, < and > in message and command text; this undoes it, once, here (and
+    drops NUL characters, which no database can store)."""
+    plain = text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    return storable(plain)
 
 
 @dataclass(frozen=True)
@@ -107,15 +109,20 @@ class MessageEvent:
 
     @classmethod
     def from_event(cls, event: dict[str, Any]) -> "MessageEvent":
+        """The event's fields; one of the wrong type (Slack sends strings) counts as absent."""
         return cls(
-            channel_id=str(event.get("channel", "")),
-            ts=str(event.get("ts", "")),
-            thread_ts=event.get("thread_ts"),
-            user_id=event.get("user"),
-            bot_id=event.get("bot_id"),
-            text=unescape(str(event.get("text", ""))),
-            subtype=event.get("subtype"),
+            channel_id=_string(event.get("channel")) or "",
+            ts=_string(event.get("ts")) or "",
+            thread_ts=_string(event.get("thread_ts")),
+            user_id=_string(event.get("user")),
+            bot_id=_string(event.get("bot_id")),
+            text=unescape(_string(event.get("text")) or ""),
+            subtype=_string(event.get("subtype")),
         )
+
+
+def _string(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 @dataclass(frozen=True)

@@ -381,3 +381,52 @@ async def test_a_foreign_host_is_refused_even_when_the_service_binds_every_addre
                 url, json=INITIALIZE, headers={"Host": "threadwork.example.com"}
             )
     assert (foreign.status_code, public.status_code) == (421, 200)
+
+
+async def test_writes_without_an_epoch_or_with_a_stale_one_are_refused_over_mcp(
+    world: McpWorld,
+) -> None:
+    ref = await assigned(world)
+    async with connect(world, world.tokens["cursor-bot"]) as client:
+        epoch = payload(await client.call_tool("get_task", {"task": str(ref)}))["epoch"]
+        for name, arguments in [
+            ("post_update", {"task": str(ref), "text": "no epoch"}),
+            ("update_task_status", {"task": str(ref), "status": "in_progress"}),
+            ("add_artifact", {"task": str(ref), "name": "n", "kind": "log", "content": "c"}),
+        ]:
+            missing = refusal(await client.call_tool(name, arguments), name)
+            assert missing.startswith("invalid: Pass `epoch`"), missing
+            stale = refusal(await client.call_tool(name, arguments | {"epoch": epoch - 1}), name)
+            assert stale.startswith("superseded:"), stale
+    async with world.store.read() as reader:
+        task = await reader.get_task(ref)
+        assert task is not None
+        assert (task.status, await reader.list_artifacts(task.id)) == (TaskStatus.TODO, [])
+    assert [r for r in await world.store.list_outbox(task.id) if r.kind.value == "agent_post"] == []
+
+
+async def test_a_token_over_its_calls_per_minute_is_refused_with_when_to_retry(
+    database_url: str, clock: FakeClock, keys: SequentialKeys
+) -> None:
+    settings = Settings(
+        DATABASE_URL=database_url,
+        THREADWORK_SECRET_KEY=TEST_SECRET_KEY,
+        THREADWORK_AGENT_CALLS_PER_MINUTE=3,
+    )
+    overrides = Overrides(clock=clock, new_key=keys, port=0, worker="mcp-test", run_loops=False)
+    async with AsyncExitStack() as stack:
+        service = await stack.enter_async_context(open_service(settings, overrides))
+        await service.core.registry.add_agent("cursor-bot")
+        token = await service.core.registry.issue_token("cursor-bot")
+        other = await service.core.registry.issue_token("cursor-bot")
+        assert service.mcp_url is not None
+        world = McpWorld(service, service.mcp_url, {}, stack)
+        async with connect(world, token) as client:
+            for _ in range(3):
+                payload(await client.call_tool("list_my_tasks", {}))
+            over = refusal(await client.call_tool("list_my_tasks", {}), "list_my_tasks")
+        assert over.startswith("rate_limited: this token made too many tool calls"), over
+        seconds = int(over.rsplit("retry in ", 1)[1].split(" ")[0])
+        assert 1 <= seconds <= 60
+        async with connect(world, other) as client:  # the budget is per token
+            payload(await client.call_tool("list_my_tasks", {}))
