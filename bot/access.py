@@ -33,6 +33,19 @@ class AdminList(Protocol):
     async def is_admin(self, user_id: str) -> bool: ...
 
 
+class AgentIdentities(Protocol):
+    """Whether a chat user or bot id is a registered agent's."""
+
+    async def is_agent(self, chat_id: str) -> bool: ...
+
+
+class NoAgents:
+    """No chat identity is an agent's (a core without a chat platform)."""
+
+    async def is_agent(self, chat_id: str) -> bool:
+        return False
+
+
 class Closers(StrEnum):
     """Who may close a task in a channel (cancel, done, reassign away from its agent)."""
 
@@ -74,9 +87,15 @@ def hidden(task: Task) -> NotFound:
 class Access:
     """Answers whether an actor may read, change or close a task, and refuses otherwise."""
 
-    def __init__(self, membership: Membership, admins: AdminList) -> None:
+    def __init__(
+        self,
+        membership: Membership,
+        admins: AdminList,
+        agents: AgentIdentities | None = None,
+    ) -> None:
         self._membership = membership
         self._admins = admins
+        self._agents = agents or NoAgents()
 
     @property
     def membership(self) -> Membership:
@@ -94,10 +113,22 @@ class Access:
         if not await self.may_read(actor, task.channel_id):
             raise hidden(task)
 
+    async def require_person(self, actor: Actor) -> None:
+        """Refuses a registered agent acting through the chat platform as if it were a person
+        (a slash command or a mention from its Slack user): agents change tasks only through
+        their tools, fenced by the claim and the epoch."""
+        if actor.kind == "user" and await self._agents.is_agent(actor.id):
+            raise NotAllowed(
+                "Agents change tasks through their tools (update_task_status and the rest), "
+                "not as people; nothing was changed."
+            )
+
     async def require_change(self, actor: Actor, task: Task, in_channel: str | None = None) -> None:
-        """Changing needs what reading needs; a card's control must come from the task's own
-        channel (``in_channel``, when the request says where it came from)."""
+        """Changing needs what reading needs, from a person (not an agent's chat user); a
+        card's control must come from the task's own channel (``in_channel``, when the
+        request says where it came from)."""
         await self.require_read(actor, task)
+        await self.require_person(actor)
         if in_channel is not None and in_channel != task.channel_id:
             raise hidden(task)
 

@@ -144,21 +144,24 @@ class Board:
         actor: Actor,
         in_channel: str | None,
         closes: Callable[[Task], bool] = lambda _task: False,
-    ) -> None:
+    ) -> Task | None:
         """Raises unless ``actor`` may change the task ``ref`` names (and close it, when the
-        change ``closes`` it),
-        from ``in_channel`` when the request says where it came from. A task the actor may not
-        see is refused exactly as a missing one. Checked before the write transaction, so no
-        lookup at the chat platform holds the database; the write's compare-and-set then
-        refuses a task that changed meanwhile."""
+        change ``closes`` it), from ``in_channel`` when the request says where it came from. A
+        task the actor may not see is refused exactly as a missing one.
+
+        Checked before the write transaction, so no lookup at the chat platform holds the
+        database. Returns the task as checked (None for agents and the system, who are not
+        checked here); the write then refuses it if it changed meanwhile (``_as_checked``).
+        """
         if actor.kind != "user":
-            return
+            return None
         async with self._store.read() as reader:
             task = await require_task(reader, ref)
             book = await load_policy_book(reader, self._policy)
         await self._access.require_change(actor, task, in_channel)
         if closes(task):
             await self._access.require_close(actor, task, book.closers(task.channel_id))
+        return task
 
     async def create_task(
         self,
@@ -181,6 +184,7 @@ class Board:
             )
         if not await self._access.may_read(created_by, channel_id):
             raise NotAllowed("You can create tasks only in channels you are a member of.")
+        await self._access.require_person(created_by)
         now = self._clock()
         async with self._transaction() as unit:
             task = await unit.insert_task(
@@ -210,9 +214,9 @@ class Board:
         def takes_it_away(task: Task) -> bool:
             return task.assignee is not None and task.assignee != agent_name
 
-        await self._may_change(ref, Actor.user(by), in_channel, closes=takes_it_away)
+        checked = await self._may_change(ref, Actor.user(by), in_channel, closes=takes_it_away)
         async with self._transaction() as unit:
-            task = await require_task(unit, ref)
+            task = _as_checked(await require_task(unit, ref), checked)
             agent = await require_agent(unit, agent_name)
             if task.status in TERMINAL_STATUSES:
                 raise IllegalTransition(f"{ref} is {task.status}; reopen it before assigning it.")
@@ -247,9 +251,9 @@ class Board:
         if note is not None and len(note) > MAX_NOTE_LENGTH:
             raise InvalidInput(f"A note can be at most {MAX_NOTE_LENGTH:,} characters.")
         closing = status in (TaskStatus.DONE, TaskStatus.CANCELED)
-        await self._may_change(ref, actor, in_channel, closes=lambda _task: closing)
+        checked = await self._may_change(ref, actor, in_channel, closes=lambda _task: closing)
         async with self._transaction() as unit:
-            task = await require_task(unit, ref)
+            task = _as_checked(await require_task(unit, ref), checked)
             if actor.kind == "agent":
                 check_claim(task, actor.id, epoch)
                 book = await load_policy_book(unit, self._policy)
@@ -285,9 +289,9 @@ class Board:
 
     async def reopen_task(self, ref: TaskRef, by: Actor, in_channel: str | None = None) -> Task:
         """Reopens a done or canceled task to todo, re-dispatching it to its assignee if any."""
-        await self._may_change(ref, by, in_channel)
+        checked = await self._may_change(ref, by, in_channel)
         async with self._transaction() as unit:
-            task = await require_task(unit, ref)
+            task = _as_checked(await require_task(unit, ref), checked)
             check_reopen(task.status)
             data = {"from": task.status.value, "to": TaskStatus.TODO.value}
             change = Change(
@@ -474,6 +478,20 @@ class Board:
         await unit.append_events(events)
         await unit.enqueue(effects, now)
         return updated
+
+
+def _as_checked(task: Task, checked: Task | None) -> Task:
+    """``task`` as the write transaction read it, if it is still as the access check saw it;
+    else Conflict (someone changed it in between, so the check may no longer hold)."""
+    if checked is None:
+        return task
+
+    def seen(t: Task) -> tuple[object, ...]:
+        return (t.status, t.lease_epoch, t.claimed_by, t.assignee, t.assigned_by)
+
+    if seen(task) != seen(checked):
+        raise Conflict(f"{task.ref} changed while this was being done; please try again.")
+    return task
 
 
 def check_agent_may_set(status: TaskStatus, note: str | None, may_close: bool) -> None:

@@ -110,11 +110,19 @@ class TaskQueries:
         self._policy = policy
         self._access = access
 
-    async def task_detail(self, ref: TaskRef, viewer: Actor) -> TaskDetail:
-        """The task ``ref`` names with its events, messages, artifacts and usage."""
+    async def _readable(self, ref: TaskRef, viewer: Actor) -> Task:
+        """The task ``ref`` names if ``viewer`` may read it, else NotFound as for a missing
+        task. The access check may ask the chat platform, so no transaction is open then."""
         async with self._store.read() as reader:
             task = await require_task(reader, ref)
-            await self._access.require_read(viewer, task)
+        await self._access.require_read(viewer, task)
+        return task
+
+    async def task_detail(self, ref: TaskRef, viewer: Actor) -> TaskDetail:
+        """The task ``ref`` names with its events, messages, artifacts and usage."""
+        await self._readable(ref, viewer)
+        async with self._store.read() as reader:
+            task = await require_task(reader, ref)
             book = await load_policy_book(reader, self._policy)
             return TaskDetail(
                 task=task,
@@ -129,9 +137,9 @@ class TaskQueries:
 
     async def task_log(self, ref: TaskRef, viewer: Actor) -> TaskLog:
         """The history of the task ``ref`` names."""
+        await self._readable(ref, viewer)
         async with self._store.read() as reader:
             task = await require_task(reader, ref)
-            await self._access.require_read(viewer, task)
             return TaskLog(task, await reader.list_events(task.id), await _agents(reader))
 
     async def list_tasks(
@@ -148,9 +156,10 @@ class TaskQueries:
         return TaskList(shown, status, agents, self._clock())
 
     async def viewer_board(self, user_id: str, channel_ids: Sequence[str]) -> ViewerBoard:
-        """``user_id``'s board: open tasks, then those finished in the last week, of the
-        channels they are a member of (``channel_ids``, as the platform says) only: a task they
-        created or assigned in a channel they have left is not shown."""
+        """``user_id``'s board: open tasks, then those finished in the last week, in
+        ``channel_ids`` (the channels the platform lists for them) or created or assigned by
+        them, each shown only while they may read it (``bot.access``): a task in a channel
+        they have left is not shown."""
         now = self._clock()
         async with self._store.read() as reader:
             tasks = await reader.list_tasks_for_viewer(
@@ -158,8 +167,11 @@ class TaskQueries:
             )
             book = await load_policy_book(reader, self._policy)
             agents = await _agents(reader)
-        members_of = set(channel_ids)
-        return ViewerBoard([t for t in tasks if t.channel_id in members_of], book, agents, now)
+        viewer = Actor.user(user_id)
+        readable = {
+            c for c in {t.channel_id for t in tasks} if await self._access.may_read(viewer, c)
+        }
+        return ViewerBoard([t for t in tasks if t.channel_id in readable], book, agents, now)
 
     async def board_stats(self) -> BoardStats:
         """Tasks by status, stale leases (each channel by its own TTL), outbox backlog."""

@@ -174,6 +174,11 @@ class AgentRegistry:
             return agent
         return dataclasses.replace(agent, api_key_configured=usable)
 
+    async def is_agent(self, chat_id: str) -> bool:
+        """Whether ``chat_id`` is a registered agent's Slack user or bot id (``AgentIdentities``)."""
+        async with self._store.read() as reader:
+            return await reader.find_agent_by_slack_id(chat_id, chat_id) is not None
+
     async def find_by_slack_user(self, user_id: str) -> Agent | None:
         """The agent that is the Slack user ``user_id``, if one is registered."""
         async with self._store.read() as reader:

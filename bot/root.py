@@ -164,11 +164,11 @@ def build_core(
     clock = overrides.clock
     signal = ChangeSignal()
     policy = settings.lease_policy
-    access = _access(settings, overrides, client)
-    board = Board(store, clock, policy, overrides.new_key, notify=signal.notify, access=access)
     registry = AgentRegistry(
         store, clock, secret_box(settings), model_hosts=ModelHosts(frozenset(settings.model_hosts))
     )
+    access = _access(settings, overrides, client, registry)
+    board = Board(store, clock, policy, overrides.new_key, notify=signal.notify, access=access)
     probe = SlackThreadProbe(client, registry, board, clock) if client else None
     return Core(
         settings=settings,
@@ -424,7 +424,12 @@ def _end_long_polls(signal: ChangeSignal) -> Callable[[web.Application], Awaitab
     return on_shutdown
 
 
-def _access(settings: Settings, overrides: Overrides, client: AsyncWebClient | None) -> Access:
+def _access(
+    settings: Settings,
+    overrides: Overrides,
+    client: AsyncWebClient | None,
+    registry: AgentRegistry,
+) -> Access:
     """People's rights: membership and admins as Slack says, or, with no chat platform (the
     CLI, core tests), the operator's view where everyone is a member."""
     membership: Membership = (
@@ -435,7 +440,7 @@ def _access(settings: Settings, overrides: Overrides, client: AsyncWebClient | N
         if client
         else ConfiguredAdmins(settings.admins)
     )
-    return Access(membership, admins)
+    return Access(membership, admins, registry)
 
 
 def _wire_slack(
@@ -460,7 +465,7 @@ def _wire_slack(
         queries=core.queries,
         access=core.board.access,
         clock=core.clock,
-        admins=AdminCheck(client, frozenset(settings.admins), settings.workspace_admins),
+        client=client,
         supervisor=supervisor,
         inbox=inbox,
         dead_letters=core.dead_letters,

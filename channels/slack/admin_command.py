@@ -145,7 +145,7 @@ def _agent_settings(kind: AgentKind, options: dict[str, str]) -> AgentSettings:
 async def _slack_handle(services: SlackServices, user_id: str) -> str | None:
     """The user's Slack handle, to name an agent added by mention alone."""
     try:
-        response = await services.admins.client.users_info(user=user_id)
+        response = await services.client.users_info(user=user_id)
     except SlackApiError:
         return None
     user = response.get("user") or {}
@@ -219,9 +219,7 @@ async def _agent_key(command: SlashCommand, args: list[str], services: SlackServ
     name = _one_name(args, "agent key")
     if await services.registry.get_agent(name) is None:
         raise InvalidInput(f"There is no agent named `{name}`.")
-    await services.admins.client.views_open(
-        trigger_id=command.trigger_id, view=agent_key_view(name)
-    )
+    await services.client.views_open(trigger_id=command.trigger_id, view=agent_key_view(name))
     return f"Enter `{name}`'s API key in the form; it is stored encrypted and never shown again."
 
 

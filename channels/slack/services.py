@@ -64,7 +64,8 @@ class SlackServices:
     queries: TaskQueries
     access: Access
     clock: Clock
-    admins: AdminCheck
+    #: The Web API client, for the few listeners that call Slack themselves (forms, handles).
+    client: AsyncWebClient
     supervisor: Supervisor
     inbox: ReplyInbox
     dead_letters: DeadLetters

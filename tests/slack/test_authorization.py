@@ -232,3 +232,59 @@ async def test_joining_and_leaving_the_channel_change_what_a_person_sees_at_once
     reply = await world.command("show 1", user=OUTSIDER, channel=channel)
     assert TITLE not in reply
     assert "There is no task" in reply
+
+
+@pytest.mark.parametrize("role", ["owner"])
+async def test_an_agent_acting_through_its_slack_user_is_not_a_person(
+    world: Harness, channel: str
+) -> None:
+    task = await seeded(world, channel, done_first=False)
+    before = await snapshot(world, task)
+    for text in ("status 1 blocked", "status 1 done", "cancel 1", "assign 1 reviewer"):
+        reply = await world.command(text, user=AGENT_USER, channel=channel)
+        assert "Agents change tasks through their tools" in reply, reply
+    assert "Agents change tasks" in await world.command(
+        "new Self-made", user=AGENT_USER, channel=channel
+    )
+    assert await snapshot(world, task) == before
+    async with world.core.store.read() as reader:
+        assert len(await reader.list_tasks(channel_id=channel)) == 1
+
+
+@pytest.mark.parametrize("role", ["member"])
+async def test_a_full_ref_from_another_channel_is_answered_as_a_missing_task(
+    world: Harness, channel: str
+) -> None:
+    task = await seeded(world, channel, done_first=False)
+    elsewhere = PUBLIC if channel == PRIVATE else PRIVATE
+    missing = await world.command(f"show {channel}#99", user=OUTSIDER, channel=elsewhere)
+    hidden = await world.command(f"show {task.ref}", user=OUTSIDER, channel=elsewhere)
+    assert hidden == missing.replace(f"{channel}#99", str(task.ref))
+    assert TITLE in await world.command(f"show {task.ref}", user=MEMBER, channel=elsewhere)
+
+
+@pytest.mark.parametrize("role", ["member"])
+async def test_a_member_creates_tasks_and_closes_them_once_the_channel_lets_anyone(
+    world: Harness, channel: str
+) -> None:
+    await seeded(world, channel, done_first=False)
+    assert "Created" in await world.command("new Mine too", user=MEMBER, channel=channel)
+    assert "Created" not in await world.command("new Not mine", user=OUTSIDER, channel=channel)
+    assert "Only the creator of" in await world.command("cancel 1", user=MEMBER, channel=channel)
+    opened = await world.command(
+        "policy closers anyone", command="/task-admin", user=ADMIN, channel=channel
+    )
+    assert "any member of the channel may cancel" in opened
+    assert "is canceled" in await world.command("cancel 1", user=MEMBER, channel=channel)
+    assert (await world.task(1, channel)).status == TaskStatus.CANCELED
+
+
+@pytest.mark.parametrize("role", ["member"])
+async def test_a_creator_who_did_not_assign_still_may_close_and_so_may_the_assigner(
+    world: Harness, channel: str
+) -> None:
+    assert "Created" in await world.command(f"new {TITLE}", user=MEMBER, channel=channel)
+    assert "Assigned" in await world.command("assign 1 coder", user=OWNER, channel=channel)
+    assert "is now `done`" in await world.command("status 1 done", user=MEMBER, channel=channel)
+    assert "reopened" in await world.command("reopen 1", user=OWNER, channel=channel)
+    assert "is canceled" in await world.command("cancel 1", user=OWNER, channel=channel)
