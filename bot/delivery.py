@@ -40,6 +40,8 @@ class Delivered:
 
     ts: str
     recovered: bool = False
+    #: Nothing needed doing (a card update for a card that was never posted).
+    skipped: bool = False
 
 
 class Retry(StrEnum):
@@ -85,6 +87,9 @@ class DeliverySettings:
     backoff_base: float = 1.0
     backoff_cap: float = 300.0
     idle_poll: float = 1.0
+    #: Attempts that failed with an unexpected error (a bug, not the platform's answer) before
+    #: the row is parked as dead rather than holding up its thread for ever.
+    max_unexplained_attempts: int = 10
 
 
 class OutboxDelivery:
@@ -220,7 +225,7 @@ class OutboxDelivery:
             return
         except Exception as exc:
             log.exception("outbox.delivery_error")
-            await self._retry(row, DeliveryFailed(type(exc).__name__, uncertain=True), log)
+            await self._unexplained(row, exc, log)
             return
         card = (row.task_id, delivered.ts) if row.kind == OutboxKind.CARD_POST else None
         result: dict[str, object] = {"ts": delivered.ts, "recovered": delivered.recovered}
@@ -230,6 +235,15 @@ class OutboxDelivery:
         log.info(
             "outbox.delivered", ts=delivered.ts, recovered=delivered.recovered, settled=settled
         )
+
+    async def _unexplained(self, row: OutboxRow, error: Exception, log: Log) -> None:
+        """An unexpected error is a bug, not weather: retried (as possibly half done) a few
+        times, then parked, so it stops holding up its thread."""
+        failure = DeliveryFailed(f"error: {type(error).__name__}", uncertain=True)
+        if row.attempts >= self._settings.max_unexplained_attempts:
+            await self._park(row, failure, log)
+        else:
+            await self._retry(row, failure, log)
 
     async def _settle_failure(self, row: OutboxRow, failure: DeliveryFailed, log: Log) -> None:
         """Retries later, retries at once shortened (the first time a row is too long), or

@@ -248,3 +248,36 @@ async def test_too_long_is_retried_at_once_shortened_and_then_parked(
     [row] = await store.list_outbox()
     assert (row.state, row.attempts, row.last_error) == (OutboxState.DEAD, 2, "msg_too_long")
     assert recorder.delivered == []
+
+
+class Broken(Recorder):
+    """Fails a card's first rows with an unexpected error (a bug), then delivers."""
+
+    def __init__(self, times: int) -> None:
+        super().__init__()
+        self.times = times
+
+    async def deliver(self, row: OutboxRow) -> Delivered:
+        if row.kind == OutboxKind.CARD_POST and self.times:
+            self.times -= 1
+            raise KeyError("a rendering bug")
+        return await super().deliver(row)
+
+
+async def test_a_row_failing_with_a_bug_is_parked_after_a_few_attempts_and_the_thread_goes_on(
+    board: Board, registry: AgentRegistry, store: SqlStore, clock: FakeClock
+) -> None:
+    await registry.add_agent("coder")
+    task = await board.create_task("C1", "Buggy card", Actor.user("U1"))
+    await board.assign_task(task.ref, "coder", "U1")
+    deliverer = Broken(times=100)
+    delivery = delivery_for(store, clock, deliverer, FakeTime())
+    for _ in range(DeliverySettings().max_unexplained_attempts):
+        clock.advance(3600)  # past any back-off
+        await delivery.run_once()
+    rows = {r.kind: r for r in await store.list_outbox(task.id)}
+    card = rows[OutboxKind.CARD_POST]
+    assert (card.state, card.last_error) == (OutboxState.DEAD, "error: KeyError")
+    await delivery.drain()
+    kinds = [r.kind for r in deliverer.delivered]
+    assert OutboxKind.CARD_UPDATE in kinds  # no longer held up behind the parked card

@@ -23,7 +23,6 @@ from bot.agents import Agent
 from bot.board import Board
 from bot.clock import Clock
 from bot.delivery import Delivered, DeliveryFailed, Retry
-from bot.errors import NotFound
 from bot.outbox import OutboxKind, OutboxRow
 from bot.queries import TaskQueries
 from bot.task import LeasePolicy, Task, TaskRef, ThreadMessage
@@ -72,8 +71,8 @@ class SlackDeliverer:
 
     async def _deliver(self, row: OutboxRow) -> Delivered:
         context = await self._queries.delivery_context(row)
-        if context is None:
-            raise NotFound(f"task {row.payload['ref']} is gone")
+        if context is None:  # deleted with the database's help; nothing to render, ever
+            raise DeliveryFailed("task_not_found", retry=Retry.NEVER)
         task, agents, policy = context.task, context.agents, context.policy
         if row.shortened:
             task = shortened_task(task)
@@ -93,8 +92,9 @@ class SlackDeliverer:
         self, task: Task, agents: dict[str, Agent], policy: LeasePolicy
     ) -> Delivered:
         if task.card_ts is None:
-            # The card's own row is dead or dropped; once retried it shows the current state.
-            raise DeliveryFailed("card_not_posted", retry=Retry.NEVER)
+            # The card's own row is dead or dropped: there is nothing to update, and once the
+            # card is retried it shows the current state anyway, so this row is settled as is.
+            return Delivered("", skipped=True)
         await self._client.chat_update(
             channel=task.channel_id,
             ts=task.card_ts,

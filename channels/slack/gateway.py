@@ -152,7 +152,11 @@ class SlackGateway:
             else:
                 logger.warning("slack.replay_ignored", type=str(body.get("type")))
             return BoltResponse(status=200, body="")
-        response = await self._dispatch(body, query, headers)
+        try:
+            response = await self._dispatch(body, query, headers)
+        except Exception:
+            logger.exception("slack.dispatch_failed", type=str(body.get("type")))
+            response = _error(500, "internal error; Slack's retry will be processed")
         if once and response.status >= 500:
             await self.event_ids.forget_inbound_event(once)
         return response

@@ -124,11 +124,38 @@ def _input(
 
 
 def view_value(view: dict[str, Any], block_id: str) -> str:
-    """The submitted value of an input block, for text inputs and selects alike."""
-    state = view["state"]["values"].get(block_id, {}).get("value", {})
-    if state.get("selected_option"):
-        return str(state["selected_option"]["value"])
+    """The submitted value of an input block, for text inputs and selects alike ("" when the
+    form did not send one as Slack does)."""
+    block = ((view.get("state") or {}).get("values") or {}).get(block_id)
+    state = block.get("value") if isinstance(block, dict) else None
+    if not isinstance(state, dict):
+        return ""
+    selected = state.get("selected_option")
+    if isinstance(selected, dict):
+        return str(selected.get("value") or "")
     return str(state.get("value") or "")
+
+
+#: A form whose hidden metadata is not what threadwork wrote when it opened it.
+STALE_FORM: dict[str, Any] = {"response_action": "errors"}
+STALE_FORM_TEXT = "This form is out of date; close it and open it again."
+
+
+def form_metadata(view: dict[str, Any], keys: tuple[str, ...]) -> dict[str, str] | None:
+    """The ``keys`` threadwork stored in a form's ``private_metadata``, each a string (or
+    empty); None when the metadata is not what threadwork wrote."""
+    try:
+        meta = json.loads(str(view.get("private_metadata") or ""))
+    except ValueError:
+        return None
+    if not isinstance(meta, dict):
+        return None
+    values = {key: meta.get(key) for key in keys}
+    if not all(v is None or isinstance(v, str) for v in values.values()):
+        return None
+    if not values.get(keys[0]):
+        return None
+    return {key: value or "" for key, value in values.items()}
 
 
 async def submit_create_task(
@@ -136,7 +163,9 @@ async def submit_create_task(
 ) -> dict[str, Any] | None:
     """Creates (and maybe assigns) the task; returns field errors for the form, else None."""
     view = body["view"]
-    meta = json.loads(view["private_metadata"])
+    meta = form_metadata(view, ("channel", "thread_ts"))
+    if meta is None:
+        return STALE_FORM | {"errors": {"title": STALE_FORM_TEXT}}
     user_id = str(body["user"]["id"])
     agent = view_value(view, "assignee")
     try:
@@ -145,7 +174,7 @@ async def submit_create_task(
             view_value(view, "title"),
             Actor.user(user_id),
             description=view_value(view, "description"),
-            thread_ts=meta["thread_ts"],
+            thread_ts=meta["thread_ts"] or None,
         )
     except DomainError as exc:
         return {"response_action": "errors", "errors": {"title": exc.message}}
@@ -162,7 +191,10 @@ async def submit_agent_key(body: dict[str, Any], services: SlackServices) -> dic
     user_id = str(body["user"]["id"])
     if not await services.access.is_admin(Actor.user(user_id)):
         return {"response_action": "errors", "errors": {"api_key": "Only admins can set keys."}}
-    name = json.loads(body["view"]["private_metadata"])["agent"]
+    meta = form_metadata(body["view"], ("agent",))
+    if meta is None:
+        return STALE_FORM | {"errors": {"api_key": STALE_FORM_TEXT}}
+    name = meta["agent"]
     try:
         await services.registry.set_api_key(name, view_value(body["view"], "api_key"))
     except DomainError as exc:

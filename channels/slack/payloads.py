@@ -73,6 +73,8 @@ def _interaction_problem(body: dict[str, Any]) -> str | None:
         channel = body.get("channel")
         if not (isinstance(channel, dict) and channel.get("id")):
             return "a message shortcut without channel.id"
+        if not _has_string(body, "trigger_id"):
+            return "a message shortcut without trigger_id"
         if not isinstance(body.get("message", {}), dict):
             return "a message shortcut whose message is not an object"
     return None
@@ -95,6 +97,8 @@ def _actions_problem(actions: object) -> str | None:
 def _view_problem(view: object, submitted: bool) -> str | None:
     if not (isinstance(view, dict) and isinstance(view.get("callback_id"), str)):
         return "a view without callback_id"
+    if not isinstance(view.get("type"), str):
+        return "a view without type"
     if not isinstance(view.get("private_metadata", ""), str):
         return "a view whose private_metadata is not a string"
     state = view.get("state", {})

@@ -59,6 +59,20 @@ ADMIN_USAGE = """*`/task-admin` — for threadwork admins*
 • `/task-admin outbox [retry <id> | drop <id>]` — dead and waiting outbox rows; send one again or drop it"""
 
 
+#: Artifacts listed in ``/task show`` (the latest); the rest are counted.
+MAX_ARTIFACTS_SHOWN = 10
+#: The longest reply threadwork sends a person; Slack cuts messages far longer than this.
+MAX_REPLY_CHARS = 3900
+
+
+def clip_reply(text: str) -> str:
+    """``text`` cut to a length Slack shows whole, at a line break, saying so."""
+    if len(text) <= MAX_REPLY_CHARS:
+        return text
+    cut = text.rfind("\n", 0, MAX_REPLY_CHARS - 40)
+    return text[: cut if cut > 0 else MAX_REPLY_CHARS - 40] + "\n…(cut short; see the thread)"
+
+
 def show_text(detail: TaskDetail) -> str:
     """The task's state, its lease and liveness, its artifacts, usage and latest messages."""
     task, policy, agents, now = detail.task, detail.policy, detail.agents, detail.now
@@ -81,8 +95,11 @@ def show_text(detail: TaskDetail) -> str:
     if task.description:
         lines.append(f"> {escape_clipped(task.description, 500)}")
     if detail.artifacts:
-        lines.append("*Artifacts*")
-        lines += [artifact_line(a) for a in detail.artifacts]
+        lines.append("*Artifacts* (latest first)")
+        shown_artifacts = detail.artifacts[-MAX_ARTIFACTS_SHOWN:]
+        lines += [artifact_line(a) for a in reversed(shown_artifacts)]  # latest first
+        if len(detail.artifacts) > len(shown_artifacts):
+            lines.append(f"…and {len(detail.artifacts) - len(shown_artifacts)} earlier ones.")
     if detail.usage:
         u = detail.usage.usage
         lines.append(

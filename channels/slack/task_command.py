@@ -8,7 +8,7 @@ from bot.registry import AgentRegistry
 from bot.status import parse_status
 from bot.task import Actor, TaskRef
 from channels.slack.parsing import SlashCommand, parse_task_ref, parse_user_mention, split_args
-from channels.slack.replies import TASK_USAGE, list_text, log_text, show_text
+from channels.slack.replies import TASK_USAGE, clip_reply, list_text, log_text, show_text
 from channels.slack.services import SlackServices
 
 USAGE = {
@@ -37,8 +37,8 @@ async def handle_task_command(command: SlashCommand, services: SlackServices) ->
     try:
         reply = await handler(command, rest.strip(), services)
     except DomainError as exc:
-        return f":warning: {exc.message}\nUsage: `{USAGE[sub]}`"
-    return reply
+        return clip_reply(f":warning: {exc.message}\nUsage: `{USAGE[sub]}`")
+    return clip_reply(reply)
 
 
 def _one_ref(command: SlashCommand, rest: str, sub: str) -> TaskRef:

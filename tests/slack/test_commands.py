@@ -978,3 +978,24 @@ async def test_a_command_that_says_payload_is_still_a_command(service: Harness) 
     # Bolt's own body parser mistakes any form body containing "payload" for interactivity.
     assert "Created *C1#1*" in await service.command("new Fix the payload parser")
     assert (await service.task(1)).title == "Fix the payload parser"
+
+
+async def test_show_stays_within_what_slack_shows_however_many_artifacts_a_task_has(
+    service: Harness,
+) -> None:
+    await service.command("new Many artifacts")
+    await service.command("assign 1 coder")
+    task = await service.task(1)
+    for n in range(100):
+        await service.core.work.add_artifact(
+            task.ref,
+            "coder",
+            f"artifact {n} " + "n" * 180,
+            "k" * 200,
+            uri=f"https://files.example/{n}/" + "u" * 1900,
+            epoch=task.lease_epoch,
+        )
+    reply = await service.command("show 1")
+    assert len(reply) <= 3900
+    assert "artifact 99" in reply
+    assert "artifact 0 " not in reply

@@ -227,7 +227,7 @@ async def test_rows_of_a_task_whose_card_is_dead_never_post_outside_its_thread(
     assert [(r.kind, r.state, r.last_error) for r in await service.core.store.list_outbox()] == [
         (OutboxKind.CARD_POST, OutboxState.DEAD, "invalid_blocks"),
         (OutboxKind.DIRECTIVE, OutboxState.DEAD, "card_not_posted"),
-        (OutboxKind.CARD_UPDATE, OutboxState.DEAD, "card_not_posted"),
+        (OutboxKind.CARD_UPDATE, OutboxState.DELIVERED, None),  # nothing to update: settled
     ]
 
 

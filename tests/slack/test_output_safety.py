@@ -371,7 +371,8 @@ def test_a_link_is_live_markup_only_for_a_linkable_uri_and_its_label_is_inert(
     assert ESCAPED.fullmatch(target)
     assert ESCAPED.fullmatch(text)
     assert unescape(target) == uri
-    assert (unescape(text) if bar else None) == label
+    # The edge drops NULs, by design.
+    assert (unescape(text) if bar else None) == (label.replace("\x00", "") if label else label)
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -242,11 +243,45 @@ async def test_a_signed_slash_command_without_its_user_or_channel_gets_400(
     assert await task_count(service) == 0
 
 
-_ids = st.one_of(st.none(), st.text(max_size=6), st.integers(), st.lists(st.text(max_size=3)))
+#: Ids the listeners answer to, so fuzzed payloads reach them, not only the gateway's checks.
+_real_ids = st.sampled_from(
+    [
+        "create_task_modal",
+        "agent_key_modal",
+        "create_task_from_message",
+        "task_assign",
+        "task_cancel",
+        "task_status_done",
+        "task_status_reopen",
+        "C1#1",
+        "C1#1 coder",
+        "modal",
+        CHANNEL,
+        ALICE,
+        '{"channel": "C1", "thread_ts": "1.0"}',
+        '{"agent": "coder"}',
+        "{}",
+        "[]",
+    ]
+)
+_ids = st.one_of(
+    st.none(), _real_ids, st.text(max_size=6), st.integers(), st.lists(st.text(max_size=3))
+)
 _objects = st.dictionaries(
-    st.sampled_from(["id", "value", "action_id", "selected_option", "type", "callback_id"]),
-    st.one_of(_ids, st.dictionaries(st.sampled_from(["id", "value"]), _ids, max_size=2)),
-    max_size=4,
+    st.sampled_from(
+        [
+            "id",
+            "value",
+            "action_id",
+            "selected_option",
+            "type",
+            "callback_id",
+            "private_metadata",
+            "state",
+        ]
+    ),
+    st.one_of(_ids, st.dictionaries(st.sampled_from(["id", "value", "values"]), _ids, max_size=2)),
+    max_size=6,
 )
 _interactions = st.fixed_dictionaries(
     {
@@ -266,24 +301,28 @@ _interactions = st.fixed_dictionaries(
 
 
 @settings(
-    max_examples=60,
+    max_examples=150,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(payload=_interactions)
-async def test_no_signed_interaction_payload_gets_a_5xx(
+async def test_no_signed_interaction_payload_gets_a_5xx_or_breaks_a_listener(
     service: Harness, payload: dict[str, Any]
 ) -> None:
     try:
         body = urlencode({"payload": json.dumps(payload)})
     except (TypeError, ValueError):
         return
-    async with service.http.post(
-        service.url + "/slack/events",
-        data=body,
-        headers={"Content-Type": FORM} | signed(body),
-    ) as response:
-        assert response.status < 500, (payload, await response.text())
+    with structlog.testing.capture_logs() as logs:
+        async with service.http.post(
+            service.url + "/slack/events",
+            data=body,
+            headers={"Content-Type": FORM} | signed(body),
+        ) as response:
+            assert response.status < 500, (payload, await response.text())
+        await service.supervisor.drain()
+    failures = [e for e in logs if e["log_level"] in ("error", "critical")]
+    assert failures == [], (payload, failures)
 
 
 async def test_a_request_body_of_random_bytes_is_401_unsigned_and_400_signed(
