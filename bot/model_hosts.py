@@ -30,7 +30,8 @@ class ModelHosts:
 
     def refusal(self, agent: str, url: str) -> str:
         """Why ``agent`` may not call ``url``, naming the host but never a key."""
-        host = urlsplit(url).netloc or url
+        parts = urlsplit(url)
+        host = parts.hostname or "that address"
         allowed = ", ".join(sorted(self.hosts))
         return (
             f"`{agent}` may not send its key to {host}: THREADWORK_MODEL_HOSTS allows only "

@@ -5,6 +5,7 @@ import hashlib
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from bot.agents import Agent, AgentKind, AgentSettings, normalize_agent_name
 from bot.clock import Clock
@@ -128,6 +129,10 @@ class AgentRegistry:
             return
         if not url.startswith(("http://", "https://")):
             raise InvalidInput("base_url must be an http(s) URL.")
+        if "@" in urlsplit(url).netloc:
+            raise InvalidInput(
+                "base_url must not carry credentials; store the key with `/task-admin agent key`."
+            )
         if not self._hosts.allows(url):
             raise InvalidInput(self._hosts.refusal(name, url))
 

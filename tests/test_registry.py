@@ -180,3 +180,11 @@ async def test_with_model_hosts_set_an_endpoint_elsewhere_cannot_be_registered(
             )
         [agent] = await core.registry.list_agents()
         assert agent.settings.base_url == "http://127.0.0.1:11434/v1"
+
+
+async def test_a_model_endpoint_with_credentials_in_it_is_refused(registry: AgentRegistry) -> None:
+    settings = AgentSettings(base_url="https://user:hunter2@models.example/v1")
+    with pytest.raises(InvalidInput, match="must not carry credentials") as refused:
+        await registry.add_agent("local", AgentKind.OPENAI, settings=settings)
+    assert "hunter2" not in str(refused.value)
+    assert [a.name for a in await registry.list_agents()] == []
