@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp
 
 from bot.access import Access, AdminList, ConfiguredAdmins, EveryoneIsMember, Membership
+from bot.admin import AdminDesk
 from bot.agent_work import AgentWork
 from bot.board import Board, new_key
 from bot.clock import Clock, utc_now
@@ -125,6 +126,7 @@ class Core:
     queries: TaskQueries
     reconciler: Reconciler
     dead_letters: DeadLetters
+    admin: AdminDesk
 
     @property
     def tools_for(self) -> ToolsFor:
@@ -170,6 +172,9 @@ def build_core(
     access = _access(settings, overrides, client, registry)
     board = Board(store, clock, policy, overrides.new_key, notify=signal.notify, access=access)
     probe = SlackThreadProbe(client, registry, board, clock) if client else None
+    queries = TaskQueries(store, clock, policy, access)
+    reconciler = build_reconciler(store, settings, signal, overrides, probe)
+    dead_letters = DeadLetters(store, clock, notify=signal.notify)
     return Core(
         settings=settings,
         engine=engine,
@@ -179,9 +184,10 @@ def build_core(
         board=board,
         registry=registry,
         work=AgentWork(store, clock, overrides.new_key, notify=signal.notify),
-        queries=TaskQueries(store, clock, policy, access),
-        reconciler=build_reconciler(store, settings, signal, overrides, probe),
-        dead_letters=DeadLetters(store, clock, notify=signal.notify),
+        queries=queries,
+        reconciler=reconciler,
+        dead_letters=dead_letters,
+        admin=AdminDesk(access, registry, board, reconciler, queries, dead_letters),
     )
 
 
@@ -461,14 +467,13 @@ def _wire_slack(
     services = SlackServices(
         board=core.board,
         registry=core.registry,
-        reconciler=core.reconciler,
         queries=core.queries,
         access=core.board.access,
         clock=core.clock,
         client=client,
         supervisor=supervisor,
         inbox=inbox,
-        dead_letters=core.dead_letters,
+        admin=core.admin,
     )
     secret = settings.slack_signing_secret
     signature = SlackSignature(secret.get_secret_value()) if secret else None

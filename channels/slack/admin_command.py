@@ -8,7 +8,7 @@ from slack_sdk.errors import SlackApiError
 
 from bot.access import Closers
 from bot.agents import AgentKind, AgentSettings, Autonomy, normalize_agent_name
-from bot.errors import DomainError, InvalidInput
+from bot.errors import DomainError, InvalidInput, NotAllowed
 from bot.reconcile import ReconcileReport
 from bot.task import Actor
 from channels.slack.outbox_command import USAGE as OUTBOX_USAGE
@@ -40,12 +40,10 @@ Handler = Callable[[SlashCommand, list[str], SlackServices], Awaitable[str]]
 
 async def handle_admin_command(command: SlashCommand, services: SlackServices) -> str:
     """Runs one ``/task-admin`` invocation for an admin; refuses everyone else."""
-    if not await services.access.is_admin(Actor.user(command.user_id)):
-        return (
-            ":no_entry: `/task-admin` is for threadwork admins (THREADWORK_ADMINS, and the "
-            "workspace's admins and owners when THREADWORK_WORKSPACE_ADMINS=1). Nothing was "
-            "changed."
-        )
+    try:
+        await services.admin.require_admin(Actor.user(command.user_id))
+    except NotAllowed as exc:
+        return f":no_entry: {exc.message}"
     try:
         words = split_args(command.text)
     except DomainError as exc:
@@ -88,7 +86,8 @@ async def _agent_add(command: SlashCommand, args: list[str], services: SlackServ
                 f"Slack has no handle for <@{user_id}>; give the agent one with `name=<handle>`."
             )
     name = normalize_agent_name(handle or "")
-    registration = await services.registry.register_agent(
+    registration = await services.admin.register_agent(
+        Actor.user(command.user_id),
         name,
         kind,
         display_name=options.get("display"),
@@ -153,7 +152,7 @@ async def _slack_handle(services: SlackServices, user_id: str) -> str | None:
 
 
 async def _agent_list(command: SlashCommand, args: list[str], services: SlackServices) -> str:
-    agents = await services.registry.list_agents()
+    agents = await services.admin.list_agents(Actor.user(command.user_id))
     if not agents:
         return "No agents yet. Add one with `/task-admin agent add <@user>`."
     lines = ["*Agents*"]
@@ -174,13 +173,13 @@ def _one_name(args: list[str], subcommand: str) -> str:
 
 async def _agent_remove(command: SlashCommand, args: list[str], services: SlackServices) -> str:
     name = _one_name(args, "agent remove")
-    await services.registry.remove_agent(name)
+    await services.admin.remove_agent(Actor.user(command.user_id), name)
     return f"Agent `{name}` is removed; its tasks keep their history."
 
 
 async def _agent_disable(command: SlashCommand, args: list[str], services: SlackServices) -> str:
     name = _one_name(args, "agent disable")
-    held = await services.registry.set_enabled(name, False)
+    held = await services.admin.set_enabled(Actor.user(command.user_id), name, False)
     reply = (
         f"Agent `{name}` is disabled: it cannot be assigned, its MCP tokens are refused and "
         "the built-in runtime starts no new runs for it."
@@ -196,7 +195,7 @@ async def _agent_disable(command: SlashCommand, args: list[str], services: Slack
 
 async def _agent_enable(command: SlashCommand, args: list[str], services: SlackServices) -> str:
     name = _one_name(args, "agent enable")
-    await services.registry.set_enabled(name, True)
+    await services.admin.set_enabled(Actor.user(command.user_id), name, True)
     return f"Agent `{name}` is enabled and can be assigned again."
 
 
@@ -205,9 +204,9 @@ async def _agent_token(command: SlashCommand, args: list[str], services: SlackSe
         raise InvalidInput("`agent token` needs the agent's name, and optionally `revoke`.")
     name = normalize_agent_name(args[0])
     if len(args) == 2:
-        revoked = await services.registry.revoke_tokens(name)
+        revoked = await services.admin.revoke_tokens(Actor.user(command.user_id), name)
         return f"Revoked {revoked} MCP token(s) of `{name}`; clients using them are refused now."
-    token = await services.registry.issue_token(name)
+    token = await services.admin.issue_token(Actor.user(command.user_id), name)
     return (
         f"A new MCP token for `{name}` (shown once, only to you; threadwork keeps only its hash):\n"
         f"`{token}`\nConnect with `Authorization: Bearer <token>` to the MCP endpoint, or run "
@@ -217,7 +216,7 @@ async def _agent_token(command: SlashCommand, args: list[str], services: SlackSe
 
 async def _agent_key(command: SlashCommand, args: list[str], services: SlackServices) -> str:
     name = _one_name(args, "agent key")
-    if await services.registry.get_agent(name) is None:
+    if await services.admin.get_agent(Actor.user(command.user_id), name) is None:
         raise InvalidInput(f"There is no agent named `{name}`.")
     await services.client.views_open(trigger_id=command.trigger_id, view=agent_key_view(name))
     return f"Enter `{name}`'s API key in the form; it is stored encrypted and never shown again."
@@ -248,31 +247,29 @@ def agent_key_view(name: str) -> dict[str, object]:
 
 
 async def _policy(command: SlashCommand, args: list[str], services: SlackServices) -> str:
-    channel = command.channel_id
+    channel, admin = command.channel_id, Actor.user(command.user_id)
     if args and args[0].lower() == "closers":
         if len(args) != 2 or args[1].lower() not in ("anyone", "owners"):
             raise InvalidInput("`policy closers` takes `anyone` or `owners`.")
-        await services.board.set_channel_policy(
-            channel, command.user_id, None, None, closers=Closers(args[1].lower())
-        )
+        await services.admin.set_channel_policy(admin, channel, closers=Closers(args[1].lower()))
     elif args and args[0].lower() == "agents-close":
         if len(args) != 2 or args[1].lower() not in ("on", "off"):
             raise InvalidInput("`policy agents-close` takes `on` or `off`.")
         allowed = args[1].lower() == "on"
-        await services.board.set_channel_policy(channel, command.user_id, None, None, allowed)
+        await services.admin.set_channel_policy(admin, channel, agents_may_close=allowed)
     elif args and args[0].lower() in ("ttl", "attempts"):
         if len(args) != 2:
             raise InvalidInput(f"`policy {args[0]}` needs one number.")
         value = _number(args[1])
         if args[0].lower() == "ttl":
-            await services.board.set_channel_policy(channel, command.user_id, value, None)
+            await services.admin.set_channel_policy(admin, channel, lease_ttl_s=value)
         elif value != int(value):
             raise InvalidInput("Attempts must be a whole number.")
         else:
-            await services.board.set_channel_policy(channel, command.user_id, None, int(value))
+            await services.admin.set_channel_policy(admin, channel, max_attempts=int(value))
     elif (args and args[0].lower() != "show") or len(args) > 1:
         raise InvalidInput(f"`policy {' '.join(args)}` is not understood.")
-    book = await services.board.policies()
+    book = await services.admin.policies(Actor.user(command.user_id))
     policy, own = book.for_channel(channel), book.channels.get(channel)
     source = "this channel's own" if own else "the global defaults"
     agents_done = (
@@ -303,7 +300,7 @@ def _number(text: str) -> float:
 
 
 async def _reconcile(command: SlashCommand, args: list[str], services: SlackServices) -> str:
-    report = await services.reconciler.reconcile_stale_tasks()
+    report = await services.admin.reconcile(Actor.user(command.user_id))
     return report_text(report)
 
 
@@ -319,7 +316,7 @@ def report_text(report: ReconcileReport) -> str:
 
 
 async def _stats(command: SlashCommand, args: list[str], services: SlackServices) -> str:
-    stats = await services.queries.board_stats()
+    stats = await services.admin.board_stats(Actor.user(command.user_id))
     by_status = ", ".join(f"{s} {n}" for s, n in sorted(stats.by_status.items())) or "no tasks"
     return (
         f"*Tasks*: {by_status}\n*Stale leases*: {stats.stale}\n*Blocked*: {stats.blocked}\n"

@@ -7,7 +7,7 @@ import structlog
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.errors import DomainError
+from bot.errors import DomainError, NotAllowed
 from bot.status import parse_status
 from bot.task import Actor, TaskRef
 from channels.slack.parsing import CardAction, error_code, unescape
@@ -189,14 +189,15 @@ async def submit_create_task(
 async def submit_agent_key(body: dict[str, Any], services: SlackServices) -> dict[str, Any] | None:
     """Stores the key typed into the admin's form, for admins only. Never logs it."""
     user_id = str(body["user"]["id"])
-    if not await services.access.is_admin(Actor.user(user_id)):
-        return {"response_action": "errors", "errors": {"api_key": "Only admins can set keys."}}
     meta = form_metadata(body["view"], ("agent",))
     if meta is None:
         return STALE_FORM | {"errors": {"api_key": STALE_FORM_TEXT}}
     name = meta["agent"]
     try:
-        await services.registry.set_api_key(name, view_value(body["view"], "api_key"))
+        key = view_value(body["view"], "api_key")
+        await services.admin.set_api_key(Actor.user(user_id), name, key)
+    except NotAllowed:
+        return {"response_action": "errors", "errors": {"api_key": "Only admins can set keys."}}
     except DomainError as exc:
         return {"response_action": "errors", "errors": {"api_key": exc.message}}
     logger.info("agent.api_key_set", agent=name, by=user_id)

@@ -14,16 +14,16 @@ USAGE = "/task-admin outbox [retry <id> | drop <id>]"
 async def outbox_command(command: SlashCommand, args: list[str], services: SlackServices) -> str:
     """Lists dead and waiting rows, or retries or drops one by its id."""
     if not args:
-        return review_text(await services.dead_letters.review_outbox())
+        return review_text(await services.admin.review_outbox(Actor.user(command.user_id)))
     action = args[0].lower()
     if action not in ("retry", "drop") or len(args) != 2:
         raise InvalidInput(f"`outbox {' '.join(args)[:60]}` is not understood.")
     row_id = parse_outbox_id(args[1])
     admin = Actor.user(command.user_id)
     if action == "retry":
-        row = await services.dead_letters.retry_outbox_row(row_id, admin)
+        row = await services.admin.retry_outbox_row(admin, row_id)
         return f"Outbox row {row.id} ({row.kind.value}, *{row.ref}*) is sent again now."
-    row = await services.dead_letters.drop_outbox_row(row_id, admin)
+    row = await services.admin.drop_outbox_row(admin, row_id)
     return f"Outbox row {row.id} ({row.kind.value}, *{row.ref}*) is dropped; it is never sent."
 
 

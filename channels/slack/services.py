@@ -9,12 +9,11 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.access import Access
+from bot.admin import AdminDesk
 from bot.board import Board
 from bot.clock import Clock
-from bot.dead_letters import DeadLetters
 from bot.inbox import ReplyInbox
 from bot.queries import TaskQueries
-from bot.reconcile import Reconciler
 from bot.registry import AgentRegistry
 from bot.supervisor import Supervisor
 from channels.slack.parsing import error_code
@@ -60,7 +59,6 @@ class SlackServices:
 
     board: Board
     registry: AgentRegistry
-    reconciler: Reconciler
     queries: TaskQueries
     access: Access
     clock: Clock
@@ -68,4 +66,5 @@ class SlackServices:
     client: AsyncWebClient
     supervisor: Supervisor
     inbox: ReplyInbox
-    dead_letters: DeadLetters
+    #: The admins' use cases; each checks its caller is an admin.
+    admin: AdminDesk
