@@ -98,7 +98,11 @@ class StepParts:
             return await reader.get_task(self.task.ref)
 
     async def model_request(self, _n: int) -> object:
-        messages = [{"role": "user", "content": f"Directive: work on task {self.task.ref} (x)."}]
+        opening = (
+            f"Directive: work on task {self.task.ref}, lease epoch {self.task.lease_epoch}, "
+            "attempt 1. Its status is todo."
+        )
+        messages = [{"role": "user", "content": opening}]
         return await self.model.complete("You are a benchmark agent.", self.specs, messages, _idle)
 
     async def http_log_line(self, _n: int) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from tests.agents.standins import Reply, ToolUse
 
-_DIRECTIVE = re.compile(r"Directive: work on task (\S+) \(")
+_DIRECTIVE = re.compile(r"Directive: work on task ([^\s,]+),")
 
 
 def first_text(body: Mapping[str, Any]) -> str:
@@ -25,7 +25,7 @@ def task_ref(body: Mapping[str, Any]) -> str:
     """The task named by the directive that opens the run, e.g. ``C1#7``."""
     found = _DIRECTIVE.search(first_text(body))
     if found is None:
-        raise ValueError("the request's first message names no task")
+        raise ValueError(f"the request's first message names no task: {first_text(body)[:300]!r}")
     return found.group(1)
 
 

@@ -17,6 +17,7 @@ PARTIAL_INDEX = "ix_tasks_leased_progress"
 _LITERALS = re.compile(r"'[^']*'|\b\d+(?:\.\d+)?\b")
 _COLUMNS = re.compile(r"(?:(?:tasks\.)?\w+, ){5,}(?:tasks\.)?\w+(?= FROM|$)")
 _PLAIN_VALUES = re.compile(r"\((?:\?|\$\d+)(?:, (?:\?|\$\d+)){3,}\)")
+_CASE_BRANCHES = re.compile(r"(?:WHEN \? THEN \? ){2,}END")
 _ROW_VALUES = re.compile(
     r"\((?:\?|\$\d+)(?:, (?:\?|\$\d+))+\)(?:, \((?:\?|\$\d+)(?:, (?:\?|\$\d+))+\))+"
 )
@@ -132,7 +133,11 @@ def shorten(sql: str) -> str:
         first = match.group(0)[1:].partition(",")[0]
         return f"({first}, ... /* {match.group(0).count(',') + 1} values */)"
 
+    def collapse_case(match: re.Match[str]) -> str:
+        return f"WHEN ? THEN ? ... /* {match.group(0).count('WHEN')} branches */ END"
+
     sql = _ROW_VALUES.sub(collapse, " ".join(sql.split()))
+    sql = _CASE_BRANCHES.sub(collapse_case, sql)
     sql = _COLUMNS.sub("/* every column of tasks */", sql)
     return _PLAIN_VALUES.sub(collapse_plain, sql)
 

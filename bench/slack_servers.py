@@ -23,7 +23,7 @@ from bot.logging import configure_logging
 from bot.root import migrate, open_core, serve
 from bot.settings import Settings
 from channels.slack.adapter_http import EVENTS_PATH
-from tests.slack.conftest import AGENT_USER, SECRET, settings_for
+from tests.slack.conftest import AGENT_USER, ALICE, SECRET, settings_for
 from tests.slack.standin import TOKEN, SlackStandIn
 
 SPAWN = multiprocessing.get_context("spawn")
@@ -46,6 +46,10 @@ class TimedStandIn(SlackStandIn):
 
     arrivals: dict[str, Arrival] = field(default_factory=dict)
     waiters: dict[str, asyncio.Future[Arrival]] = field(default_factory=dict)
+
+    def _conversations_members(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The benchmark's one person is a member of every channel it uses."""
+        return {"ok": True, "members": [ALICE], "response_metadata": {"next_cursor": ""}}
 
     def _chat_postMessage(self, args: dict[str, Any]) -> dict[str, Any]:
         arrived = time.perf_counter()
