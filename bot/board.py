@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from bot import outbox
-from bot.access import Access, Closers, ConfiguredAdmins, EveryoneIsMember
+from bot.access import Access, Closers
 from bot.agents import Agent
 from bot.clock import Clock
 from bot.errors import (
@@ -121,14 +121,15 @@ class Board:
         policy: LeasePolicy,
         new_key: Callable[[], str] = new_key,
         notify: Notify = ignore,
-        access: Access | None = None,
+        *,
+        access: Access,
     ) -> None:
         self._store = store
         self._clock = clock
         self._policy = policy
         self._new_key = new_key
         self._notify = notify
-        self._access = access or Access(EveryoneIsMember(), ConfiguredAdmins(()))
+        self._access = access
 
     @property
     def clock(self) -> Clock:

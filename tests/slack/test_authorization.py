@@ -5,6 +5,7 @@ public and in a private channel. Each cell is allowed or refused as the README's
 refused cell changes nothing and never shows the task's title.
 """
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -288,3 +289,22 @@ async def test_a_creator_who_did_not_assign_still_may_close_and_so_may_the_assig
     assert "is now `done`" in await world.command("status 1 done", user=MEMBER, channel=channel)
     assert "reopened" in await world.command("reopen 1", user=OWNER, channel=channel)
     assert "is canceled" in await world.command("cancel 1", user=OWNER, channel=channel)
+
+
+@pytest.mark.parametrize("role", ["member"])
+async def test_app_home_never_shows_a_task_of_a_channel_the_viewer_has_left(
+    world: Harness, channel: str
+) -> None:
+    assert "Created" in await world.command(f"new {TITLE}", user=MEMBER, channel=channel)
+    world.standin.channels_of[MEMBER] = [channel]
+    home = {"type": "app_home_opened", "user": MEMBER, "tab": "home", "channel": "D1"}
+    assert await world.event(home) == 200
+    shown = json.dumps(world.standin.calls_to("views.publish")[-1].args["view"])
+    assert TITLE in shown
+    world.standin.members[channel].discard(MEMBER)
+    world.standin.channels_of[MEMBER] = []
+    left = {"type": "member_left_channel", "user": MEMBER, "channel": channel}
+    assert await world.event(left) == 200
+    assert await world.event(home) == 200
+    shown = json.dumps(world.standin.calls_to("views.publish")[-1].args["view"])
+    assert TITLE not in shown  # they created it, but they have left its channel
