@@ -4,6 +4,7 @@ Requests are signed exactly as Slack signs them. The core runs on a FakeClock; t
 delivered when a test calls ``deliver()``, so every effect is awaited, never slept for.
 """
 
+import asyncio
 import hashlib
 import hmac
 import itertools
@@ -19,14 +20,16 @@ from urllib.parse import urlencode
 
 import aiohttp
 import pytest
+from pydantic import SecretStr
 
 from bot.delivery import DeliverySettings
 from bot.root import Core, Overrides, Service, Slack, open_service
 from bot.settings import Settings
 from bot.supervisor import Supervisor
 from bot.task import Task, TaskRef
+from tests.agents.standins import AnthropicStandIn
 from tests.conftest import TEST_SECRET_KEY, FakeClock
-from tests.slack.standin import TOKEN, SlackStandIn
+from tests.slack.standin import APP_TOKEN, TOKEN, SlackStandIn
 
 SECRET = "test-signing-secret-0123456789"
 ADMIN = "UADMIN01"
@@ -242,3 +245,33 @@ async def service(
             "coder", display_name="Coder", slack_user_id=AGENT_USER
         )
         yield harness
+
+
+@pytest.fixture
+async def socket_service(
+    sqlite_url: str, standin: SlackStandIn, clock: FakeClock
+) -> AsyncIterator[Service]:
+    """The service taking Slack's requests over Socket Mode from the stand-in."""
+    settings = settings_for(sqlite_url, standin.url).model_copy(
+        update={"slack_app_token": SecretStr(APP_TOKEN)}
+    )
+    async with open_service(settings, overrides_for(clock), socket_mode=True) as service:
+        async with asyncio.timeout(10):
+            await standin.socket_connected.wait()
+        yield service
+
+
+async def ack_of(standin: SlackStandIn, envelope: dict[str, Any]) -> dict[str, Any]:
+    """Pushes an envelope over the socket and returns the service's acknowledgement."""
+    await standin.push(envelope)
+    async with asyncio.timeout(10):
+        return await standin.socket_acks.get()
+
+
+@pytest.fixture
+async def anthropic() -> AsyncIterator[AnthropicStandIn]:
+    """The local Anthropic Messages API stand-in."""
+    standin = AnthropicStandIn()
+    await standin.start()
+    yield standin
+    await standin.close()

@@ -13,14 +13,6 @@ from tests.slack.standin import SlackStandIn
 
 
 @pytest.fixture
-async def anthropic() -> AsyncIterator[AnthropicStandIn]:
-    standin = AnthropicStandIn()
-    await standin.start()
-    yield standin
-    await standin.close()
-
-
-@pytest.fixture
 async def service(
     sqlite_url: str, standin: SlackStandIn, clock: FakeClock, anthropic: AnthropicStandIn
 ) -> AsyncIterator[Harness]:

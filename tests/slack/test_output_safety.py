@@ -248,14 +248,6 @@ async def test_the_create_task_form_is_prefilled_with_the_message_as_written(
 
 
 @pytest.fixture
-async def anthropic() -> AsyncIterator[AnthropicStandIn]:
-    standin = AnthropicStandIn()
-    await standin.start()
-    yield standin
-    await standin.close()
-
-
-@pytest.fixture
 async def agents_service(
     sqlite_url: str, standin: SlackStandIn, clock: FakeClock, anthropic: AnthropicStandIn
 ) -> AsyncIterator[Harness]:

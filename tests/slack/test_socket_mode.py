@@ -1,35 +1,8 @@
 """Socket Mode: the same app over a WebSocket, against the stand-in's Socket Mode server."""
 
-import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
-
-import pytest
-from pydantic import SecretStr
-
-from bot.root import Service, open_service
-from tests.conftest import FakeClock
-from tests.slack.conftest import ALICE, CHANNEL, overrides_for, settings_for
-from tests.slack.standin import APP_TOKEN, SlackStandIn
-
-
-@pytest.fixture
-async def socket_service(
-    sqlite_url: str, standin: SlackStandIn, clock: FakeClock
-) -> AsyncIterator[Service]:
-    settings = settings_for(sqlite_url, standin.url).model_copy(
-        update={"slack_app_token": SecretStr(APP_TOKEN)}
-    )
-    async with open_service(settings, overrides_for(clock), socket_mode=True) as service:
-        async with asyncio.timeout(10):
-            await standin.socket_connected.wait()
-        yield service
-
-
-async def ack_of(standin: SlackStandIn, envelope: dict[str, Any]) -> dict[str, Any]:
-    await standin.push(envelope)
-    async with asyncio.timeout(10):
-        return await standin.socket_acks.get()
+from bot.root import Service
+from tests.slack.conftest import ALICE, CHANNEL, ack_of
+from tests.slack.standin import SlackStandIn
 
 
 async def test_a_slash_command_over_socket_mode_is_acknowledged_with_its_reply(

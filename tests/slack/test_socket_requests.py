@@ -1,38 +1,15 @@
 """Socket Mode's share of the front door: a malformed interaction is refused, acknowledged, and
 changes nothing."""
 
-import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 
-from bot.root import Service, open_service
+from bot.root import Service
 from bot.status import TaskStatus
 from bot.task import Actor, TaskRef
-from tests.conftest import FakeClock
-from tests.slack.conftest import ALICE, CHANNEL, overrides_for, settings_for
-from tests.slack.standin import APP_TOKEN, SlackStandIn
-
-
-@pytest.fixture
-async def socket_service(
-    sqlite_url: str, standin: SlackStandIn, clock: FakeClock
-) -> AsyncIterator[Service]:
-    settings = settings_for(sqlite_url, standin.url).model_copy(
-        update={"slack_app_token": SecretStr(APP_TOKEN)}
-    )
-    async with open_service(settings, overrides_for(clock), socket_mode=True) as service:
-        async with asyncio.timeout(10):
-            await standin.socket_connected.wait()
-        yield service
-
-
-async def ack_of(standin: SlackStandIn, envelope: dict[str, Any]) -> dict[str, Any]:
-    await standin.push(envelope)
-    async with asyncio.timeout(10):
-        return await standin.socket_acks.get()
+from tests.slack.conftest import ALICE, CHANNEL, ack_of
+from tests.slack.standin import SlackStandIn
 
 
 @pytest.mark.parametrize(
