@@ -14,6 +14,7 @@ from bot.task import Actor
 from channels.slack.outbox_command import USAGE as OUTBOX_USAGE
 from channels.slack.outbox_command import outbox_command
 from channels.slack.parsing import SlashCommand, parse_user_mention, split_args, split_options
+from channels.slack.render import inert_reply
 from channels.slack.replies import ADMIN_USAGE
 from channels.slack.services import SlackServices
 
@@ -47,7 +48,7 @@ async def handle_admin_command(command: SlashCommand, services: SlackServices) -
     try:
         words = split_args(command.text)
     except DomainError as exc:
-        return f":warning: {exc.message}\n{ADMIN_USAGE}"
+        return f":warning: {inert_reply(exc.message)}\n{ADMIN_USAGE}"
     if not words or words[0].lower() == "help":
         return ADMIN_USAGE
     key = (
@@ -55,12 +56,13 @@ async def handle_admin_command(command: SlashCommand, services: SlackServices) -
     )
     handler = HANDLERS.get(key)
     if handler is None:
-        return f":warning: `{' '.join(words[:2])}` is not a `/task-admin` command.\n{ADMIN_USAGE}"
+        asked = inert_reply(" ".join(words[:2]))
+        return f":warning: `{asked}` is not a `/task-admin` command.\n{ADMIN_USAGE}"
     args = words[2:] if key.startswith("agent") else words[1:]
     try:
         return await handler(command, args, services)
     except DomainError as exc:
-        return f":warning: {exc.message}\nUsage: `{USAGE[key]}`"
+        return f":warning: {inert_reply(exc.message)}\nUsage: `{USAGE[key]}`"
 
 
 async def _agent_add(command: SlashCommand, args: list[str], services: SlackServices) -> str:

@@ -12,6 +12,7 @@ from bot.board import Board
 from bot.errors import DomainError
 from bot.task import Actor, IncomingReply, Task
 from channels.slack.parsing import MessageEvent, error_code, unescape
+from channels.slack.render import inert_reply
 from channels.slack.services import SlackServices
 from channels.slack.task_command import resolve_agent
 
@@ -62,7 +63,7 @@ async def on_mention(event: MessageEvent, services: SlackServices, client: Async
             task.ref, agent.name, event.author, in_channel=event.channel_id
         )
     except DomainError as exc:
-        await _tell(client, event, f":warning: {exc.message}\n{MENTION_USAGE}")
+        await _tell(client, event, f":warning: {inert_reply(exc.message)}\n{MENTION_USAGE}")
 
 
 async def _create_from_thread(

@@ -11,6 +11,7 @@ from bot.errors import DomainError, NotAllowed
 from bot.status import parse_status
 from bot.task import Actor, TaskRef
 from channels.slack.parsing import CardAction, error_code, unescape
+from channels.slack.render import inert_reply
 from channels.slack.services import SlackServices
 
 logger = structlog.get_logger(__name__)
@@ -45,7 +46,7 @@ async def on_card_action(
                 TaskRef.parse(used.value), target, actor, in_channel=where
             )
     except DomainError as exc:
-        await _tell(client, used.channel_id, used.user_id, f":warning: {exc.message}")
+        await _tell(client, used.channel_id, used.user_id, f":warning: {inert_reply(exc.message)}")
 
 
 async def _tell(client: AsyncWebClient, channel: str | None, user_id: str, text: str) -> None:

@@ -80,6 +80,18 @@ def link(uri: str, label: str | None = None) -> str:
     return f"<{escape(uri)}>" if label is None else f"<{escape(uri)}|{escape(label)}>"
 
 
+#: Markup a reply may keep: threadwork's own mentions of a user or channel by id, and its dates.
+_KEPT_MARKUP = r"[@#][A-Z0-9]+(?:\|[^<>]*)?>|!date\^\d+\^[^|<>]*\|[^<>]*>"
+_LOOSE_MARKUP = re.compile(rf"<(?!{_KEPT_MARKUP})")
+
+
+def inert_reply(text: str) -> str:
+    """A reply to one person with every ``<`` made literal except threadwork's own mentions
+    and dates: a refusal that quotes what the person typed (``<!channel>``, a disguised link)
+    shows it as text, and usage such as ``<N>`` reads as written."""
+    return _LOOSE_MARKUP.sub("&lt;", text)
+
+
 def slack_date(at: datetime) -> str:
     """A timestamp each reader sees in their own time zone, e.g. 'today at 3:04 PM'."""
     return (

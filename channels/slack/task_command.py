@@ -8,6 +8,7 @@ from bot.registry import AgentRegistry
 from bot.status import parse_status
 from bot.task import Actor, TaskRef
 from channels.slack.parsing import SlashCommand, parse_task_ref, parse_user_mention, split_args
+from channels.slack.render import inert_reply
 from channels.slack.replies import TASK_USAGE, clip_reply, list_text, log_text, show_text
 from channels.slack.services import SlackServices
 
@@ -33,11 +34,11 @@ async def handle_task_command(command: SlashCommand, services: SlackServices) ->
         return TASK_USAGE
     handler = HANDLERS.get(sub)
     if handler is None:
-        return f":warning: `{sub}` is not a `/task` command.\n{TASK_USAGE}"
+        return f":warning: `{inert_reply(sub)}` is not a `/task` command.\n{TASK_USAGE}"
     try:
         reply = await handler(command, rest.strip(), services)
     except DomainError as exc:
-        return clip_reply(f":warning: {exc.message}\nUsage: `{USAGE[sub]}`")
+        return clip_reply(f":warning: {inert_reply(exc.message)}\nUsage: `{USAGE[sub]}`")
     return clip_reply(reply)
 
 

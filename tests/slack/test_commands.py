@@ -999,3 +999,22 @@ async def test_show_stays_within_what_slack_shows_however_many_artifacts_a_task_
     assert len(reply) <= 3900
     assert "artifact 99" in reply
     assert "artifact 0 " not in reply
+
+
+@pytest.mark.parametrize(
+    ("command", "text"),
+    [
+        ("/task", "<!channel> 1"),
+        ("/task", "assign 1 <!here>"),
+        ("/task", "show <https://evil.example|C1#1>"),
+        ("/task-admin", "<!everyone> now"),
+        ("/task-admin", "agent remove <!subteam^S123>"),
+    ],
+)
+async def test_a_refusal_quoting_what_was_typed_shows_it_as_text(
+    service: Harness, command: str, text: str
+) -> None:
+    reply = await service.command(text, command=command, user=ADMIN)
+    assert reply.startswith(":warning:"), reply
+    assert "<!" not in reply
+    assert "<https://evil" not in reply
