@@ -314,7 +314,9 @@ async def open_service(
             if client
             else None
         )
-        stack.push_async_callback(_drain, supervisor)
+        # Acknowledged work finishes (bounded); what is cut off is found again by the
+        # reconcile's thread probe.
+        stack.push_async_callback(supervisor.close_within, SHUTDOWN_DRAIN_SECONDS)
         runner, models = _wire_runner(core, supervisor, worker, slack, overrides)
         stack.push_async_callback(models.close)
         stack.push_async_callback(runner.close)
@@ -532,17 +534,6 @@ def _readiness(core: Core, scheduler: AsyncIOScheduler, slack: Slack | None) -> 
     if slack is not None:
         checks["slack"] = slack.auth
     return checks
-
-
-async def _drain(supervisor: Supervisor) -> None:
-    """Finishes acknowledged work for a bounded time, then cancels what is left. What is cut
-    off is found again by the reconcile's thread probe."""
-    try:
-        async with asyncio.timeout(SHUTDOWN_DRAIN_SECONDS):
-            await supervisor.drain()
-    except TimeoutError:
-        logger.warning("serve.drain_timed_out", seconds=SHUTDOWN_DRAIN_SECONDS)
-    await supervisor.close()
 
 
 def _stop_scheduler(scheduler: AsyncIOScheduler) -> None:

@@ -32,6 +32,15 @@ class Supervisor:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
+    async def close_within(self, seconds: float) -> None:
+        """Lets the work finish for up to ``seconds``, then cancels what is left."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self.drain()
+        except TimeoutError:
+            logger.warning("supervisor.drain_timed_out", seconds=seconds)
+        await self.close()
+
     async def close(self) -> None:
         """Cancels what is still running and waits for it to stop."""
         tasks = list(self._tasks)
