@@ -163,6 +163,12 @@ class AgentRegistry:
         keys = {s.agent: s.ciphertext for s in stored if s.name == API_KEY}
         return [self._key_state(agent, keys.get(agent.name)) for agent in agents]
 
+    async def list_agents_as_stored(self) -> list[Agent]:
+        """Every agent, by name, without opening any stored key: for the runner's claim passes
+        and the reconcile's probe, which need who the agents are, on every pass."""
+        async with self._store.read() as reader:
+            return await reader.list_agents()
+
     async def get_agent(self, name: str) -> Agent | None:
         """The agent registered as ``name`` (a handle, any case, with or without ``@``)."""
         async with self._store.read() as reader:

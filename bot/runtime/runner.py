@@ -103,7 +103,9 @@ class AgentRunner:
         """Claims due wake-ups of built-in agents and acts on them; returns how many."""
         if self._closed:
             return 0
-        agents = [a.name for a in await self._registry.list_agents() if a.built_in and a.enabled]
+        agents = [
+            a.name for a in await self._registry.list_agents_as_stored() if a.built_in and a.enabled
+        ]
         now = self._clock()
         until = now + timedelta(seconds=self._settings.claim_ttl)
         async with self._store.transaction() as unit:

@@ -46,7 +46,7 @@ class SlackThreadProbe:
         self._budget = max_reads_per_tick
 
     async def find_progress(self, tasks: Sequence[Task]) -> FoundProgress:
-        agents = {a.name: a for a in await self._registry.list_agents()}
+        agents = {a.name: a for a in await self._registry.list_agents_as_stored()}
         found: dict[int, datetime] = {}
         unchecked: set[int] = set()
         reads = 0
