@@ -64,6 +64,9 @@ def _interaction_problem(body: dict[str, Any]) -> str | None:
     user = body.get("user")
     if not (isinstance(user, dict) and isinstance(user.get("id"), str) and user["id"]):
         return "an interaction without user.id"
+    for part in ("view", "message", "container", "team", "channel", "state"):
+        if part in body and not isinstance(body[part], dict):
+            return f"an interaction whose {part} is not an object"
     kind = body["type"]
     if kind == "block_actions":
         return _actions_problem(body.get("actions"))
