@@ -59,6 +59,17 @@ class Settings(BaseSettings):
         120, alias="THREADWORK_AGENT_CALLS_PER_MINUTE", ge=1, le=100_000
     )
 
+    #: A worker (one process) whose heartbeat is older than this is presumed dead, and what it
+    #: held (outbox rows, agent wake-ups and runs) is taken over by a live one.
+    worker_timeout: float = Field(
+        15, alias="THREADWORK_WORKER_TIMEOUT", ge=1, le=3600, allow_inf_nan=False
+    )
+    #: Thread reads (conversations.replies/history) per minute, shared by every replica: 50 for
+    #: an internal app (Tier 3), 1 for a commercially distributed app outside the Marketplace.
+    slack_history_per_minute: int = Field(
+        50, alias="THREADWORK_SLACK_HISTORY_PER_MINUTE", ge=1, le=10_000
+    )
+
     @field_validator("admins", mode="before")
     @classmethod
     def _split_admins(cls, value: object) -> object:

@@ -209,6 +209,26 @@ inbound_event_ids = Table(
     Column("received_at", UTCDateTime(), nullable=False, index=True),
 )
 
+#: One row per running process, kept fresh by its heartbeat. The claims of a worker whose
+#: heartbeat is older than the worker timeout are taken over by a live one.
+workers = Table(
+    "workers",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("heartbeat_at", UTCDateTime(), nullable=False, index=True),
+)
+
+#: Token buckets every replica draws from (Slack's thread reads), so a budget is one per
+#: workspace rather than one per process.
+rate_budgets = Table(
+    "rate_budgets",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("tokens", Float, nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
 agent_tokens = Table(
     "agent_tokens",
     metadata,
@@ -233,6 +253,7 @@ artifacts = Table(
 )
 
 OPEN_WAKEUP_SQL = "done_at IS NULL"
+HELD_WAKEUP_SQL = "done_at IS NULL AND claimed_by IS NOT NULL"
 
 agent_wakeups = Table(
     "agent_wakeups",
@@ -252,6 +273,12 @@ agent_wakeups = Table(
         "id",
         sqlite_where=text(OPEN_WAKEUP_SQL),
         postgresql_where=text(OPEN_WAKEUP_SQL),
+    ),
+    Index(
+        "ix_agent_wakeups_claimed_by",
+        "claimed_by",
+        sqlite_where=text(HELD_WAKEUP_SQL),
+        postgresql_where=text(HELD_WAKEUP_SQL),
     ),
 )
 
