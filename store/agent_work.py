@@ -202,7 +202,7 @@ class AgentWorkWrites:
             .where(
                 agent_wakeups.c.done_at.is_(None),
                 agent_wakeups.c.agent.in_(list(agent_names)),
-                or_(agent_wakeups.c.claimed_by.is_(None), agent_wakeups.c.claim_expires_at < now),
+                agent_wakeups.c.claimed_by.is_(None),
             )
             .order_by(agent_wakeups.c.id)
             .limit(limit)

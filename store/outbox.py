@@ -77,8 +77,10 @@ async def claim_outbox(
 ) -> list[OutboxRow]:
     """Claims up to ``limit`` rows, each the oldest open row of its task's thread.
 
-    A row is claimable when it is due and either pending or its previous claim has expired.
-    Dead, dropped and delivered rows are passed over, so they never hold up a thread.
+    A row is claimable when it is due and pending. A row stays in flight for as long as its
+    worker is alive; the takeover (``store.workers``) reopens the rows of a worker presumed dead
+    as uncertain. Dead, dropped and delivered rows are passed over, so they never hold up a
+    thread.
     PostgreSQL workers skip rows another worker has locked; SQLite has one writer at a time.
     """
     earlier = outbox.alias("earlier")
@@ -94,8 +96,8 @@ async def claim_outbox(
     candidates = (
         select(outbox.c.id)
         .where(
-            _is_open(outbox),
-            or_(outbox.c.state == OutboxState.PENDING.value, outbox.c.claim_expires_at < now),
+            _is_open(outbox),  # as the partial index says, so SQLite's planner can use it
+            outbox.c.state == OutboxState.PENDING.value,
             outbox.c.available_at <= now,
             ~has_earlier_open,
         )
@@ -115,8 +117,6 @@ async def claim_outbox(
             claimed_by=worker,
             claim_expires_at=claim_until,
             attempts=outbox.c.attempts + 1,
-            # A row still in flight when its claim expired may have been delivered.
-            uncertain=or_(outbox.c.uncertain, outbox.c.state == OutboxState.IN_FLIGHT.value),
         )
         .returning(*outbox.c)
     )
