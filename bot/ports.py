@@ -14,7 +14,8 @@ from datetime import datetime
 from typing import Protocol, TypedDict
 
 from bot.agents import Agent, AgentKind, AgentSettings
-from bot.outbox import OutboxMessage, OutboxRow, OutboxState
+from bot.claims import Released
+from bot.outbox import OutboxKind, OutboxMessage, OutboxRow, OutboxState
 from bot.policy import ChannelPolicy
 from bot.signal import Queued
 from bot.status import TaskStatus
@@ -308,19 +309,42 @@ class WakeupWrites(Protocol):
         ...
 
     async def claim_wakeups(
-        self,
-        worker: str,
-        agent_names: Sequence[str],
-        now: datetime,
-        claim_until: datetime,
-        limit: int,
-    ) -> list[Wakeup]: ...
+        self, worker: str, agent_names: Sequence[str], limit: int
+    ) -> list[Wakeup]:
+        """Claims unclaimed open wake-ups of the given agents; they stay held by ``worker``
+        (for as long as it lives) until finished or released."""
+        ...
 
     async def finish_wakeups(self, ids: Sequence[int], at: datetime) -> None: ...
+
+    async def release_wakeups(self, ids: Sequence[int], worker: str) -> None:
+        """Makes wake-ups ``worker`` holds claimable again, unfinished."""
+        ...
 
     async def consume_wakeups(self, agent: str, at: datetime) -> list[Wakeup]: ...
 
     async def advance_cursor(self, agent: str, task_id: int, last_ts: str) -> None: ...
+
+
+class WorkerWrites(Protocol):
+    """Workers' registrations and the claims they hold (``bot.workers``)."""
+
+    async def register_worker(self, worker: str, now: datetime) -> None: ...
+
+    async def heartbeat_worker(self, worker: str, now: datetime) -> bool:
+        """False when the worker's row is gone: it was presumed dead and taken over."""
+        ...
+
+    async def release_worker(self, worker: str) -> Released:
+        """Hands back everything ``worker`` holds and deregisters it."""
+        ...
+
+    async def take_over_dead_workers(self, cutoff: datetime, me: str) -> tuple[list[str], Released]:
+        """Forgets workers not heard from since ``cutoff`` (never ``me``); reopens the claims
+        no live worker holds."""
+        ...
+
+    async def count_live_workers(self, cutoff: datetime) -> int: ...
 
 
 class WorkWrites(Protocol):
@@ -349,6 +373,7 @@ class Unit(
     AgentWrites,
     WakeupWrites,
     WorkWrites,
+    WorkerWrites,
     Protocol,
 ):
     """One write transaction. Every method that changes a task is a compare-and-set."""
@@ -420,3 +445,58 @@ class Store(Protocol):
     def transaction(self) -> AbstractAsyncContextManager[Unit]: ...
 
     def read(self) -> AbstractAsyncContextManager[Reader]: ...
+
+
+@dataclass(frozen=True)
+class OutboxBacklog:
+    """The outbox rows of one kind still to be sent (pending or in flight)."""
+
+    kind: OutboxKind
+    count: int
+    #: When the oldest of them was written.
+    oldest_at: datetime
+
+
+@dataclass(frozen=True)
+class LeaseCounts:
+    """Leased tasks: claimed, in a status the reconcile watches."""
+
+    leased: int
+    #: Of those, the ones paused while their agent waits for a person's answer.
+    awaiting_input: int
+
+
+class GaugeReads(Protocol):
+    """What the metrics gauges read about the shared database: counts over partial indexes,
+    so a scrape costs what the backlog and the leases hold, not the size of the tables."""
+
+    async def list_outbox_backlog(self) -> list[OutboxBacklog]:
+        """The open outbox rows by kind; kinds with none are left out."""
+        ...
+
+    async def count_leases(self) -> LeaseCounts: ...
+
+    async def count_live_workers(self, cutoff: datetime) -> int:
+        """Workers whose heartbeat is at or after ``cutoff``."""
+        ...
+
+
+class GaugeReader(GaugeReads, TaskReads, PolicyReads, OutboxReads, Protocol):
+    """A scrape's reads, served by one transaction."""
+
+
+class GaugeStore(Protocol):
+    """Opens the read transaction a scrape's gauges are read in."""
+
+    def read(self) -> AbstractAsyncContextManager[GaugeReader]: ...
+
+
+class TickLock(Protocol):
+    """One replica at a time runs a periodic job's tick (the reconcile), so the others do not
+    repeat its reads of the chat platform. Correctness never rests on it: every write is still a
+    compare-and-set."""
+
+    def hold(self) -> AbstractAsyncContextManager[bool]:
+        """Tries to take the lock for the tick without waiting: yields True when this replica
+        holds it (released when the block ends), False when another replica does."""
+        ...

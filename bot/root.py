@@ -12,11 +12,13 @@ This is the only module under ``bot/`` that imports ``channels``, ``store`` or `
 
 import asyncio
 import os
+import secrets
 import signal as signals
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import partial
 
 import structlog
@@ -35,8 +37,10 @@ from bot.clock import Clock, utc_now
 from bot.dead_letters import DeadLetters
 from bot.delivery import DeliverySettings, OutboxDelivery
 from bot.errors import ConfigurationError
+from bot.gauges import GaugeQueries
 from bot.inbox import ReplyInbox
 from bot.limits import CallBudget
+from bot.metrics import Metrics, NoMetrics
 from bot.model_hosts import ModelHosts
 from bot.queries import TaskQueries
 from bot.reconcile import ProgressProbe, Reconciler
@@ -48,6 +52,7 @@ from bot.settings import Settings
 from bot.signal import ChangeSignal, Queued
 from bot.supervisor import Supervisor
 from bot.tools import TaskTools, ToolsFor, build_tool_server, make_caller_factory
+from bot.workers import Liveness
 from channels.health import Check, database_check, health_routes
 from channels.mcp.asgi import AsgiMount
 from channels.mcp.bridge import run_stdio_bridge
@@ -58,6 +63,7 @@ from channels.mcp.server import (
     build_mcp_server,
     transport_security,
 )
+from channels.metrics import PrometheusMetrics, metrics_routes
 from channels.slack.adapter_http import slack_routes
 from channels.slack.app import build_bolt_app
 from channels.slack.client import AuthCheck, close_client, missing_settings, web_client
@@ -71,6 +77,7 @@ from channels.slack.socket_mode import build_socket_client
 from channels.slack.thread_status import SlackThreadStatus
 from scheduler.jobs import build_scheduler
 from store.database import create_engine, is_transient
+from store.gauges import SqlGauges
 from store.migrate import current_revision, head_revision, upgrade
 from store.repository import SqlStore
 
@@ -99,7 +106,8 @@ class Overrides:
     worker: str | None = None
     #: The HTTP port (None: PORT; 0: any free port).
     port: int | None = None
-    #: Run outbox delivery and the agent runner in the background (tests drive them by hand).
+    #: Run outbox delivery, the agent runner and the heartbeat in the background (tests drive
+    #: them by hand).
     run_loops: bool = True
     #: Wake the runner when a commit queues a wake-up (benchmarks turn it off to measure the
     #: runner on its poll alone).
@@ -107,8 +115,9 @@ class Overrides:
 
 
 def worker_id() -> str:
-    """This process's name on the claims it takes: host and pid."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """This process's name on the claims it takes: host, pid and a random tag (a restarted
+    container has the same host and pid, but is not the worker that died)."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 @dataclass(frozen=True)
@@ -127,6 +136,8 @@ class Core:
     reconciler: Reconciler
     dead_letters: DeadLetters
     admin: AdminDesk
+    #: Where the use cases count what they do (the CLI's counts nothing).
+    metrics: Metrics = field(default_factory=NoMetrics)
 
     @property
     def tools_for(self) -> ToolsFor:
@@ -158,10 +169,12 @@ def build_core(
     engine: AsyncEngine,
     overrides: Overrides | None = None,
     client: AsyncWebClient | None = None,
+    metrics: Metrics | None = None,
 ) -> Core:
     """The use cases on an engine the caller owns (and disposes of). With Slack's ``client``,
     membership and admins come from Slack and the reconcile reads threads before acting."""
     overrides = overrides or Overrides()
+    metrics = metrics or NoMetrics()
     store = SqlStore(engine)
     clock = overrides.clock
     signal = ChangeSignal()
@@ -183,11 +196,12 @@ def build_core(
         signal=signal,
         board=board,
         registry=registry,
-        work=AgentWork(store, clock, overrides.new_key, notify=signal.notify),
+        work=AgentWork(store, clock, overrides.new_key, notify=signal.notify, metrics=metrics),
         queries=queries,
         reconciler=reconciler,
         dead_letters=dead_letters,
         admin=AdminDesk(access, registry, board, reconciler, queries, dead_letters),
+        metrics=metrics,
     )
 
 
@@ -292,6 +306,8 @@ class Service:
     url: str
     #: Where external agents connect (None when the MCP endpoint is off).
     mcp_url: str | None
+    #: This process as a worker: its heartbeat and the takeover of dead workers' claims.
+    liveness: Liveness
 
 
 @asynccontextmanager
@@ -306,7 +322,18 @@ async def open_service(
     overrides = overrides or Overrides()
     worker = overrides.worker or worker_id()
     async with AsyncExitStack() as stack:
-        core, client = await _open_core_and_client(stack, settings, overrides)
+        metrics = PrometheusMetrics()
+        core, client = await _open_core_and_client(stack, settings, overrides, metrics)
+        liveness = Liveness(
+            core.store,
+            core.clock,
+            worker,
+            timedelta(seconds=settings.worker_timeout),
+            notify=core.signal.notify,
+        )
+        # Deregisters last, once nothing of this process claims any more; hands back what is
+        # still held.
+        stack.push_async_callback(liveness.stop)
         supervisor, loops = Supervisor(), Supervisor()
         stack.push_async_callback(loops.close)
         slack = (
@@ -320,10 +347,13 @@ async def open_service(
         runner, models = _wire_runner(core, supervisor, worker, slack, overrides)
         stack.push_async_callback(models.close)
         stack.push_async_callback(runner.close)
+        liveness.when_lost(runner.abandon)
+        await liveness.start(beat=overrides.run_loops)
         scheduler = build_scheduler(
             core.reconciler,
             settings.reconcile_interval,
             slack.gateway.prune_inbound_event_ids if slack else None,
+            metrics=core.metrics,
         )
         mcp_app = build_mcp_app(
             build_mcp_server(
@@ -336,27 +366,27 @@ async def open_service(
         scheduler.start()
         stack.callback(_stop_scheduler, scheduler)
         mcp_url = await _start_mcp(stack, settings, mcp_app, mount)
-        web_app = _web_app(core, scheduler, slack, mount)
+        web_app = _web_app(core, scheduler, slack, mount, _scrape(core, metrics, runner))
         url = await _start_http(stack, web_app, settings.host, _port(settings, overrides))
         mcp_url = url + MCP_PATH if mount is not None else mcp_url
         await _start_intake_and_loops(stack, loops, slack, runner, overrides.run_loops)
         logger.info("serve.started", url=url, mcp_url=mcp_url, slack=slack is not None)
-        yield Service(core, supervisor, slack, runner, models, scheduler, url, mcp_url)
+        yield Service(core, supervisor, slack, runner, models, scheduler, url, mcp_url, liveness)
     logger.info("serve.stopped")
 
 
 async def _open_core_and_client(
-    stack: AsyncExitStack, settings: Settings, overrides: Overrides
+    stack: AsyncExitStack, settings: Settings, overrides: Overrides, metrics: Metrics
 ) -> tuple[Core, AsyncWebClient | None]:
     """The engine (migrated), the Slack client when Slack is configured, and the use cases;
     raises SecretsNotConfigured before anything starts when stored secrets have no key."""
     engine = create_engine(settings.database_url)
     stack.push_async_callback(engine.dispose)
     await upgrade(engine)
-    client = web_client(settings) if settings.slack_bot_token else None
+    client = web_client(settings, metrics) if settings.slack_bot_token else None
     if client is not None:
         stack.push_async_callback(close_client, client)
-    core = build_core(settings, engine, overrides, client)
+    core = build_core(settings, engine, overrides, client, metrics)
     await check_secrets(core)
     return core, client
 
@@ -378,17 +408,35 @@ async def _start_mcp(
 
 
 def _web_app(
-    core: Core, scheduler: AsyncIOScheduler, slack: Slack | None, mount: AsgiMount | None
+    core: Core,
+    scheduler: AsyncIOScheduler,
+    slack: Slack | None,
+    mount: AsgiMount | None,
+    scrape: list[web.RouteDef],
 ) -> web.Application:
-    """One HTTP surface: health, Slack's events and the MCP endpoint."""
+    """One HTTP surface: health, metrics, Slack's events and the MCP endpoint."""
     app = web.Application()
     app.on_shutdown.append(_end_long_polls(core.signal))
     app.add_routes(health_routes(_readiness(core, scheduler, slack)))
+    app.add_routes(scrape)
     if slack is not None:
         app.add_routes(slack_routes(slack.gateway))
     if mount is not None:
         app.add_routes(mount.routes())
     return app
+
+
+def _scrape(core: Core, metrics: PrometheusMetrics, runner: AgentRunner) -> list[web.RouteDef]:
+    """``GET /metrics``: this process's counters, the shared database's gauges read at each
+    scrape, and the built-in agent runs in flight here."""
+    settings = core.settings
+    gauges = GaugeQueries(
+        SqlGauges(core.engine),
+        core.clock,
+        settings.lease_policy,
+        timedelta(seconds=settings.worker_timeout),
+    )
+    return metrics_routes(metrics, gauges.read_gauges, lambda: len(runner.active))
 
 
 async def _start_http(stack: AsyncExitStack, app: web.Application, host: str, port: int) -> str:
@@ -479,7 +527,9 @@ def _wire_slack(
     )
     secret = settings.slack_signing_secret
     signature = SlackSignature(secret.get_secret_value()) if secret else None
-    gateway = SlackGateway(build_bolt_app(services, client), core.store, core.clock, signature)
+    gateway = SlackGateway(
+        build_bolt_app(services, client), core.store, core.clock, signature, core.metrics
+    )
     slack = Slack(client, AuthCheck(client), gateway, delivery, SlackThreadStatus(client))
     if socket_mode:
         assert settings.slack_app_token is not None

@@ -187,14 +187,10 @@ class AgentWorkWrites:
             await self._db.execute(agent_wakeups.insert(), rows)
 
     async def claim_wakeups(
-        self,
-        worker: str,
-        agent_names: Sequence[str],
-        now: datetime,
-        claim_until: datetime,
-        limit: int,
+        self, worker: str, agent_names: Sequence[str], limit: int
     ) -> list[Wakeup]:
-        """Claims open wake-ups of the given (built-in) agents; several runners may race safely."""
+        """Claims unclaimed open wake-ups of the given (built-in) agents; several runners may
+        race safely. A claim lasts while ``worker`` lives (``store.workers``)."""
         if not agent_names:
             return []
         candidates = (
@@ -215,7 +211,7 @@ class AgentWorkWrites:
         claim = (
             update(agent_wakeups)
             .where(agent_wakeups.c.id.in_(ids))
-            .values(claimed_by=worker, claim_expires_at=claim_until)
+            .values(claimed_by=worker)
             .returning(*agent_wakeups.c)
         )
         return sorted((_wakeup(r) for r in await self._db.execute(claim)), key=lambda w: w.id)
@@ -225,6 +221,20 @@ class AgentWorkWrites:
             await self._db.execute(
                 update(agent_wakeups).where(agent_wakeups.c.id.in_(list(ids))).values(done_at=at)
             )
+
+    async def release_wakeups(self, ids: Sequence[int], worker: str) -> None:
+        if ids:
+            query = (
+                update(agent_wakeups)
+                .where(
+                    agent_wakeups.c.id.in_(list(ids)),
+                    agent_wakeups.c.claimed_by == worker,
+                    agent_wakeups.c.done_at.is_(None),
+                )
+                .values(claimed_by=None)
+            )
+            if (await self._db.execute(query)).rowcount:
+                self.queued.add(Queued.WAKEUPS)
 
     async def consume_wakeups(self, agent: str, at: datetime) -> list[Wakeup]:
         """Takes every open wake-up of ``agent`` (an external agent polling for work)."""

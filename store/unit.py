@@ -31,6 +31,7 @@ from store.schema import (
     task_messages,
     tasks,
 )
+from store.workers import WorkerWrites
 
 
 def _column_values(fields: TaskFields) -> dict[str, Any]:
@@ -40,7 +41,7 @@ def _column_values(fields: TaskFields) -> dict[str, Any]:
     }
 
 
-class SqlUnit(SqlReader, AgentWorkWrites, OutboxReviewWrites):
+class SqlUnit(SqlReader, AgentWorkWrites, OutboxReviewWrites, WorkerWrites):
     """Implements ``bot.ports.Unit`` over a connection inside a write transaction."""
 
     def __init__(self, connection: AsyncConnection) -> None:

@@ -1,14 +1,16 @@
 """The runner: claims agent wake-ups and keeps at most one run per task going.
 
 Wake-ups are rows written in the same transaction as the directive or message that caused them;
-any number of runner processes may claim them (SKIP LOCKED on PostgreSQL). A wake-up for a newer
-lease epoch cancels the task's current run outright (it may be stuck in a model call) and starts
-a fresh one; a person's message during a run is handed to that run at its next step.
+any number of runner processes may claim them (SKIP LOCKED on PostgreSQL). The wake-up that
+starts a run stays held by this worker until the run ends, so if the process dies, the takeover
+(``bot.workers``) makes it claimable and another runner resumes the run; a clean shutdown hands
+it back at once. A wake-up for a newer lease epoch cancels the task's current run outright (it
+may be stuck in a model call) and starts a fresh one; a person's message during a run is handed
+to that run at its next step.
 """
 
 import asyncio
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any, Protocol
 
 import structlog
@@ -43,12 +45,13 @@ class RunHandle:
     epoch: int
     run: AgentRun
     task: asyncio.Task[Any]
+    #: The wake-up that started the run, held until the run ends.
+    wakeup_id: int
 
 
 @dataclass(frozen=True)
 class RunnerSettings:
     max_steps: int = 20
-    claim_ttl: float = 600.0
     poll: float = 1.0
     batch: int = 20
 
@@ -86,6 +89,8 @@ class AgentRunner:
         self._wake = asyncio.Event()
         self._loop: asyncio.Task[Any] | None = None
         self._closed = False
+        #: Set when this worker was presumed dead: its runs were taken over elsewhere.
+        self._abandoned = False
 
     def wake(self) -> None:
         self._wake.set()
@@ -106,46 +111,45 @@ class AgentRunner:
         agents = [
             a.name for a in await self._registry.list_agents_as_stored() if a.built_in and a.enabled
         ]
-        now = self._clock()
-        until = now + timedelta(seconds=self._settings.claim_ttl)
         async with self._store.transaction() as unit:
-            wakeups = await unit.claim_wakeups(
-                self._worker, agents, now, until, self._settings.batch
-            )
-            await unit.finish_wakeups([w.id for w in wakeups], now)
+            wakeups = await unit.claim_wakeups(self._worker, agents, self._settings.batch)
         latest: dict[int, Wakeup] = {}
         for wakeup in wakeups:
             if wakeup.task_id not in latest or wakeup.epoch >= latest[wakeup.task_id].epoch:
                 latest[wakeup.task_id] = wakeup
-        for wakeup in latest.values():
-            await self._take(wakeup)
+        held = {w.id for w in latest.values() if await self._take(w)}
+        done = [w.id for w in wakeups if w.id not in held]
+        if done:
+            async with self._store.transaction() as unit:
+                await unit.finish_wakeups(done, self._clock())
         return len(wakeups)
 
-    async def _take(self, wakeup: Wakeup) -> None:
+    async def _take(self, wakeup: Wakeup) -> bool:
+        """Acts on the task's latest wake-up; True when it started a run (which holds it)."""
         handle = self._runs.get(wakeup.task_id)
         if handle is not None and not handle.task.done():
             if wakeup.epoch <= handle.epoch:
                 handle.run.inbox.set()
-                return
+                return False
             handle.task.cancel()
             await asyncio.gather(handle.task, return_exceptions=True)
-        await self._start(wakeup)
+        return await self._start(wakeup)
 
-    async def _start(self, wakeup: Wakeup) -> None:
+    async def _start(self, wakeup: Wakeup) -> bool:
         async with self._store.read() as reader:
             task = await reader.get_task_by_id(wakeup.task_id)
             agent = await reader.get_agent(wakeup.agent)
         if task is None or agent is None or task.claimed_by != agent.name:
-            return
+            return False
         if task.lease_epoch != wakeup.epoch:
-            return  # a newer wake-up for this task is on its way
+            return False  # a newer wake-up for this task is on its way
         try:
             model = await self._models.for_agent(agent)
         except DomainError as exc:
             await self._work.post_update(
                 task.ref, agent.name, f":warning: {exc.message}", task.lease_epoch
             )
-            return
+            return False
         run = AgentRun(
             ref=task.ref,
             agent=agent.name,
@@ -160,23 +164,37 @@ class AgentRunner:
             max_steps=self._settings.max_steps,
         )
         job = self._supervisor.spawn(
-            self._supervised(task, run), name=f"run:{task.ref}:{task.lease_epoch}"
+            self._supervised(task, run, wakeup.id), name=f"run:{task.ref}:{task.lease_epoch}"
         )
-        self._runs[task.id] = RunHandle(task.lease_epoch, run, job)
+        self._runs[task.id] = RunHandle(task.lease_epoch, run, job, wakeup.id)
+        return True
 
-    async def _supervised(self, task: Task, run: AgentRun) -> str:
+    async def _supervised(self, task: Task, run: AgentRun, wakeup_id: int) -> str:
         log = logger.bind(task=str(task.ref), agent=run.agent, epoch=run.epoch)
         log.info("run.started", reason=run.reason.value)
         await self._show(task, "is working on it…")
         try:
             outcome = await run.run()
         finally:
-            await self._show(task, "")
             handle = self._runs.get(task.id)
             if handle is not None and handle.run is run:
                 del self._runs[task.id]
+            if not (self._closed or self._abandoned):
+                # Ended or superseded: its wake-up is done. (At shutdown ``close`` hands it
+                # back instead, and a worker presumed dead has lost it already.)
+                await self._finish(wakeup_id, log)
+                await self._show(task, "")
         log.info("run.finished", outcome=outcome)
         return outcome
+
+    async def _finish(self, wakeup_id: int, log: structlog.typing.FilteringBoundLogger) -> None:
+        try:
+            async with self._store.transaction() as unit:
+                await unit.finish_wakeups([wakeup_id], self._clock())
+        except Exception:
+            # Still held by a live worker: only a takeover after this process ends would
+            # start the run again, and the lease is the truth about the task meanwhile.
+            log.exception("run.finish_failed", wakeup=wakeup_id)
 
     async def _show(self, task: Task, status: str) -> None:
         if self._thread_status is not None:
@@ -198,12 +216,31 @@ class AgentRunner:
         return self._specs
 
     async def close(self) -> None:
-        """Claims nothing more and cancels the runs under way (their wake-ups are done; the
-        lease of a cancelled run lapses and the reconcile re-dispatches it)."""
+        """Claims nothing more, cancels the runs under way and hands their wake-ups back, so
+        another worker resumes them at once (their lease is unchanged)."""
         self._closed = True
-        if self._loop is not None:
+        handles = await self._cancel_all()
+        held = [h.wakeup_id for h in handles]
+        if held:
+            async with self._store.transaction() as unit:
+                await unit.release_wakeups(held, self._worker)
+            logger.info("runner.released", runs=len(held))
+
+    async def abandon(self) -> None:
+        """This worker was presumed dead and its runs taken over elsewhere: stops them without
+        touching their wake-ups (no longer ours)."""
+        self._abandoned = True
+        handles = await self._cancel_all()
+        self._abandoned = False
+        if handles:
+            logger.warning("runner.abandoned", runs=len(handles))
+
+    async def _cancel_all(self) -> list[RunHandle]:
+        if self._closed and self._loop is not None:
             self._loop.cancel()
-        for handle in list(self._runs.values()):
+        handles = list(self._runs.values())
+        for handle in handles:
             handle.task.cancel()
-        await asyncio.gather(*(h.task for h in self._runs.values()), return_exceptions=True)
+        await asyncio.gather(*(h.task for h in handles), return_exceptions=True)
         self._runs.clear()
+        return handles
