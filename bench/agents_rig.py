@@ -52,7 +52,7 @@ class SqlCounter:
         words = statement.lstrip().split(None, 2)
         kind = " ".join(words[:2]) if words[:2] == ["BEGIN", "IMMEDIATE"] else words[0].upper()
         self.counts[kind] += 1
-        if kind == "SELECT" and "agent_wakeups.claim_expires_at <" in statement:
+        if kind == "SELECT" and "agent_wakeups.claimed_by IS NULL" in statement:
             self.counts[CLAIM_QUERIES] += 1  # the runner's claim query
 
 

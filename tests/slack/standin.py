@@ -61,6 +61,9 @@ class SlackStandIn:
     failures: dict[str, deque[Failure]] = field(default_factory=dict)
     #: The longest message text chat.postMessage and chat.update accept (None: any).
     max_text: int | None = None
+    #: Seconds every answer is held back after the call took effect (a slow Slack: a process
+    #: killed meanwhile cannot know whether its call landed).
+    delay: float = 0.0
     #: Time as the service sees it, so message ts line up with leases (a FakeClock in tests).
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     _last_ts: float = 0.0
@@ -153,6 +156,8 @@ class SlackStandIn:
             body = handler(args) if handler else {"ok": False, "error": "unknown_method"}
             if failure:
                 return self._failure_response(failure)
+            if self.delay:
+                await asyncio.sleep(self.delay)
         except ConnectionDropped:
             assert request.transport is not None
             request.transport.close()
