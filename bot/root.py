@@ -1,7 +1,9 @@
 """The composition root: the one place where every long-lived object is built, and closed.
 
 Built once, in this order: settings (given), engine, store, clock, the Slack client, the use
-cases and the one reconciler (with Slack's thread probe when Slack is wired), outbox delivery,
+cases and the one reconciler (with Slack's thread probe when Slack is wired, and on PostgreSQL
+an advisory lock across replicas), the listener for other processes' commits (PostgreSQL),
+outbox delivery,
 the reply inbox, the Bolt app and its gateway, the agent runner, the MCP app, the scheduler and
 the HTTP server. They are closed in reverse order. The service, the CLI, tests and benchmarks
 all get their objects here, with ``Overrides`` for the clock, keys, pacing and ports; nothing
@@ -35,13 +37,14 @@ from bot.agent_work import AgentWork
 from bot.board import Board, new_key
 from bot.clock import Clock, utc_now
 from bot.dead_letters import DeadLetters
-from bot.delivery import DeliverySettings, OutboxDelivery
+from bot.delivery import Deliverer, DeliverySettings, OutboxDelivery
 from bot.errors import ConfigurationError
 from bot.gauges import GaugeQueries
 from bot.inbox import ReplyInbox
 from bot.limits import CallBudget
 from bot.metrics import Metrics, NoMetrics
 from bot.model_hosts import ModelHosts
+from bot.ports import TickLock
 from bot.queries import TaskQueries
 from bot.reconcile import ProgressProbe, Reconciler
 from bot.registry import AgentRegistry
@@ -51,8 +54,8 @@ from bot.secrets import SecretBox
 from bot.settings import Settings
 from bot.signal import ChangeSignal, Queued
 from bot.supervisor import Supervisor
-from bot.tools import TaskTools, ToolsFor, build_tool_server, make_caller_factory
-from bot.workers import Liveness
+from bot.tools import POLL_S, TaskTools, ToolsFor, build_tool_server, make_caller_factory
+from bot.workers import FencedDeliverer, Liveness
 from channels.health import Check, database_check, health_routes
 from channels.mcp.asgi import AsgiMount
 from channels.mcp.bridge import run_stdio_bridge
@@ -79,7 +82,9 @@ from scheduler.jobs import build_scheduler
 from store.database import create_engine, is_transient
 from store.gauges import SqlGauges
 from store.migrate import current_revision, head_revision, upgrade
+from store.notify import ChangeListener, listener_for
 from store.repository import SqlStore
+from store.tick_lock import reconcile_lock
 
 logger = structlog.get_logger(__name__)
 
@@ -112,6 +117,13 @@ class Overrides:
     #: Wake the runner when a commit queues a wake-up (benchmarks turn it off to measure the
     #: runner on its poll alone).
     runner_wakes_on_commit: bool = True
+    #: How often the agent runner and agents' ``wait_for_work`` look for work when nothing woke
+    #: them (outbox delivery's is ``delivery.idle_poll``). Tests lengthen it to show that
+    #: another process's commit woke them through PostgreSQL's NOTIFY.
+    poll_s: float = POLL_S
+    #: Replaces the reconcile's lock across replicas (None: PostgreSQL's advisory lock; always
+    #: held on SQLite). Tests of the compare-and-set alone pass ``SoleReplica()``.
+    reconcile_lock: TickLock | None = None
 
 
 def worker_id() -> str:
@@ -138,11 +150,15 @@ class Core:
     admin: AdminDesk
     #: Where the use cases count what they do (the CLI's counts nothing).
     metrics: Metrics = field(default_factory=NoMetrics)
+    #: How often agents' ``wait_for_work`` looks for work no signal told it of.
+    poll_s: float = POLL_S
 
     @property
     def tools_for(self) -> ToolsFor:
         """The agent tool set as one agent sees it (pinned to an epoch for a built-in run)."""
-        return make_caller_factory(self.store, self.board, self.work, self.clock, self.signal)
+        return make_caller_factory(
+            self.store, self.board, self.work, self.clock, self.signal, self.poll_s
+        )
 
 
 def build_reconciler(
@@ -161,6 +177,7 @@ def build_reconciler(
         probe=overrides.probe or probe,
         batch_size=overrides.reconcile_batch,
         notify=signal.notify,
+        lock=overrides.reconcile_lock or reconcile_lock(store.engine),
     )
 
 
@@ -175,7 +192,7 @@ def build_core(
     membership and admins come from Slack and the reconcile reads threads before acting."""
     overrides = overrides or Overrides()
     metrics = metrics or NoMetrics()
-    store = SqlStore(engine)
+    store = SqlStore(engine, sender=overrides.worker or worker_id())
     clock = overrides.clock
     signal = ChangeSignal()
     policy = settings.lease_policy
@@ -202,6 +219,7 @@ def build_core(
         dead_letters=dead_letters,
         admin=AdminDesk(access, registry, board, reconciler, queries, dead_letters),
         metrics=metrics,
+        poll_s=overrides.poll_s,
     )
 
 
@@ -308,6 +326,8 @@ class Service:
     mcp_url: str | None
     #: This process as a worker: its heartbeat and the takeover of dead workers' claims.
     liveness: Liveness
+    #: Hears other processes' commits (PostgreSQL; None on SQLite).
+    listener: ChangeListener | None = None
 
 
 @asynccontextmanager
@@ -324,6 +344,7 @@ async def open_service(
     async with AsyncExitStack() as stack:
         metrics = PrometheusMetrics()
         core, client = await _open_core_and_client(stack, settings, overrides, metrics)
+        listener = await _listen(stack, core)
         liveness = Liveness(
             core.store,
             core.clock,
@@ -337,7 +358,7 @@ async def open_service(
         supervisor, loops = Supervisor(), Supervisor()
         stack.push_async_callback(loops.close)
         slack = (
-            _wire_slack(core, client, supervisor, worker, overrides, socket_mode)
+            _wire_slack(core, client, supervisor, liveness, overrides, socket_mode)
             if client
             else None
         )
@@ -371,7 +392,9 @@ async def open_service(
         mcp_url = url + MCP_PATH if mount is not None else mcp_url
         await _start_intake_and_loops(stack, loops, slack, runner, overrides.run_loops)
         logger.info("serve.started", url=url, mcp_url=mcp_url, slack=slack is not None)
-        yield Service(core, supervisor, slack, runner, models, scheduler, url, mcp_url, liveness)
+        yield Service(
+            core, supervisor, slack, runner, models, scheduler, url, mcp_url, liveness, listener
+        )
     logger.info("serve.stopped")
 
 
@@ -389,6 +412,16 @@ async def _open_core_and_client(
     core = build_core(settings, engine, overrides, client, metrics)
     await check_secrets(core)
     return core, client
+
+
+async def _listen(stack: AsyncExitStack, core: Core) -> ChangeListener | None:
+    """On PostgreSQL, starts hearing other processes' commits, which wake outbox delivery, the
+    runner and agents' long polls here as this process's own commits do; closed at exit."""
+    listener = listener_for(core.engine, core.store.sender, core.signal.notify)
+    if listener is not None:
+        await listener.start()
+        stack.push_async_callback(listener.close)
+    return listener
 
 
 async def _start_mcp(
@@ -503,14 +536,18 @@ def _wire_slack(
     core: Core,
     client: AsyncWebClient,
     supervisor: Supervisor,
-    worker: str,
+    liveness: Liveness,
     overrides: Overrides,
     socket_mode: bool,
 ) -> Slack:
     """Outbox delivery, the inbox, the Bolt app and its gateway, around the core."""
     settings = core.settings
-    deliverer = SlackDeliverer(client, core.queries, core.board, core.clock)
-    delivery = OutboxDelivery(core.store, deliverer, core.clock, worker, overrides.delivery)
+    deliverer: Deliverer = SlackDeliverer(client, core.queries, core.board, core.clock)
+    if overrides.run_loops:  # tests that drive delivery by hand also drive the heartbeat
+        deliverer = FencedDeliverer(deliverer, liveness)
+    delivery = OutboxDelivery(
+        core.store, deliverer, core.clock, liveness.worker, overrides.delivery
+    )
     core.signal.subscribe(delivery.wake, to=Queued.OUTBOX)
 
     inbox = ReplyInbox(partial(store_replies, core.board), supervisor, is_transient=is_transient)
@@ -560,7 +597,7 @@ def _wire_runner(
         core.clock,
         supervisor,
         worker,
-        RunnerSettings(max_steps=settings.agent_max_steps),
+        RunnerSettings(max_steps=settings.agent_max_steps, poll=overrides.poll_s),
         slack.thread_status if slack else None,
     )
     if overrides.runner_wakes_on_commit:

@@ -21,6 +21,8 @@ import structlog
 
 from bot.claims import Released
 from bot.clock import Clock
+from bot.delivery import Delivered, Deliverer, DeliveryFailed
+from bot.outbox import OutboxRow
 from bot.ports import Store
 from bot.signal import Notify, ignore
 
@@ -136,3 +138,18 @@ class Liveness:
                 # The database may be away: the next beat tries again, and until one lands
                 # ``fresh()`` turns false, so this worker stops sending what it holds.
                 logger.exception("worker.beat_failed", worker=self.worker)
+
+
+class FencedDeliverer:
+    """Delivers a row only while this worker is fresh: once its heartbeat is late enough that
+    another worker may have taken its rows over, it sends nothing more (the row is handed back
+    for later, or reopened by whoever took over), so a stalled worker never doubles a post."""
+
+    def __init__(self, deliverer: Deliverer, liveness: Liveness) -> None:
+        self._deliverer = deliverer
+        self._liveness = liveness
+
+    async def deliver(self, row: OutboxRow) -> Delivered:
+        if not self._liveness.fresh():
+            raise DeliveryFailed("worker_late: this worker's heartbeat is late", retry_after=1.0)
+        return await self._deliverer.deliver(row)

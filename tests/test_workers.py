@@ -4,17 +4,19 @@ what a dead one held; a clean stop hands everything back at once."""
 import asyncio
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import text
 
 from bot.board import Board
 from bot.claims import Released
-from bot.outbox import OutboxState
+from bot.delivery import Delivered, DeliveryFailed, Retry
+from bot.outbox import OutboxRow, OutboxState
 from bot.registry import AgentRegistry
 from bot.root import Core
 from bot.signal import Queued
 from bot.task import Actor
 from bot.work import WakeReason
-from bot.workers import Liveness
+from bot.workers import FencedDeliverer, Liveness
 from store.database import create_engine
 from store.repository import SqlStore
 from tests.conftest import FakeClock
@@ -222,3 +224,33 @@ async def test_a_worker_is_fresh_only_while_no_one_can_have_presumed_it_dead(
     assert not a.fresh()
     await a.beat()
     assert a.fresh()
+
+
+class RecordingDeliverer:
+    def __init__(self) -> None:
+        self.sent: list[int] = []
+
+    async def deliver(self, row: OutboxRow) -> Delivered:
+        self.sent.append(row.id)
+        return Delivered(ts=f"{row.id}.0")
+
+
+async def test_a_late_worker_sends_nothing_it_holds_until_its_heartbeat_lands_again(
+    core: Core, board: Board, registry: AgentRegistry, store: SqlStore, clock: FakeClock
+) -> None:
+    await assigned_task(board, registry)
+    mono = Monotonic()
+    a = liveness(core, clock, "a", mono)
+    await a.start(beat=False)
+    [row] = await store.claim_outbox("a", clock.now, clock.now, limit=10)
+    inner = RecordingDeliverer()
+    fenced = FencedDeliverer(inner, a)
+
+    mono.now += TIMEOUT.total_seconds()  # the database was away: no beat landed
+    with pytest.raises(DeliveryFailed) as failure:
+        await fenced.deliver(row)
+    assert (failure.value.retry, inner.sent) == (Retry.LATER, [])
+
+    await a.beat()
+    assert await fenced.deliver(row) == Delivered(ts=f"{row.id}.0")
+    assert inner.sent == [row.id]
