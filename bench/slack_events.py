@@ -1,6 +1,6 @@
 """Benchmarks the Slack surface: signed events through POST /slack/events, and assign -> directive.
 
-Run from the repository root (two to three minutes; everything stays on 127.0.0.1)::
+Run from the repository root (about two minutes; everything stays on 127.0.0.1)::
 
     .venv/bin/python -m bench.slack_events
 
@@ -8,10 +8,14 @@ Two servers run side by side, each in its own spawned process: a bare Bolt Async
 secret, no-op ``message`` listener, default settings, served by aiohttp through Bolt's adapter)
 and threadwork's own ``bot.root.serve`` (SQLite file, real clock, default outbox delivery
 pacing, MCP at /mcp on the same port). This process generates the load and runs the Slack Web
-API stand-in. The events are thread replies by a task's assignee, so on threadwork each is
-verified, de-duplicated, stored, and renews the lease. Both servers are warmed up; the
-closed-loop throughput run alternates between them in rounds, so that other load on the machine
-falls on both alike; then each gets the open-loop steady rate alone.
+API stand-in. The events are signed thread replies by a task's assignee, each with a new event
+id and ts, so on threadwork each is verified, stored, and renews the lease.
+
+Both servers are warmed up. Then the sustained run: closed-loop over 16 keep-alive connections
+for some seconds per round, the rounds alternating between the servers so that other load on
+the machine falls on both alike. It measures each server's acknowledgements per second and ack
+latency under that load and, for threadwork, posts *stored* per second: from the first send
+until the last post is in the database. Then each server gets the open-loop steady rate alone.
 Last, ``/task assign 1 coder`` is sent open-loop to one task per channel, at a sparse and at a
 bursty rate, and timed until the directive's chat.postMessage reaches the stand-in. The results
 go to ``bench/results/slack_events.md`` and stdout.
@@ -29,7 +33,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -45,8 +49,9 @@ from bench.slack_load import (
     post,
     slash_command,
     steady_events,
+    sustained,
 )
-from bench.slack_report import DirectiveResult, Run, ServerResult, Workload, write
+from bench.slack_report import DirectiveResult, Run, ServerResult, Sustained, Workload, write
 from bench.slack_servers import (
     TimedStandIn,
     child_server,
@@ -64,6 +69,7 @@ from tests.slack.conftest import ALICE, settings_for
 
 EVENTS_CHANNEL = "CBENCH01"
 RESULTS = Path(__file__).parent / "results" / "slack_events.md"
+T = TypeVar("T")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -73,9 +79,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--warmup", type=int, default=300, help="events before measuring")
-    parser.add_argument("--events", type=int, default=3000, help="events in the throughput run")
-    parser.add_argument("--rounds", type=int, default=3, help="alternations of the throughput run")
-    parser.add_argument("--concurrency", type=int, default=32, help="requests in flight")
+    parser.add_argument(
+        "--sustain", type=float, default=5.0, help="seconds per round of the sustained run"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="alternations of the sustained run")
+    parser.add_argument(
+        "--connections", type=int, default=16, help="connections (senders) in the sustained run"
+    )
     parser.add_argument("--rate", type=float, default=200.0, help="events/s in the steady run")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the steady run")
     parser.add_argument("--assigns", type=int, default=60, help="assigns at each assign rate")
@@ -90,9 +100,9 @@ def workload(args: argparse.Namespace) -> Workload:
     rates = tuple(float(rate) for rate in args.assign_rates.split(","))
     return Workload(
         args.warmup,
-        args.events,
+        args.sustain,
         args.rounds,
-        args.concurrency,
+        args.connections,
         args.rate,
         args.seconds,
         args.assigns,
@@ -116,50 +126,52 @@ class Target:
         return self.base + EVENTS_PATH
 
 
-async def with_cpu(target: Target, run: Awaitable[LoadResult]) -> LoadResult:
-    """``run``'s result, with the CPU time the target's process used meanwhile."""
+async def with_cpu(target: Target, run: Awaitable[T]) -> tuple[T, float]:
+    """``run``'s result, and the CPU time the target's process used meanwhile."""
     before = cpu_seconds(target.pid)
     result = await run
-    return dataclasses.replace(result, cpu=cpu_seconds(target.pid) - before)
+    return result, cpu_seconds(target.pid) - before
 
 
-async def until_stored(target: Target, count: int, run: Awaitable[LoadResult]) -> LoadResult:
-    """``run``'s result, its wall time running on until the target has stored the ``count``
-    events it was sent (a server that stores nothing ends with the last answer)."""
+async def until_stored(target: Target, run: Awaitable[LoadResult]) -> Sustained:
+    """``run``'s result, and the wall time from its start until the target has stored every
+    event it answered 200 (None for a server that stores nothing)."""
     if target.stored is None:
-        return await run
+        return Sustained(await run)
     before = target.stored()
     started = time.perf_counter()
     result = await run
     async with asyncio.timeout(PHASE_TIMEOUT):
         # Another process writes the rows: there is nothing to wait on but the database.
-        while target.stored() < before + count:  # noqa: ASYNC110
+        while target.stored() < before + result.ok:  # noqa: ASYNC110
             await asyncio.sleep(0.001)
-    return dataclasses.replace(result, wall=time.perf_counter() - started)
+    return Sustained(result, time.perf_counter() - started)
 
 
 async def measure_events(
     http: aiohttp.ClientSession, targets: list[Target], w: Workload
 ) -> list[ServerResult]:
-    """Warm-up, throughput in alternating rounds, then each target alone at the steady rate."""
+    """Warm-up, the sustained run in alternating rounds, then each target alone at the steady
+    rate."""
     for target in targets:
-        warmup = closed_loop(http, target.url, target.source, w.warmup, w.concurrency)
-        await until_stored(target, w.warmup, warmup)
-    rounds: dict[str, list[LoadResult]] = {t.name: [] for t in targets}
+        await until_stored(
+            target, closed_loop(http, target.url, target.source, w.warmup, w.connections)
+        )
+    rounds: dict[str, list[Sustained]] = {t.name: [] for t in targets}
     for _ in range(w.rounds):
         for target in targets:
-            batch = closed_loop(http, target.url, target.source, w.per_round, w.concurrency)
-            rounds[target.name].append(
-                await with_cpu(target, until_stored(target, w.per_round, batch))
-            )
+            load = sustained(target.url, target.source, w.sustain, w.connections)
+            result, cpu = await with_cpu(target, until_stored(target, load))
+            rounds[target.name].append(result.with_cpu(cpu))
     results = []
     for target in targets:
-        throughput = LoadResult.combine(rounds[target.name])
-        _say(f"{target.name}: {throughput.rate:.0f} events/s, {throughput.ok} ok")
+        loaded = Sustained.combine(rounds[target.name])
+        _say(f"{target.name}: {loaded.summary()}")
         steady_run = steady_events(http, target.url, target.source, w.rate, w.seconds)
-        steady = await with_cpu(target, until_stored(target, round(w.rate * w.seconds), steady_run))
-        _say(f"{target.name}: ack p99 {percentile(steady.latencies, 99) * 1000:.1f} ms")
-        results.append(ServerResult(target.name, throughput, steady))
+        steady, cpu = await with_cpu(target, until_stored(target, steady_run))
+        steady_acks = dataclasses.replace(steady.acks, cpu=cpu)
+        _say(f"{target.name}: ack p99 {percentile(steady_acks.latencies, 99) * 1000:.1f} ms")
+        results.append(ServerResult(target.name, loaded, steady_acks))
     return results
 
 
@@ -188,8 +200,9 @@ async def prepare_tasks(
     await _bounded(8, (command(http, base, "new Directive target", c) for c in channels))
     cards = (standin.arrival("threadwork_card", f"{c}#1", within=PHASE_TIMEOUT) for c in channels)
     await asyncio.gather(*cards)
-    # A channel's next post is paced channel_interval after its card: start clear of that.
-    await asyncio.sleep(DeliverySettings().channel_interval + 0.1)
+    # A channel's posting budget refills after its card: start clear of that.
+    posts = DeliverySettings().channel_posts
+    await asyncio.sleep((60 / posts.per_minute if posts else 0) + 0.1)
 
 
 async def measure_directives(
@@ -296,7 +309,7 @@ async def bench(w: Workload, command_line: str) -> Run:
     started = time.perf_counter()
     standin = TimedStandIn(users={ALICE: {"is_admin": False, "name": "alice"}})
     await standin.start()
-    connector = aiohttp.TCPConnector(limit=max(256, w.concurrency))
+    connector = aiohttp.TCPConnector(limit=max(256, w.connections))
     timeout = aiohttp.ClientTimeout(total=PHASE_TIMEOUT / 2)
     try:
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:

@@ -171,6 +171,26 @@ async def closed_loop(
     return LoadResult(samples, time.perf_counter() - started)
 
 
+async def sustained(url: str, source: EventSource, seconds: float, connections: int) -> LoadResult:
+    """Events closed-loop for ``seconds`` over exactly ``connections`` keep-alive connections:
+    one sender per connection, each posting again as soon as it is answered."""
+    connector = aiohttp.TCPConnector(limit=connections)
+    timeout = aiohttp.ClientTimeout(total=PHASE_TIMEOUT / 2)
+    samples: list[Sample] = []
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+        started = time.perf_counter()
+        deadline = started + seconds
+
+        async def sender() -> None:
+            while time.perf_counter() < deadline:
+                samples.append(await post(http, url, source.next()))
+
+        async with asyncio.timeout(PHASE_TIMEOUT), asyncio.TaskGroup() as group:
+            for _ in range(connections):
+                group.create_task(sender())
+        return LoadResult(samples, time.perf_counter() - started)
+
+
 @dataclass(frozen=True)
 class Paced(Generic[T]):
     """What an open-loop run's sends returned, how late each left, and the wall time."""

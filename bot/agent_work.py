@@ -14,6 +14,7 @@ from bot import outbox
 from bot.board import check_claim, new_key, require_task
 from bot.clock import Clock
 from bot.errors import Conflict, InvalidInput
+from bot.metrics import Metrics, NoMetrics
 from bot.outbox import OutboxKind, OutboxMessage
 from bot.ports import Store, Unit
 from bot.signal import Notify, ignore
@@ -52,6 +53,16 @@ def check_artifact(name: str, kind: str, uri: str | None, content: str | None) -
         )
 
 
+def token_kinds(usage: Usage) -> dict[str, int]:
+    """A model call's tokens by the kind metrics count them under."""
+    return {
+        "input": usage.input_tokens,
+        "output": usage.output_tokens,
+        "cache_read": usage.cache_read_tokens,
+        "cache_creation": usage.cache_creation_tokens,
+    }
+
+
 class AgentWork:
     """The agent-side use cases, each one transaction."""
 
@@ -61,11 +72,13 @@ class AgentWork:
         clock: Clock,
         new_key: Callable[[], str] = new_key,
         notify: Notify = ignore,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
         self._new_key = new_key
         self._notify = notify
+        self._metrics = metrics or NoMetrics()
 
     @asynccontextmanager
     async def _held(
@@ -176,6 +189,8 @@ class AgentWork:
         async with self._store.transaction() as unit:
             task = await require_task(unit, ref)
             await unit.add_usage(task.id, usage, self._clock())
+        for kind, count in token_kinds(usage).items():
+            self._metrics.model_tokens(kind, count)
         return task.claimed_by == agent and task.lease_epoch == epoch
 
     async def _progress(self, unit: Unit, task: Task, now: datetime) -> Task:

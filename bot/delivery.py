@@ -1,33 +1,47 @@
-"""Outbox delivery: claims rows, paces them per channel, delivers, settles, retries or parks.
+"""Outbox delivery: claims rows, paces them, delivers, settles, retries or parks.
 
 Platform-neutral: a Deliverer performs one row and raises DeliveryFailed to say whether and how
 to retry. Rows are claimed head-of-thread only, so a thread's side effects land in the order
 written; a row the platform refuses for good is parked as dead, and the rest of its thread goes
 on without it.
+
+Pacing follows the platform's limits (Slack's): a channel's new posts about one a second, and
+the workspace's card updates about fifty a minute, each a token bucket that allows short bursts
+and pauses for the platform's Retry-After when a call is rate limited.
 """
 
 import asyncio
 import random
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import structlog
 
+from bot.budget import Rate
 from bot.clock import Clock
+from bot.metrics import Metrics, NoMetrics
 from bot.outbox import OutboxKind, OutboxRow
+from bot.pacing import Pace
 from bot.ports import OutboxQueue
 from bot.signal import work_loop
 from bot.task import Actor, EventKind, NewEvent, TaskRef
 
 logger = structlog.get_logger(__name__)
 
-#: Kinds that post a new message, and so count against a channel's posting rate.
-POSTING_KINDS = frozenset({OutboxKind.CARD_POST, OutboxKind.DIRECTIVE, OutboxKind.ESCALATION})
+#: Kinds that post a new message (chat.postMessage), and so draw on their channel's posting
+#: budget. The one other kind, a card update, edits a message and draws on the workspace's.
+POSTING_KINDS = frozenset(
+    {OutboxKind.CARD_POST, OutboxKind.DIRECTIVE, OutboxKind.ESCALATION, OutboxKind.AGENT_POST}
+)
+#: Slack's chat.postMessage limit: about one message a second in a channel, short bursts allowed.
+CHANNEL_POSTS = Rate(per_minute=60, burst=3)
+#: Slack's chat.update limit (Tier 3, per workspace): about 50 a minute, short bursts allowed.
+WORKSPACE_UPDATES = Rate(per_minute=50, burst=10)
 #: Who parks a row as dead, in its task's history.
 OUTBOX_ACTOR = Actor.system("outbox")
 
@@ -65,25 +79,52 @@ class DeliveryFailed(Exception):
         retry_after: float | None = None,
         uncertain: bool = False,
         retry: Retry = Retry.LATER,
+        rate_limited: bool = False,
     ):
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
         self.uncertain = uncertain
         self.retry = retry
+        #: The platform's rate limit refused the call: the row's whole lane waits
+        #: ``retry_after``, not only the row.
+        self.rate_limited = rate_limited
 
 
 class Deliverer(Protocol):
     async def deliver(self, row: OutboxRow) -> Delivered: ...
 
 
+class Lane(NamedTuple):
+    """Rows delivered one after another on one budget: a channel's new posts, or its card
+    updates (edits, drawing on the workspace's budget).
+
+    The rows held at once are all of different threads (a thread's next row is claimable only
+    once its last is settled), so lanes run side by side without reordering any thread. The
+    claim (``OutboxQueue.claim_outbox``) knows a lane as the plain pair.
+    """
+
+    channel_id: str
+    updates: bool
+
+    @classmethod
+    def of(cls, row: OutboxRow) -> "Lane":
+        return cls(TaskRef.parse(row.ref).channel_id, row.kind == OutboxKind.CARD_UPDATE)
+
+
 @dataclass(frozen=True)
 class DeliverySettings:
     """Pacing and retry knobs; seconds throughout."""
 
-    batch_size: int = 20
-    claim_ttl: float = 60.0
-    channel_interval: float = 1.0
+    #: The most rows held at once (claimed, and queued or being sent), and claimed at once.
+    batch_size: int = 100
+    #: The most rows one lane holds: enough to keep it at its pace (and to spend a burst), few
+    #: enough that a backlog waits in the database, where the claim passes over full lanes.
+    lane_capacity: int = 4
+    #: Each channel's new posts. None: no pacing (tests that drive delivery by hand).
+    channel_posts: Rate | None = CHANNEL_POSTS
+    #: The workspace's card updates. None: no pacing.
+    workspace_updates: Rate | None = WORKSPACE_UPDATES
     backoff_base: float = 1.0
     backoff_cap: float = 300.0
     idle_poll: float = 1.0
@@ -95,11 +136,14 @@ class DeliverySettings:
 class OutboxDelivery:
     """Delivers the outbox until stopped; ``wake()`` after a commit makes it look at once.
 
-    Each channel's rows are delivered in order by that channel's own task, so one channel's
-    pacing (about a second between posts) or a slow call never holds up the other channels:
-    the loop hands claimed rows to the channel tasks and claims again without waiting for them.
-    Rows stay claimed while queued (their claim outlasts any channel's queue), and a task's next
-    row becomes claimable only once the previous one is delivered, so order per thread holds.
+    Each lane's rows are delivered in turn by the lane's own task, so one channel's pacing, a
+    rate limit or a slow call never holds up another channel, and a card update waiting for the
+    workspace's budget never holds up a post: the loop hands claimed rows to the lane tasks and
+    claims again without waiting for them. Rows stay claimed while queued (a claim lasts as long
+    as its worker), and a task's next row becomes claimable only once the previous one is
+    settled, so order per thread holds; it is claimed in the transaction that records the
+    previous one, so a thread's rows follow each other without a claim between them. A clean
+    stop hands back at once what is still held.
     """
 
     def __init__(
@@ -112,6 +156,7 @@ class OutboxDelivery:
         rand: Callable[[], float] = random.random,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         monotonic: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self._queue = queue
         self._deliverer = deliverer
@@ -121,41 +166,39 @@ class OutboxDelivery:
         self._rand = rand
         self._sleep = sleep
         self._monotonic = monotonic
-        self._next_post: dict[str, float] = {}
+        self._metrics = metrics or NoMetrics()
         self._wake = asyncio.Event()
-        self._queued: dict[str, deque[OutboxRow]] = {}
-        self._channels: dict[str, asyncio.Task[None]] = {}
-        #: Rows claimed and not yet done with, queued or being delivered.
-        self._holding = 0
+        self._queued: dict[Lane, deque[OutboxRow]] = {}
+        self._lanes: dict[Lane, asyncio.Task[None]] = {}
+        #: Rows each lane holds: claimed and not yet done with, queued or being sent.
+        self._held: Counter[Lane] = Counter()
+        #: Rows whose call began and whose outcome is not recorded: uncertain if handed back.
+        self._unsettled: set[int] = set()
+        #: One per channel posted to (a few hundred bytes each), and one for the workspace.
+        self._channel_paces: dict[str, Pace] = {}
+        updates = self._settings.workspace_updates
+        self._update_pace = Pace(updates, monotonic, sleep) if updates else None
 
     def wake(self) -> None:
         self._wake.set()
 
     async def run(self) -> None:
-        """Delivers rows as they come, until cancelled."""
+        """Delivers rows as they come, until cancelled; then hands back what it still holds."""
         try:
             await work_loop(
-                self._claim, self._wake, self._settings.idle_poll, "outbox.claim_failed"
+                self._claim_round, self._wake, self._settings.idle_poll, "outbox.claim_failed"
             )
         finally:
-            for task in self._channels.values():
+            for task in self._lanes.values():
                 task.cancel()
             await self._settle()
+            await self._release()
 
     async def run_once(self) -> int:
         """Claims one batch and waits until it is delivered; returns rows attempted."""
-        claimed = await self._claim()
+        claimed = await self._claim(self._room())
         await self._settle()
         return claimed
-
-    async def _settle(self) -> None:
-        """Waits until every channel task has ended (including any started meanwhile)."""
-        while self._channels:
-            await asyncio.gather(*self._channels.values(), return_exceptions=True)
-            for channel, task in list(self._channels.items()):
-                if task.done():  # also one cancelled before it ever ran
-                    self._channels.pop(channel, None)
-                    self._holding -= len(self._queued.pop(channel, ()))
 
     async def drain(self, max_rounds: int = 1000) -> None:
         """Delivers until nothing is due (for tests and the CLI); bounded by ``max_rounds``."""
@@ -163,78 +206,164 @@ class OutboxDelivery:
             if await self.run_once() == 0:
                 return
 
-    async def _claim(self) -> int:
-        """Claims due rows and hands each to its channel's task; does not wait for delivery.
+    async def _settle(self) -> None:
+        """Waits until every lane task has ended (including any started meanwhile)."""
+        while self._lanes:
+            await asyncio.gather(*self._lanes.values(), return_exceptions=True)
+            for lane, task in list(self._lanes.items()):
+                if task.done():  # also one cancelled before it ever ran
+                    self._forget(lane, task)
 
-        At most ``batch_size`` rows wait in the channel tasks at once, so a claimed row is
-        delivered (at worst after ``batch_size`` paced posts) well before its claim expires.
-        """
-        room = self._settings.batch_size - self._holding
+    async def _release(self) -> None:
+        """Hands back every row this worker holds, as pending: uncertain only the ones whose
+        call was under way (or whose outcome was never recorded), so the others go out as
+        they are from the next worker, at once."""
+        uncertain = sorted(self._unsettled)
+        try:
+            released = await self._queue.release_claims(self._worker, uncertain)
+        except Exception:
+            # What stays in flight is reopened by the takeover once this worker is gone.
+            logger.exception("outbox.release_failed", worker=self._worker)
+            return
+        self._unsettled.clear()
+        if released:
+            logger.info("outbox.released", rows=released, uncertain=uncertain)
+
+    async def _claim_round(self) -> int:
+        """The loop's claim. It claims again at once only when it filled the room it had (more
+        may be due); one that fell short waits for a wake: a commit, or a lane done with a row
+        (a thread's next row, and room in a lane that was full)."""
+        room = self._room()
+        return 1 if room > 0 and await self._claim(room) == room else 0
+
+    def _room(self) -> int:
+        return self._settings.batch_size - sum(self._held.values())
+
+    async def _claim(self, room: int) -> int:
+        """Claims up to ``room`` due rows and hands each to its lane's task; does not wait for
+        delivery. At most ``batch_size`` rows are held at once, and ``lane_capacity`` in one
+        lane."""
         if room <= 0:
             return 0
-        now = self._clock()
-        claim_until = now + timedelta(seconds=self._settings.claim_ttl)
-        rows = await self._queue.claim_outbox(self._worker, now, claim_until, room)
-        self._holding += len(rows)
+        held = {(lane.channel_id, lane.updates): count for lane, count in self._held.items()}
+        rows = await self._queue.claim_outbox(
+            self._worker, self._clock(), room, self._settings.lane_capacity, held
+        )
         for row in rows:
-            channel = TaskRef.parse(row.payload["ref"]).channel_id
-            self._queued.setdefault(channel, deque()).append(row)
-            if channel not in self._channels:
-                task = asyncio.create_task(self._deliver_channel(channel), name=f"outbox:{channel}")
-                self._channels[channel] = task
+            self._hold(row)
+            if row.coalesced:
+                self._count_coalesced(row)
         return len(rows)
 
-    async def _deliver_channel(self, channel: str) -> None:
-        """Delivers the channel's queued rows in order, then ends (a new claim starts it again)."""
-        queue = self._queued[channel]
-        try:
-            while queue:
-                row = queue.popleft()
-                try:
-                    if row.kind in POSTING_KINDS:
-                        await self._pace(channel)
-                    await self._deliver(row)
-                except Exception:
-                    # Recording the result failed: the row is claimed until its claim expires,
-                    # then claimed again as uncertain, and looked up before any re-post.
-                    logger.exception("outbox.record_failed", outbox_id=row.id)
-                finally:
-                    self._holding -= 1
-                self.wake()  # the task's next row may be claimable now
-        finally:
-            self._holding -= len(queue)  # left undelivered by a cancellation
-            self._queued.pop(channel, None)
-            self._channels.pop(channel, None)
+    def _hold(self, row: OutboxRow) -> None:
+        lane = Lane.of(row)
+        self._queued.setdefault(lane, deque()).append(row)
+        self._held[lane] += 1
+        if lane not in self._lanes:
+            name = f"outbox:{lane.channel_id}:{'updates' if lane.updates else 'posts'}"
+            self._lanes[lane] = asyncio.create_task(self._deliver_lane(lane), name=name)
 
-    async def _pace(self, channel: str) -> None:
-        """Keeps posts in one channel about ``channel_interval`` apart, as Slack asks."""
-        now = self._monotonic()
-        wait = self._next_post.get(channel, now) - now
-        if wait > 0:
-            await self._sleep(wait)
-        self._next_post[channel] = (
-            max(now, self._next_post.get(channel, now)) + self._settings.channel_interval
+    def _count_coalesced(self, row: OutboxRow) -> None:
+        for _ in row.coalesced:
+            self._metrics.outbox_delivered(row.kind.value)
+        logger.info(
+            "outbox.coalesced", outbox_id=row.id, ref=row.ref, coalesced=list(row.coalesced)
         )
 
-    async def _deliver(self, row: OutboxRow) -> None:
-        log = logger.bind(outbox_id=row.id, kind=row.kind.value, ref=row.payload.get("ref"))
+    async def _deliver_lane(self, lane: Lane) -> None:
+        """Delivers the lane's queued rows in turn at its pace, then ends (a claim starts it
+        again)."""
+        queue = self._queued[lane]
+        pace = self._pace(lane)
+        try:
+            while queue:
+                if pace is not None:
+                    await pace.take()
+                row = queue.popleft()
+                # A claim may have passed this lane over, or found no room at all.
+                crowded = self._held[lane] >= self._settings.lane_capacity or self._room() <= 0
+                followed = False
+                try:
+                    followed = await self._deliver(row, lane, pace)
+                except Exception:
+                    # Recording the outcome failed: the row stays in flight, held by this
+                    # worker, until it stops (handed back uncertain) or is taken over.
+                    logger.exception("outbox.record_failed", outbox_id=row.id)
+                finally:
+                    self._let_go(lane)
+                if crowded or not followed:
+                    self.wake()  # room again, or the thread's next row may be claimable now
+        finally:
+            self._forget(lane, asyncio.current_task())
+
+    def _let_go(self, lane: Lane) -> None:
+        self._held[lane] -= 1
+        if self._held[lane] <= 0:
+            del self._held[lane]
+
+    def _forget(self, lane: Lane, task: object) -> None:
+        """Drops an ended lane task and its rows still queued (a stop hands those back)."""
+        if self._lanes.get(lane) is task:
+            self._lanes.pop(lane)
+            self._queued.pop(lane, None)
+            self._held.pop(lane, None)
+
+    def _pace(self, lane: Lane) -> Pace | None:
+        if lane.updates:
+            return self._update_pace
+        rate = self._settings.channel_posts
+        if rate is None:
+            return None
+        pace = self._channel_paces.get(lane.channel_id)
+        if pace is None:
+            pace = self._channel_paces[lane.channel_id] = Pace(rate, self._monotonic, self._sleep)
+        return pace
+
+    async def _deliver(self, row: OutboxRow, lane: Lane, pace: Pace | None) -> bool:
+        """Performs ``row`` and records the outcome; True when it was recorded delivered, with
+        its thread's next row dealt with in the same transaction. Raises only when recording
+        the outcome failed."""
+        log = logger.bind(outbox_id=row.id, kind=row.kind.value, ref=row.ref)
+        self._unsettled.add(row.id)
+        followed = False
         try:
             delivered = await self._deliverer.deliver(row)
         except DeliveryFailed as failure:
+            if failure.rate_limited and failure.retry_after is not None and pace is not None:
+                pace.pause(failure.retry_after)
+                log.warning("outbox.lane_paused", seconds=failure.retry_after)
             await self._settle_failure(row, failure, log)
-            return
         except Exception as exc:
             log.exception("outbox.delivery_error")
             await self._unexplained(row, exc, log)
-            return
+        else:
+            followed = await self._record(row, lane, delivered, log)
+        self._unsettled.discard(row.id)
+        return followed
+
+    async def _record(self, row: OutboxRow, lane: Lane, delivered: Delivered, log: Log) -> bool:
+        """Records ``row`` delivered and, in the same transaction, claims its thread's next row
+        (so a thread's rows follow each other without a claim in between)."""
         card = (row.task_id, delivered.ts) if row.kind == OutboxKind.CARD_POST else None
         result: dict[str, object] = {"ts": delivered.ts, "recovered": delivered.recovered}
-        settled = await self._queue.mark_delivered(
-            row.id, self._worker, result, self._clock(), card=card
+        held = {(other.channel_id, other.updates): n for other, n in self._held.items()}
+        held[lane.channel_id, lane.updates] -= 1  # this row's place is free once it is settled
+        recorded = await self._queue.mark_delivered_and_claim_next(
+            row.id, self._worker, result, self._clock(), card, self._settings.lane_capacity, held
         )
+        if recorded.settled:
+            self._metrics.outbox_delivered(row.kind.value)
         log.info(
-            "outbox.delivered", ts=delivered.ts, recovered=delivered.recovered, settled=settled
+            "outbox.delivered",
+            ts=delivered.ts,
+            recovered=delivered.recovered,
+            settled=recorded.settled,
         )
+        if recorded.next_row is not None:
+            self._hold(recorded.next_row)
+            if recorded.next_row.coalesced:
+                self._count_coalesced(recorded.next_row)
+        return recorded.settled
 
     async def _unexplained(self, row: OutboxRow, error: Exception, log: Log) -> None:
         """An unexpected error is a bug, not weather: retried (as possibly half done) a few

@@ -29,7 +29,7 @@ class Metrics(Protocol):
 
     def model_tokens(self, kind: str, count: int) -> None:
         """A built-in agent's model call used ``count`` tokens of ``kind`` (input, output,
-        cache_read)."""
+        cache_read, cache_creation)."""
 
 
 class NoMetrics:

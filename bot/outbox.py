@@ -44,10 +44,13 @@ class OutboxState(StrEnum):
 OPEN_STATES = (OutboxState.PENDING, OutboxState.IN_FLIGHT)
 
 #: Every move an outbox row makes. A worker claims a pending row (or re-claims one whose claim
-#: expired in flight) and settles it: delivered, back to pending for a retry, or dead. An admin
+#: expired in flight) and settles it: delivered, back to pending for a retry, or dead; claiming a
+#: card update settles the later pending card updates of its card as delivered with it. An admin
 #: retries a dead row (back to pending) or drops a dead or pending one.
 TRANSITIONS: dict[OutboxState, frozenset[OutboxState]] = {
-    OutboxState.PENDING: frozenset({OutboxState.IN_FLIGHT, OutboxState.DROPPED}),
+    OutboxState.PENDING: frozenset(
+        {OutboxState.IN_FLIGHT, OutboxState.DELIVERED, OutboxState.DROPPED}
+    ),
     OutboxState.IN_FLIGHT: frozenset(
         {OutboxState.IN_FLIGHT, OutboxState.DELIVERED, OutboxState.PENDING, OutboxState.DEAD}
     ),
@@ -118,6 +121,9 @@ class OutboxRow:
     uncertain: bool = False
     #: The platform found it too long: send a shortened text (once; then it is dead).
     shortened: bool = False
+    #: The later card updates of the same card settled when this one was claimed (their ids):
+    #: this one's render shows their changes, so they are never sent. Not a column.
+    coalesced: tuple[int, ...] = ()
 
     @property
     def ref(self) -> str:

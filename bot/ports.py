@@ -379,13 +379,37 @@ class Unit(
     """One write transaction. Every method that changes a task is a compare-and-set."""
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """A delivery recorded: whether the worker still held the row, and its thread's next row
+    when that was claimed in the same transaction."""
+
+    settled: bool
+    next_row: OutboxRow | None = None
+
+
 class OutboxQueue(Protocol):
     """Delivery's side of the outbox: claim, then settle, each its own transaction."""
 
     async def claim_outbox(
-        self, worker: str, now: datetime, claim_until: datetime, limit: int
+        self,
+        worker: str,
+        now: datetime,
+        limit: int,
+        per_lane: int | None = None,
+        held: Mapping[tuple[str, bool], int] | None = None,
     ) -> list[OutboxRow]:
-        """Claims the head row of up to ``limit`` threads; never two rows of one thread."""
+        """Claims the head row of up to ``limit`` threads; never two rows of one thread.
+
+        A lane is ``(channel_id, updates)``: a channel's new posts, or its card updates. No
+        lane ends up holding more than ``per_lane`` rows, counting those ``held`` already. A
+        claimed card update settles the later pending card updates of its card with it
+        (``OutboxRow.coalesced``)."""
+        ...
+
+    async def release_claims(self, worker: str, uncertain_ids: Collection[int]) -> int:
+        """Hands every row ``worker`` holds back as pending (a clean stop); the rows in
+        ``uncertain_ids``, whose call was under way, are marked uncertain. Returns how many."""
         ...
 
     async def mark_delivered(
@@ -396,6 +420,21 @@ class OutboxQueue(Protocol):
         at: datetime,
         card: tuple[int, str] | None = None,
     ) -> bool: ...
+
+    async def mark_delivered_and_claim_next(
+        self,
+        row_id: int,
+        worker: str,
+        result: dict[str, object],
+        at: datetime,
+        card: tuple[int, str] | None,
+        per_lane: int,
+        held: Mapping[tuple[str, bool], int],
+    ) -> Recorded:
+        """Settles a delivered row as ``mark_delivered`` does and, in the same transaction,
+        claims its thread's next row when that is due and its lane holds fewer than
+        ``per_lane`` of ``held`` (which no longer counts the settled row)."""
+        ...
 
     async def release_for_retry(
         self,

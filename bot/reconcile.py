@@ -3,10 +3,13 @@
 Detect, then act. Detection is one indexed query for leased tasks whose last progress is older
 than the cutoff. Acting happens in batches, each one transaction whose UPDATE matches a task
 only if its id, attempts and last progress are still what detection read, so two replicas
-reconciling at once act exactly once per task, and a task renewed meanwhile is left alone.
+reconciling at once act exactly once per task, and a task renewed meanwhile is left alone. On
+top of that, a tick runs under a lock across replicas (PostgreSQL's advisory lock), so that one
+replica, not each of them, spends the thread reads of the probe.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Protocol
@@ -17,7 +20,7 @@ from bot import outbox
 from bot.board import new_key
 from bot.clock import Clock
 from bot.policy import PolicyBook, load_policy_book
-from bot.ports import Store, Unit
+from bot.ports import Store, TickLock, Unit
 from bot.signal import EVERYTHING, Notify, ignore
 from bot.task import Actor, EventKind, LeasePolicy, NewEvent, Task, TaskRef, is_stale
 from bot.work import WakeReason
@@ -56,14 +59,28 @@ class ReconcileReport:
     deferred: int = 0
     #: Tasks whose agent waited longer than the TTL for an answer and was told to assume.
     assumed: list[TaskRef] = field(default_factory=list)
+    #: Another replica held the reconcile lock, so this one did nothing this tick.
+    held_elsewhere: bool = False
 
     @property
     def acted(self) -> int:
         return len(self.redispatched) + len(self.blocked)
 
 
+class SoleReplica:
+    """A ``TickLock`` for one process (and for SQLite): always held."""
+
+    @asynccontextmanager
+    async def hold(self) -> AsyncIterator[bool]:
+        yield True
+
+
 class Reconciler:
-    """Runs ``reconcile_stale_tasks`` with an injected clock; the scheduler calls it."""
+    """Runs ``reconcile_stale_tasks`` with an injected clock; the scheduler calls it.
+
+    A tick runs under ``lock``, so of several replicas ticking at once only one reads threads
+    and acts; the others skip the tick and say so in their report.
+    """
 
     def __init__(
         self,
@@ -75,8 +92,10 @@ class Reconciler:
         batch_size: int = 1000,
         max_per_tick: int = 100_000,
         notify: Notify = ignore,
+        lock: TickLock | None = None,
     ) -> None:
         self._notify = notify
+        self._lock = lock or SoleReplica()
         self._store = store
         self._clock = clock
         self._policy = policy
@@ -86,7 +105,15 @@ class Reconciler:
         self._max_per_tick = max_per_tick
 
     async def reconcile_stale_tasks(self) -> ReconcileReport:
-        """Re-dispatches or blocks every task whose lease lapsed; returns what it did."""
+        """Re-dispatches or blocks every task whose lease lapsed; returns what it did (nothing,
+        when another replica is running its own tick)."""
+        async with self._lock.hold() as held:
+            if held:
+                return await self._tick()
+        logger.info("reconcile.held_elsewhere")
+        return ReconcileReport(held_elsewhere=True)
+
+    async def _tick(self) -> ReconcileReport:
         now = self._clock()
         async with self._store.read() as reader:
             book = await load_policy_book(reader, self._policy)

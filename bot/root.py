@@ -19,7 +19,7 @@ import signal as signals
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from functools import partial
 
@@ -35,6 +35,7 @@ from bot.access import Access, AdminList, ConfiguredAdmins, EveryoneIsMember, Me
 from bot.admin import AdminDesk
 from bot.agent_work import AgentWork
 from bot.board import Board, new_key
+from bot.budget import SLACK_HISTORY, Budget, Rate, SharedBudget
 from bot.clock import Clock, utc_now
 from bot.dead_letters import DeadLetters
 from bot.delivery import Deliverer, DeliverySettings, OutboxDelivery
@@ -148,6 +149,8 @@ class Core:
     reconciler: Reconciler
     dead_letters: DeadLetters
     admin: AdminDesk
+    #: Slack's thread reads (the probe's and the outbox's lookups), shared by every replica.
+    history_budget: Budget
     #: Where the use cases count what they do (the CLI's counts nothing).
     metrics: Metrics = field(default_factory=NoMetrics)
     #: How often agents' ``wait_for_work`` looks for work no signal told it of.
@@ -201,7 +204,9 @@ def build_core(
     )
     access = _access(settings, overrides, client, registry)
     board = Board(store, clock, policy, overrides.new_key, notify=signal.notify, access=access)
-    probe = SlackThreadProbe(client, registry, board, clock) if client else None
+    history_rate = Rate.per_minute_bursting(settings.slack_history_per_minute)
+    history_budget = SharedBudget(store, SLACK_HISTORY, history_rate, clock)
+    probe = SlackThreadProbe(client, registry, board, clock, history_budget) if client else None
     queries = TaskQueries(store, clock, policy, access)
     reconciler = build_reconciler(store, settings, signal, overrides, probe)
     dead_letters = DeadLetters(store, clock, notify=signal.notify)
@@ -218,6 +223,7 @@ def build_core(
         reconciler=reconciler,
         dead_letters=dead_letters,
         admin=AdminDesk(access, registry, board, reconciler, queries, dead_letters),
+        history_budget=history_budget,
         metrics=metrics,
         poll_s=overrides.poll_s,
     )
@@ -340,7 +346,9 @@ async def open_service(
     ``socket_mode``, events come over Socket Mode instead of HTTP.
     """
     overrides = overrides or Overrides()
+    # One name for this process: on its claims, its heartbeat and its notifications.
     worker = overrides.worker or worker_id()
+    overrides = replace(overrides, worker=worker)
     async with AsyncExitStack() as stack:
         metrics = PrometheusMetrics()
         core, client = await _open_core_and_client(stack, settings, overrides, metrics)
@@ -542,11 +550,18 @@ def _wire_slack(
 ) -> Slack:
     """Outbox delivery, the inbox, the Bolt app and its gateway, around the core."""
     settings = core.settings
-    deliverer: Deliverer = SlackDeliverer(client, core.queries, core.board, core.clock)
+    deliverer: Deliverer = SlackDeliverer(
+        client, core.queries, core.board, core.clock, budget=core.history_budget
+    )
     if overrides.run_loops:  # tests that drive delivery by hand also drive the heartbeat
         deliverer = FencedDeliverer(deliverer, liveness)
     delivery = OutboxDelivery(
-        core.store, deliverer, core.clock, liveness.worker, overrides.delivery
+        core.store,
+        deliverer,
+        core.clock,
+        liveness.worker,
+        overrides.delivery,
+        metrics=core.metrics,
     )
     core.signal.subscribe(delivery.wake, to=Queued.OUTBOX)
 

@@ -44,6 +44,8 @@ from bot.views import task_view
 P = ParamSpec("P")
 
 MAX_WAIT_S = 300.0
+#: How often ``wait_for_work`` looks again when no commit in this process woke it.
+POLL_S = 1.0
 MESSAGES_PER_READ = 50
 
 INSTRUCTIONS = """threadwork gives you tasks that live as Slack threads. Call list_my_tasks or
@@ -144,6 +146,8 @@ class TaskTools:
     signal: ChangeSignal | None = None
     epoch: int | None = None
     task: TaskRef | None = None
+    #: How often ``wait_for_work`` looks for work no signal told it of.
+    poll_s: float = POLL_S
 
     def _ref(self, task: str) -> TaskRef:
         """The task a call names, if this caller may name it."""
@@ -276,10 +280,11 @@ class TaskTools:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or (self.signal is not None and self.signal.closed):
                 return {"work": []}  # nothing came (or this process is shutting down)
-            await self._until_change(min(remaining, 1.0))
+            await self._until_change(min(remaining, self.poll_s))
 
     async def _until_change(self, seconds: float) -> None:
-        """Waits for a commit in this process, or ``seconds`` for one in another process."""
+        """Waits for a change this process hears of (its own commits, and on PostgreSQL other
+        processes' too), or ``seconds``: polling finds whatever no one announced."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 if self.signal is not None:
@@ -411,9 +416,14 @@ def build_tool_server(resolve: Resolver) -> MCPServer:
 
 
 def make_caller_factory(
-    store: Store, board: Board, work: AgentWork, clock: Clock, signal: ChangeSignal | None
+    store: Store,
+    board: Board,
+    work: AgentWork,
+    clock: Clock,
+    signal: ChangeSignal | None,
+    poll_s: float = POLL_S,
 ) -> ToolsFor:
     def factory(agent: str, epoch: int | None = None, task: TaskRef | None = None) -> TaskTools:
-        return TaskTools(agent, store, board, work, clock, signal, epoch, task)
+        return TaskTools(agent, store, board, work, clock, signal, epoch, task, poll_s)
 
     return factory

@@ -1,4 +1,5 @@
-"""Claiming and settling outbox rows: safe with several workers, ordered per task thread.
+"""Settling outbox rows: safe with several workers, ordered per task thread (the claim is in
+``store.outbox_claims``).
 
 Every move of a row is one guarded UPDATE: a worker's only while it holds the row's claim, an
 admin's only from the states ``bot.outbox`` allows. Only open rows (pending or in flight) hold
@@ -13,6 +14,7 @@ from sqlalchemy import (
     ColumnElement,
     FromClause,
     Row,
+    case,
     func,
     literal,
     literal_column,
@@ -33,7 +35,7 @@ from bot.outbox import (
 from bot.signal import Queued
 from store.schema import outbox
 
-_DELIVERED = OutboxState.DELIVERED.value
+DELIVERED = OutboxState.DELIVERED.value
 
 
 def outbox_from_row(row: Row[Any]) -> OutboxRow:
@@ -59,7 +61,7 @@ def outbox_from_row(row: Row[Any]) -> OutboxRow:
     )
 
 
-def _in_states(table: FromClause, states: Collection[OutboxState]) -> ColumnElement[bool]:
+def in_states(table: FromClause, states: Collection[OutboxState]) -> ColumnElement[bool]:
     """``state IN (...)`` (or ``state = ...``) spelled with literals, as the partial indexes
     are, so that SQLite's planner can prove the query implies an index's WHERE (it cannot with
     bound parameters)."""
@@ -67,61 +69,35 @@ def _in_states(table: FromClause, states: Collection[OutboxState]) -> ColumnElem
     return table.c.state == literals[0] if len(literals) == 1 else table.c.state.in_(literals)
 
 
-def _is_open(table: FromClause) -> ColumnElement[bool]:
+def is_open(table: FromClause) -> ColumnElement[bool]:
     """The row may still be sent, and so holds up the later rows of its thread."""
-    return _in_states(table, OPEN_STATES)
+    return in_states(table, OPEN_STATES)
 
 
-async def claim_outbox(
-    db: AsyncConnection, worker: str, now: datetime, claim_until: datetime, limit: int
-) -> list[OutboxRow]:
-    """Claims up to ``limit`` rows, each the oldest open row of its task's thread.
+async def release_claims(db: AsyncConnection, worker: str, uncertain_ids: Collection[int]) -> int:
+    """Hands every row ``worker`` holds back as pending, due as before; returns how many.
 
-    A row is claimable when it is due and pending. A row stays in flight for as long as its
-    worker is alive; the takeover (``store.workers``) reopens the rows of a worker presumed dead
-    as uncertain. Dead, dropped and delivered rows are passed over, so they never hold up a
-    thread.
-    PostgreSQL workers skip rows another worker has locked; SQLite has one writer at a time.
+    Rows in ``uncertain_ids`` (their call was under way, or its result was never recorded) are
+    marked uncertain, to be looked up before any re-post. The others were never sent, so their
+    claim does not count as an attempt.
     """
-    earlier = outbox.alias("earlier")
-    has_earlier_open = (
-        select(earlier.c.id)
-        .where(
-            earlier.c.task_id == outbox.c.task_id,
-            earlier.c.id < outbox.c.id,
-            _is_open(earlier),
-        )
-        .exists()
-    )
-    candidates = (
-        select(outbox.c.id)
-        .where(
-            _is_open(outbox),  # as the partial index says, so SQLite's planner can use it
-            outbox.c.state == OutboxState.PENDING.value,
-            outbox.c.available_at <= now,
-            ~has_earlier_open,
-        )
-        .order_by(outbox.c.id)
-        .limit(limit)
-    )
-    if db.dialect.name == "postgresql":
-        candidates = candidates.with_for_update(skip_locked=True, of=outbox)
-    ids = list((await db.execute(candidates)).scalars())
-    if not ids:
-        return []
-    claim = (
+    under_way = outbox.c.id.in_(sorted(uncertain_ids))
+    query = (
         update(outbox)
-        .where(outbox.c.id.in_(ids))
-        .values(
-            state=OutboxState.IN_FLIGHT.value,
-            claimed_by=worker,
-            claim_expires_at=claim_until,
-            attempts=outbox.c.attempts + 1,
+        .where(
+            is_open(outbox),
+            outbox.c.state == OutboxState.IN_FLIGHT.value,
+            outbox.c.claimed_by == worker,
         )
-        .returning(*outbox.c)
+        .values(
+            state=OutboxState.PENDING.value,
+            claimed_by=None,
+            claim_expires_at=None,
+            uncertain=or_(outbox.c.uncertain, under_way),
+            attempts=case((under_way, outbox.c.attempts), else_=outbox.c.attempts - 1),
+        )
     )
-    rows = [outbox_from_row(row) for row in await db.execute(claim)]
-    return sorted(rows, key=lambda row: row.id)
+    return int((await db.execute(query)).rowcount)
 
 
 def _held_by(row_id: int, worker: str) -> Any:
@@ -134,16 +110,19 @@ def _held_by(row_id: int, worker: str) -> Any:
 
 async def mark_delivered(
     db: AsyncConnection, row_id: int, worker: str, result: dict[str, object], at: datetime
-) -> bool:
-    """Records delivery, only while ``worker`` still holds the row's claim."""
+) -> int | None:
+    """Records delivery, only while ``worker`` still holds the row's claim; returns the row's
+    task id, or None when the claim was lost."""
     query = (
         update(outbox)
         .where(_held_by(row_id, worker))
         .values(
-            state=_DELIVERED, delivered_at=at, result=result, claim_expires_at=None, uncertain=False
+            state=DELIVERED, delivered_at=at, result=result, claim_expires_at=None, uncertain=False
         )
+        .returning(outbox.c.task_id)
     )
-    return (await db.execute(query)).rowcount == 1
+    task_id = (await db.execute(query)).scalar_one_or_none()
+    return None if task_id is None else int(task_id)
 
 
 async def release_for_retry(
@@ -214,13 +193,13 @@ class OutboxReads:
 
     async def list_dead_outbox(self, limit: int) -> list[OutboxRow]:
         """Dead rows, oldest first."""
-        dead = _in_states(outbox, [OutboxState.DEAD])
+        dead = in_states(outbox, [OutboxState.DEAD])
         query = select(outbox).where(dead).order_by(outbox.c.id).limit(limit)
         return [outbox_from_row(row) for row in await self._db.execute(query)]
 
     async def list_open_outbox(self, limit: int) -> list[OutboxRow]:
         """Rows still to be sent (pending or in flight), oldest first."""
-        query = select(outbox).where(_is_open(outbox)).order_by(outbox.c.id).limit(limit)
+        query = select(outbox).where(is_open(outbox)).order_by(outbox.c.id).limit(limit)
         return [outbox_from_row(row) for row in await self._db.execute(query)]
 
     async def count_outbox(self) -> dict[OutboxState, int]:
@@ -230,7 +209,7 @@ class OutboxReads:
         for states in (OPEN_STATES, [OutboxState.DEAD]):
             query = (
                 select(outbox.c.state, func.count())
-                .where(_in_states(outbox, states))
+                .where(in_states(outbox, states))
                 .group_by(outbox.c.state)
             )
             found |= {OutboxState(state): int(n) for state, n in await self._db.execute(query)}

@@ -1,7 +1,5 @@
 """The admins' dead-letter use case on both backends: review, retry and drop, each recorded."""
 
-from datetime import timedelta
-
 import pytest
 
 from bot.board import Board
@@ -23,7 +21,6 @@ from store.repository import SqlStore
 from tests.conftest import FakeClock
 
 ADMIN = Actor.user("UADMIN01")
-CLAIM = timedelta(seconds=30)
 
 
 async def dead_directive(
@@ -32,10 +29,10 @@ async def dead_directive(
     """A task whose card was delivered and whose directive Slack refused for good."""
     await registry.add_agent("coder")
     task = await board.create_task("C1", "t", Actor.user("U1"))
-    [card] = await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=1)
+    [card] = await store.claim_outbox("w1", clock.now, limit=1)
     assert await store.mark_delivered(card.id, "w1", {"ts": "1.0"}, clock.now, card=(1, "1.0"))
     await board.assign_task(task.ref, "coder", "U1")
-    [directive] = await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=1)
+    [directive] = await store.claim_outbox("w1", clock.now, limit=1)
     event = NewEvent(1, EventKind.OUTBOX_DEAD, Actor.system("outbox"), clock.now, {})
     assert await store.mark_dead(directive.id, "w1", "not_in_channel", event)
     return directive
@@ -96,7 +93,7 @@ async def test_dropping_a_row_settles_it_unsent_and_records_the_admin(
         (ADMIN, directive.id, "dead"),
         (ADMIN, update.id, "pending"),
     ]
-    assert await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=10) == []
+    assert await store.claim_outbox("w1", clock.now, limit=10) == []
     with pytest.raises(IllegalTransition, match="it was dropped and is never sent"):
         await core.dead_letters.retry_outbox_row(directive.id, ADMIN)
 
@@ -106,7 +103,7 @@ async def test_rows_that_are_delivered_in_flight_or_missing_are_refused_readably
 ) -> None:
     await board.create_task("C1", "t", Actor.user("U1"))
     await board.create_task("C1", "u", Actor.user("U1"))
-    [first, second] = await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=2)
+    [first, second] = await store.claim_outbox("w1", clock.now, limit=2)
     assert await store.mark_delivered(first.id, "w1", {"ts": "1.0"}, clock.now)
     with pytest.raises(
         IllegalTransition, match=f"row {first.id} cannot be retried: it was delivered"

@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 
 from bot.board import Board
-from bot.inbox import ReplyInbox
+from bot.inbox import MAX_PENDING, ReplyInbox
 from bot.registry import AgentRegistry
 from bot.supervisor import Supervisor
 from bot.task import Actor, IncomingReply, Task
@@ -64,6 +64,32 @@ async def test_posts_put_while_a_write_runs_are_stored_together_by_the_next(
         renewed = await reader.get_task_by_id(task.id)
     assert renewed is not None
     assert renewed.last_progress_at == clock.now
+
+
+async def test_every_post_that_waited_through_a_long_write_is_stored_by_the_next_one(
+    board: Board, store: SqlStore, task: Task
+) -> None:
+    # Under load a transaction lasts as long as many requests (each of its statements waits
+    # for the event loop): the next one must take all that arrived meanwhile, or the posts
+    # would outgrow the writer and the acks would end up waiting for room.
+    release = asyncio.Event()
+    batches: list[int] = []
+
+    async def slow_first(replies: Sequence[IncomingReply]) -> None:
+        batches.append(len(replies))
+        await release.wait()
+        await board.record_thread_replies(replies)
+
+    supervisor = Supervisor()
+    inbox = ReplyInbox(slow_first, supervisor)
+    await inbox.put(post(0))
+    await asyncio.sleep(0)  # the writer takes the first post and waits on the store
+    for n in range(1, MAX_PENDING):
+        await inbox.put(post(n))
+    release.set()
+    await supervisor.drain()
+    assert batches == [1, MAX_PENDING - 1]
+    assert len(await stored_ts(store, task)) == MAX_PENDING
 
 
 async def test_a_post_alone_is_written_at_once(board: Board, store: SqlStore, task: Task) -> None:

@@ -1,24 +1,30 @@
-"""Outbox claiming and settling: ordered per task thread, never two rows of a thread at once;
-dead rows parked aside, and an admin's retry or drop as guarded moves."""
+"""Outbox claiming and settling: ordered per task thread, never two rows of a thread at once,
+no lane past its room; card updates coalesced at the claim; dead rows parked aside, an admin's
+retry or drop as guarded moves, and a stopping worker's rows handed back."""
 
 import asyncio
+import shutil
+import sqlite3
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import text
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.board import Board
 from bot.outbox import OutboxKind, OutboxRow, OutboxState
 from bot.registry import AgentRegistry
 from bot.signal import Queued
-from bot.task import Actor, EventKind, NewEvent
+from bot.status import TaskStatus
+from bot.task import Actor, EventKind, NewEvent, TaskRef
 from store.database import create_engine
 from store.migrate import downgrade, upgrade
+from store.outbox_claims import CLAIM_CANDIDATES, candidate_params
 from store.repository import SqlStore
 from tests.conftest import FakeClock
 
 ALICE = "U_ALICE"
-CLAIM = timedelta(seconds=30)
 
 
 async def seed(board: Board, registry: AgentRegistry, tasks: int) -> None:
@@ -29,20 +35,28 @@ async def seed(board: Board, registry: AgentRegistry, tasks: int) -> None:
         await board.assign_task(task.ref, "coder", ALICE)
 
 
+async def take_over_from_the_dead(store: SqlStore, clock: FakeClock, me: str) -> None:
+    """Reopens the claims of every worker not alive (none registered here) as the takeover
+    does when a worker died."""
+    async with store.transaction() as unit:
+        await unit.register_worker(me, clock.now)
+        await unit.take_over_dead_workers(clock.now - timedelta(seconds=15), me)
+
+
 async def test_a_worker_gets_only_the_head_row_of_each_thread_in_order(
     board: Board, registry: AgentRegistry, store: SqlStore, clock: FakeClock
 ) -> None:
     await seed(board, registry, tasks=2)
-    first = await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=10)
+    first = await store.claim_outbox("w1", clock.now, limit=10)
     assert [(r.task_id, r.kind) for r in first] == [
         (1, OutboxKind.CARD_POST),
         (2, OutboxKind.CARD_POST),
     ]
     assert all(r.state == OutboxState.IN_FLIGHT and r.attempts == 1 for r in first)
-    assert await store.claim_outbox("w2", clock.now, clock.now + CLAIM, limit=10) == []
+    assert await store.claim_outbox("w2", clock.now, limit=10) == []
 
     assert await store.mark_delivered(first[0].id, "w1", {"ts": "1.0"}, clock.now)
-    second = await store.claim_outbox("w2", clock.now, clock.now + CLAIM, limit=10)
+    second = await store.claim_outbox("w2", clock.now, limit=10)
     assert [(r.task_id, r.kind) for r in second] == [(1, OutboxKind.DIRECTIVE)]
 
 
@@ -50,21 +64,31 @@ async def test_a_row_released_for_retry_waits_for_its_time_and_keeps_the_thread_
     board: Board, registry: AgentRegistry, store: SqlStore, clock: FakeClock
 ) -> None:
     await seed(board, registry, tasks=1)
-    [head] = await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=10)
+    [head] = await store.claim_outbox("w1", clock.now, limit=10)
     assert await store.release_for_retry(head.id, "w1", clock.now + timedelta(seconds=5), "429")
-    assert await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=10) == []
+    assert await store.claim_outbox("w1", clock.now, limit=10) == []
     clock.advance(5)
-    [again] = await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=10)
+    [again] = await store.claim_outbox("w1", clock.now, limit=10)
     assert (again.id, again.attempts, again.last_error) == (head.id, 2, "429")
 
 
-async def test_an_expired_claim_can_be_taken_over_and_the_old_worker_cannot_settle_it(
+async def test_a_row_in_flight_is_never_claimed_again_while_its_worker_holds_it(
     board: Board, registry: AgentRegistry, store: SqlStore, clock: FakeClock
 ) -> None:
     await seed(board, registry, tasks=1)
-    [head] = await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=1)
-    clock.advance(CLAIM.total_seconds() + 1)
-    [taken] = await store.claim_outbox("w2", clock.now, clock.now + CLAIM, limit=1)
+    [head] = await store.claim_outbox("w1", clock.now, limit=1)
+    clock.advance(3600)  # however long it takes: a claim lasts as long as its worker
+    assert await store.claim_outbox("w2", clock.now, limit=10) == []
+    assert await store.mark_delivered(head.id, "w1", {"ts": "1.0"}, clock.now)
+
+
+async def test_a_reopened_row_can_be_taken_by_another_worker_and_the_old_one_cannot_settle_it(
+    board: Board, registry: AgentRegistry, store: SqlStore, clock: FakeClock
+) -> None:
+    await seed(board, registry, tasks=1)
+    [head] = await store.claim_outbox("w1", clock.now, limit=1)
+    await take_over_from_the_dead(store, clock, "w2")
+    [taken] = await store.claim_outbox("w2", clock.now, limit=1)
     assert (taken.id, taken.claimed_by) == (head.id, "w2")
     assert not await store.mark_delivered(head.id, "w1", {"ts": "1.0"}, clock.now)
     assert await store.mark_delivered(head.id, "w2", {"ts": "1.0"}, clock.now)
@@ -81,7 +105,7 @@ async def test_concurrent_workers_never_claim_two_rows_of_one_thread_or_one_row_
 
     async def work(name: str, worker_store: SqlStore) -> None:
         while True:
-            rows = await worker_store.claim_outbox(name, clock.now, clock.now + CLAIM, limit=3)
+            rows = await worker_store.claim_outbox(name, clock.now, limit=3)
             if not rows:
                 return
             for row in rows:
@@ -103,17 +127,17 @@ async def test_concurrent_workers_never_claim_two_rows_of_one_thread_or_one_row_
     assert all(r.state == OutboxState.DELIVERED for r in await store.list_outbox())
 
 
-async def test_a_row_whose_claim_expired_mid_flight_comes_back_marked_uncertain(
+async def test_a_row_reopened_from_a_dead_worker_comes_back_uncertain_and_stays_so(
     board: Board, registry: AgentRegistry, store: SqlStore, clock: FakeClock
 ) -> None:
     await seed(board, registry, tasks=1)
-    [head] = await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=1)
+    [head] = await store.claim_outbox("w1", clock.now, limit=1)
     assert head.uncertain is False
-    clock.advance(CLAIM.total_seconds() + 1)
-    [again] = await store.claim_outbox("w2", clock.now, clock.now + CLAIM, limit=1)
+    await take_over_from_the_dead(store, clock, "w2")
+    [again] = await store.claim_outbox("w2", clock.now, limit=1)
     assert (again.id, again.uncertain) == (head.id, True)
     assert await store.release_for_retry(again.id, "w2", clock.now, "500")
-    [third] = await store.claim_outbox("w3", clock.now, clock.now + CLAIM, limit=1)
+    [third] = await store.claim_outbox("w3", clock.now, limit=1)
     assert third.uncertain is True
     assert await store.mark_delivered(third.id, "w3", {"ts": "9.9"}, clock.now, card=(1, "9.9"))
     async with store.read() as reader:
@@ -126,12 +150,12 @@ async def test_a_definite_refusal_does_not_make_a_row_uncertain(
     board: Board, registry: AgentRegistry, store: SqlStore, clock: FakeClock
 ) -> None:
     await seed(board, registry, tasks=1)
-    [head] = await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=1)
+    [head] = await store.claim_outbox("w1", clock.now, limit=1)
     assert await store.release_for_retry(head.id, "w1", clock.now, "ratelimited", uncertain=False)
-    [again] = await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=1)
+    [again] = await store.claim_outbox("w1", clock.now, limit=1)
     assert again.uncertain is False
     assert await store.release_for_retry(again.id, "w1", clock.now, "dropped", uncertain=True)
-    [third] = await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=1)
+    [third] = await store.claim_outbox("w1", clock.now, limit=1)
     assert third.uncertain is True
 
 
@@ -148,12 +172,12 @@ async def test_a_dead_row_no_longer_holds_up_the_later_rows_of_its_thread(
     board: Board, registry: AgentRegistry, store: SqlStore, clock: FakeClock
 ) -> None:
     await seed(board, registry, tasks=1)
-    [card] = await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=10)
+    [card] = await store.claim_outbox("w1", clock.now, limit=10)
     assert await store.mark_delivered(card.id, "w1", {"ts": "1.0"}, clock.now, card=(1, "1.0"))
-    [directive] = await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=10)
+    [directive] = await store.claim_outbox("w1", clock.now, limit=10)
     await kill(store, directive, "w1", clock.now)
 
-    [update] = await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=10)
+    [update] = await store.claim_outbox("w1", clock.now, limit=10)
     assert (update.kind, update.task_id) == (OutboxKind.CARD_UPDATE, 1)
     rows = {r.id: r for r in await store.list_outbox()}
     assert (rows[directive.id].state, rows[directive.id].last_error) == (
@@ -172,17 +196,14 @@ async def test_only_the_claiming_worker_parks_a_row_and_a_lost_claim_appends_no_
     board: Board, registry: AgentRegistry, store: SqlStore, clock: FakeClock
 ) -> None:
     await seed(board, registry, tasks=1)
-    [head] = await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=1)
+    [head] = await store.claim_outbox("w1", clock.now, limit=1)
     assert not await store.mark_dead(head.id, "w2", "is_archived", dead_event(head, "x", clock.now))
-    clock.advance(CLAIM.total_seconds() + 1)
-    [taken] = await store.claim_outbox("w2", clock.now, clock.now + CLAIM, limit=1)
+    await take_over_from_the_dead(store, clock, "w2")
+    [taken] = await store.claim_outbox("w2", clock.now, limit=1)
     assert not await store.mark_dead(head.id, "w1", "is_archived", dead_event(head, "x", clock.now))
     await kill(store, taken, "w2", clock.now)
     [row, *_] = await store.list_outbox()
-    assert (row.state, row.uncertain) == (
-        OutboxState.DEAD,
-        True,
-    )  # the expired claim may have posted
+    assert (row.state, row.uncertain) == (OutboxState.DEAD, True)  # w1 may have posted it
     async with store.read() as reader:
         dead = [e for e in await reader.list_events(1) if e.kind == EventKind.OUTBOX_DEAD]
     assert len(dead) == 1
@@ -192,7 +213,7 @@ async def test_the_backlog_counts_rows_still_to_be_sent_and_dead_rows_apart(
     board: Board, registry: AgentRegistry, store: SqlStore, clock: FakeClock
 ) -> None:
     await seed(board, registry, tasks=2)  # six rows, all pending
-    first = await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=10)
+    first = await store.claim_outbox("w1", clock.now, limit=10)
     await kill(store, first[0], "w1", clock.now)
     assert await store.mark_delivered(first[1].id, "w1", {"ts": "2.0"}, clock.now)
     async with store.read() as reader:
@@ -210,7 +231,7 @@ async def test_a_retried_dead_row_is_due_at_once_and_holds_its_thread_in_order_a
     board: Board, registry: AgentRegistry, store: SqlStore, clock: FakeClock
 ) -> None:
     await seed(board, registry, tasks=1)
-    [card] = await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=1)
+    [card] = await store.claim_outbox("w1", clock.now, limit=1)
     await kill(store, card, "w1", clock.now)
     async with store.transaction() as unit:
         revived = await unit.retry_outbox_row(card.id, clock.now)
@@ -219,7 +240,7 @@ async def test_a_retried_dead_row_is_due_at_once_and_holds_its_thread_in_order_a
         assert await unit.retry_outbox_row(card.id, clock.now) is None  # pending is not dead
         assert unit.queued == {Queued.OUTBOX}
     # The revived card is again the head of its thread: the directive waits behind it.
-    [again] = await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=10)
+    [again] = await store.claim_outbox("w1", clock.now, limit=10)
     assert (again.id, again.attempts, again.last_error) == (card.id, 2, "not_in_channel")
 
 
@@ -227,7 +248,7 @@ async def test_a_dropped_row_is_never_claimed_and_only_dead_or_pending_rows_can_
     board: Board, registry: AgentRegistry, store: SqlStore, clock: FakeClock
 ) -> None:
     await seed(board, registry, tasks=1)
-    [card] = await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=1)
+    [card] = await store.claim_outbox("w1", clock.now, limit=1)
     async with store.transaction() as unit:
         assert await unit.drop_outbox_row(card.id) is None  # in flight: not droppable
     await kill(store, card, "w1", clock.now)
@@ -238,23 +259,23 @@ async def test_a_dropped_row_is_never_claimed_and_only_dead_or_pending_rows_can_
         directive = (await unit.list_open_outbox(limit=1))[0]
         assert (await unit.drop_outbox_row(directive.id)) is not None  # pending: droppable
         assert await unit.retry_outbox_row(card.id, clock.now) is None  # dropped is final
-    [update] = await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=10)
+    [update] = await store.claim_outbox("w1", clock.now, limit=10)
     assert update.kind == OutboxKind.CARD_UPDATE
     assert await store.mark_delivered(update.id, "w1", {"ts": "1.0"}, clock.now)
-    assert await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=10) == []
+    assert await store.claim_outbox("w1", clock.now, limit=10) == []
 
 
 async def test_the_shortened_flag_is_kept_on_the_row_across_claims_and_later_retries(
     board: Board, store: SqlStore, clock: FakeClock
 ) -> None:
     await board.create_task("C1", "t", Actor.user(ALICE))
-    [head] = await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=1)
+    [head] = await store.claim_outbox("w1", clock.now, limit=1)
     assert head.shortened is False
     assert await store.release_for_retry(head.id, "w1", clock.now, "msg_too_long", shortened=True)
-    [again] = await store.claim_outbox("w2", clock.now, clock.now + CLAIM, limit=1)
+    [again] = await store.claim_outbox("w2", clock.now, limit=1)
     assert again.shortened is True
     assert await store.release_for_retry(again.id, "w2", clock.now, "http_500", uncertain=True)
-    [third] = await store.claim_outbox("w3", clock.now, clock.now + CLAIM, limit=1)
+    [third] = await store.claim_outbox("w3", clock.now, limit=1)
     assert (third.shortened, third.uncertain) == (True, True)
 
 
@@ -262,7 +283,7 @@ async def test_downgrading_below_dead_letters_retries_dead_rows_and_settles_drop
     board: Board, registry: AgentRegistry, store: SqlStore, clock: FakeClock, engine: AsyncEngine
 ) -> None:
     await seed(board, registry, tasks=1)
-    [card] = await store.claim_outbox("w1", clock.now, clock.now + CLAIM, limit=1)
+    [card] = await store.claim_outbox("w1", clock.now, limit=1)
     await kill(store, card, "w1", clock.now)
     async with store.transaction() as unit:
         directive = (await unit.list_open_outbox(limit=1))[0]
@@ -274,3 +295,233 @@ async def test_downgrading_below_dead_letters_retries_dead_rows_and_settles_drop
     await upgrade(engine)
     [row, *_] = await store.list_outbox()
     assert (row.state, row.shortened) == (OutboxState.PENDING, False)
+
+
+async def cards_in(board: Board, channels: dict[str, int]) -> None:
+    """``count`` tasks in each channel, each with its card post pending."""
+    for channel, count in channels.items():
+        for n in range(count):
+            await board.create_task(channel, f"task {n}", Actor.user(ALICE))
+
+
+def per_channel(rows: list[OutboxRow]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in rows:
+        channel = row.ref.partition("#")[0]
+        counts[channel] = counts.get(channel, 0) + 1
+    return counts
+
+
+async def test_a_claim_takes_at_most_a_lanes_room_and_passes_over_full_lanes(
+    board: Board, store: SqlStore, clock: FakeClock
+) -> None:
+    await cards_in(board, {"C1": 10, "C2": 1, "C3": 2})
+    first = await store.claim_outbox("w1", clock.now, limit=100, per_lane=4)
+    assert per_channel(first) == {"C1": 4, "C2": 1, "C3": 2}
+    assert [r.id for r in first] == sorted(r.id for r in first)
+
+    await cards_in(board, {"C2": 1, "C4": 1})
+    held = {("C1", False): 4, ("C3", False): 1}  # C1 is full; C3 has room for 3
+    second = await store.claim_outbox("w1", clock.now, limit=100, per_lane=4, held=held)
+    assert per_channel(second) == {"C2": 1, "C4": 1}
+
+    held = {("C1", False): 3}
+    [third] = await store.claim_outbox("w1", clock.now, limit=100, per_lane=4, held=held)
+    assert third.ref.startswith("C1#")
+
+
+async def test_a_partly_held_lane_does_not_crowd_other_channels_out_of_the_limit(
+    board: Board, store: SqlStore, clock: FakeClock
+) -> None:
+    await cards_in(board, {"C1": 6, "C2": 2})
+    held = {("C1", False): 3}
+    rows = await store.claim_outbox("w1", clock.now, limit=3, per_lane=4, held=held)
+    assert per_channel(rows) == {"C1": 1, "C2": 2}
+
+
+async def test_a_channels_card_updates_are_a_lane_apart_from_its_posts(
+    board: Board, registry: AgentRegistry, store: SqlStore, clock: FakeClock
+) -> None:
+    await cards_in(board, {"C1": 3})
+    for card in await store.claim_outbox("w1", clock.now, limit=10):
+        assert await store.mark_delivered(card.id, "w1", {"ts": "1.0"}, clock.now)
+    for n in (1, 2):
+        await board.update_task_status(TaskRef("C1", n), TaskStatus.IN_PROGRESS, Actor.user(ALICE))
+    await board.create_task("C1", "a third card", Actor.user(ALICE))
+    # The posts lane is full: the card updates are claimed all the same, and the reverse.
+    held = {("C1", False): 4}
+    rows = await store.claim_outbox("w1", clock.now, limit=10, per_lane=4, held=held)
+    assert [r.kind for r in rows] == [OutboxKind.CARD_UPDATE] * 2
+    held = {("C1", True): 4}
+    [post] = await store.claim_outbox("w1", clock.now, limit=10, per_lane=4, held=held)
+    assert post.kind == OutboxKind.CARD_POST
+
+
+async def status_changes(board: Board, ref: TaskRef, statuses: list[TaskStatus]) -> None:
+    for status in statuses:
+        await board.update_task_status(ref, status, Actor.user(ALICE))
+
+
+async def test_claiming_a_card_update_settles_the_later_ones_of_its_card_into_it(
+    board: Board, store: SqlStore, clock: FakeClock
+) -> None:
+    await cards_in(board, {"C1": 2})
+    for card in await store.claim_outbox("w1", clock.now, limit=10):
+        assert await store.mark_delivered(card.id, "w1", {"ts": "1.0"}, clock.now)
+    ref, other = TaskRef("C1", 1), TaskRef("C1", 2)
+    await status_changes(board, ref, [TaskStatus.IN_PROGRESS, TaskStatus.IN_REVIEW])
+    await status_changes(board, other, [TaskStatus.IN_PROGRESS])
+    await status_changes(board, ref, [TaskStatus.BLOCKED])
+
+    rows = await store.claim_outbox("w1", clock.now, limit=10)
+    first, second = sorted(rows, key=lambda r: r.task_id)
+    later = [r for r in await store.list_outbox(1) if r.id > first.id]
+    assert len(later) == 2
+    assert first.coalesced == tuple(r.id for r in later)
+    assert all(r.state == OutboxState.DELIVERED for r in later)
+    assert all(r.result == {"coalesced_into": first.id} for r in later)
+    assert (second.task_id, second.coalesced) == (2, ())  # another card's row is its own
+
+    # A change committed after the claim gets a row of its own, claimed once this one is done.
+    await status_changes(board, ref, [TaskStatus.TODO])
+    assert await store.claim_outbox("w1", clock.now, limit=10) == []  # behind the one in flight
+    assert await store.mark_delivered(first.id, "w1", {"ts": "1.0"}, clock.now)
+    [own] = await store.claim_outbox("w1", clock.now, limit=10)
+    assert (own.task_id, own.kind, own.coalesced) == (1, OutboxKind.CARD_UPDATE, ())
+
+
+async def test_a_card_update_behind_an_open_post_of_its_thread_is_not_claimed_or_coalesced(
+    board: Board, registry: AgentRegistry, store: SqlStore, clock: FakeClock
+) -> None:
+    await seed(board, registry, tasks=1)  # card post, directive, card update
+    [card] = await store.claim_outbox("w1", clock.now, limit=10)
+    await status_changes(board, TaskRef("C1", 1), [TaskStatus.IN_PROGRESS])
+    assert await store.mark_delivered(card.id, "w1", {"ts": "1.0"}, clock.now, card=(1, "1.0"))
+    [directive] = await store.claim_outbox("w1", clock.now, limit=10)
+    assert directive.kind == OutboxKind.DIRECTIVE
+    assert await store.mark_delivered(directive.id, "w1", {"ts": "2.0"}, clock.now)
+    [update] = await store.claim_outbox("w1", clock.now, limit=10)
+    assert (update.kind, len(update.coalesced)) == (OutboxKind.CARD_UPDATE, 1)
+
+
+async def test_release_hands_back_a_workers_rows_uncertain_only_where_a_call_was_under_way(
+    board: Board, store: SqlStore, clock: FakeClock
+) -> None:
+    await cards_in(board, {"C1": 2, "C2": 1})
+    sent, queued, others = await store.claim_outbox("w1", clock.now, limit=2) + (
+        await store.claim_outbox("w2", clock.now, limit=1)
+    )
+    assert await store.release_claims("w1", [sent.id]) == 2
+    rows = {r.id: r for r in await store.list_outbox()}
+    assert (rows[sent.id].state, rows[sent.id].uncertain, rows[sent.id].attempts) == (
+        OutboxState.PENDING,
+        True,
+        1,
+    )
+    # Never sent: handed back as it was, its claim not counted as an attempt.
+    assert (rows[queued.id].state, rows[queued.id].uncertain, rows[queued.id].attempts) == (
+        OutboxState.PENDING,
+        False,
+        0,
+    )
+    assert (rows[others.id].state, rows[others.id].claimed_by) == (OutboxState.IN_FLIGHT, "w2")
+    assert rows[sent.id].available_at == clock.now  # due at once
+    again = await store.claim_outbox("w3", clock.now, limit=10)
+    assert {r.id for r in again} == {sent.id, queued.id}
+    assert await store.release_claims("w1", []) == 0
+
+
+async def test_the_claim_reads_the_open_rows_index_on_sqlite(
+    tmp_path: Path, sqlite_template: Path, clock: FakeClock
+) -> None:
+    path = tmp_path / "plan.db"
+    shutil.copy(sqlite_template, path)
+    params = candidate_params(clock.now, 4, [("C1", False), ("C2", True)], 20)
+    expanded = CLAIM_CANDIDATES.compile(dialect=sqlite.dialect()).construct_expanded_state(params)
+    values = [expanded.parameters[name] for name in expanded.positiontup or []]
+    args = [v.isoformat() if isinstance(v, datetime) else v for v in values]
+    with sqlite3.connect(path) as db:
+        plan = [str(row[3]) for row in db.execute(f"EXPLAIN QUERY PLAN {expanded.statement}", args)]
+    reads = [line for line in plan if line.startswith(("SCAN", "SEARCH"))]
+    assert "SCAN outbox USING INDEX ix_outbox_open_task" in reads, plan
+    assert "SEARCH earlier USING INDEX ix_outbox_open_task (task_id=? AND id<?)" in reads, plan
+    assert "SEARCH tasks USING INTEGER PRIMARY KEY (rowid=?)" in reads, plan
+    assert "SEARCH later USING INDEX ix_outbox_open_task (task_id=? AND id>?)" in reads, plan
+
+
+async def test_recording_a_delivery_claims_the_threads_next_row_in_the_same_transaction(
+    board: Board, registry: AgentRegistry, store: SqlStore, clock: FakeClock
+) -> None:
+    await seed(board, registry, tasks=1)  # card post, directive, card update
+    await status_changes(board, TaskRef("C1", 1), [TaskStatus.IN_PROGRESS])  # one more update
+    [card] = await store.claim_outbox("w1", clock.now, limit=10)
+    held = {("C1", False): 0}
+    recorded = await store.mark_delivered_and_claim_next(
+        card.id, "w1", {"ts": "1.0"}, clock.now, (1, "1.0"), 4, held
+    )
+    assert recorded.settled
+    directive = recorded.next_row
+    assert directive is not None
+    assert (directive.kind, directive.state, directive.claimed_by, directive.attempts) == (
+        OutboxKind.DIRECTIVE,
+        OutboxState.IN_FLIGHT,
+        "w1",
+        1,
+    )
+    async with store.read() as reader:
+        task = await reader.get_task_by_id(1)
+    assert task is not None
+    assert task.card_ts == "1.0"
+    recorded = await store.mark_delivered_and_claim_next(
+        directive.id, "w1", {"ts": "2.0"}, clock.now, None, 4, held
+    )
+    update = recorded.next_row
+    assert update is not None
+    assert (update.kind, len(update.coalesced)) == (OutboxKind.CARD_UPDATE, 1)
+    recorded = await store.mark_delivered_and_claim_next(
+        update.id, "w1", {"ts": "1.0"}, clock.now, None, 4, {}
+    )
+    assert (recorded.settled, recorded.next_row) == (True, None)  # the thread is done
+    assert all(r.state == OutboxState.DELIVERED for r in await store.list_outbox())
+
+
+async def test_a_threads_next_row_is_left_for_a_claim_when_its_lane_is_full_or_it_is_not_due(
+    board: Board, registry: AgentRegistry, store: SqlStore, clock: FakeClock
+) -> None:
+    await seed(board, registry, tasks=1)
+    [card] = await store.claim_outbox("w1", clock.now, limit=10)
+    full = {("C1", False): 4}
+    recorded = await store.mark_delivered_and_claim_next(
+        card.id, "w1", {"ts": "1.0"}, clock.now, (1, "1.0"), 4, full
+    )
+    assert (recorded.settled, recorded.next_row) == (True, None)
+    [directive] = await store.claim_outbox("w1", clock.now, limit=10)
+    assert directive.kind == OutboxKind.DIRECTIVE
+    earlier = clock.now - timedelta(seconds=1)  # the card update was written at clock.now
+    recorded = await store.mark_delivered_and_claim_next(
+        directive.id, "w1", {"ts": "2.0"}, earlier, None, 4, {}
+    )
+    assert (recorded.settled, recorded.next_row) == (True, None)
+    [update] = await store.claim_outbox("w1", clock.now, limit=10)
+    assert update.kind == OutboxKind.CARD_UPDATE
+
+
+async def test_a_lost_claim_records_nothing_and_claims_nothing(
+    board: Board, registry: AgentRegistry, store: SqlStore, clock: FakeClock
+) -> None:
+    await seed(board, registry, tasks=1)
+    [card] = await store.claim_outbox("w1", clock.now, limit=10)
+    recorded = await store.mark_delivered_and_claim_next(
+        card.id, "w2", {"ts": "1.0"}, clock.now, (1, "1.0"), 4, {}
+    )
+    assert (recorded.settled, recorded.next_row) == (False, None)
+    rows = await store.list_outbox()
+    assert [r.state for r in rows] == [
+        OutboxState.IN_FLIGHT,
+        OutboxState.PENDING,
+        OutboxState.PENDING,
+    ]
+    async with store.read() as reader:
+        task = await reader.get_task_by_id(1)
+    assert task is not None
+    assert task.card_ts is None

@@ -1,31 +1,55 @@
-"""Outbox delivery's pacing, back-off and dead letters, with a recording deliverer and no real
-sleeping."""
+"""Outbox delivery's pacing (token buckets per channel and per workspace, paused by a rate
+limit), lanes, back-off, dead letters, metrics and the hand-back at a stop, with a recording
+deliverer and no real sleeping."""
 
 import asyncio
+from collections import Counter
+from datetime import timedelta
 
 from structlog.testing import capture_logs
 
 from bot.board import Board
-from bot.delivery import Delivered, DeliveryFailed, DeliverySettings, OutboxDelivery, Retry
+from bot.budget import Rate
+from bot.delivery import (
+    Delivered,
+    Deliverer,
+    DeliveryFailed,
+    DeliverySettings,
+    OutboxDelivery,
+    Retry,
+)
+from bot.metrics import Metrics, NoMetrics
 from bot.outbox import OutboxKind, OutboxRow, OutboxState
 from bot.registry import AgentRegistry
-from bot.task import Actor, EventKind
+from bot.root import Core
+from bot.status import TaskStatus
+from bot.task import Actor, EventKind, TaskRef
 from store.repository import SqlStore
 from tests.conftest import FakeClock
 
 
 class Recorder:
-    """Delivers everything, remembering the order; can fail the first n rows."""
+    """Delivers everything, remembering the order (and when, by the fake monotonic clock);
+    can fail the first n rows."""
 
-    def __init__(self, failures: list[DeliveryFailed] | None = None) -> None:
+    def __init__(
+        self, failures: list[DeliveryFailed] | None = None, time: "FakeTime | None" = None
+    ) -> None:
         self.delivered: list[OutboxRow] = []
+        self.at: list[float] = []
         self.failures = failures or []
+        self.time = time
 
     async def deliver(self, row: OutboxRow) -> Delivered:
         if self.failures:
             raise self.failures.pop(0)
         self.delivered.append(row)
+        if self.time is not None:
+            self.at.append(self.time.now)
         return Delivered(ts=f"{len(self.delivered)}.0")
+
+    def kinds(self) -> list[OutboxKind]:
+        return [row.kind for row in self.delivered]
 
 
 class FakeTime:
@@ -43,10 +67,33 @@ class FakeTime:
         self.now += seconds
 
 
+class CountingMetrics(NoMetrics):
+    """Counts the rows settled delivered, by kind."""
+
+    def __init__(self) -> None:
+        self.delivered: Counter[str] = Counter()
+
+    def outbox_delivered(self, kind: str) -> None:
+        self.delivered[kind] += 1
+
+
+ALICE = Actor.user("U1")
+
+#: Slack's limits, with a burst of one post so that pacing shows from the second post on.
+STRICT = DeliverySettings(
+    channel_posts=Rate(per_minute=60, burst=1), backoff_base=2.0, backoff_cap=30.0
+)
+
+
 def delivery_for(
-    store: SqlStore, clock: FakeClock, deliverer: Recorder, time: FakeTime, rand: float = 0.5
+    store: SqlStore,
+    clock: FakeClock,
+    deliverer: Deliverer,
+    time: FakeTime,
+    rand: float = 0.5,
+    settings: DeliverySettings = STRICT,
+    metrics: Metrics | None = None,
 ) -> OutboxDelivery:
-    settings = DeliverySettings(channel_interval=1.0, backoff_base=2.0, backoff_cap=30.0)
     return OutboxDelivery(
         store,
         deliverer,
@@ -56,15 +103,21 @@ def delivery_for(
         rand=lambda: rand,
         sleep=time.sleep,
         monotonic=time.monotonic,
+        metrics=metrics,
     )
+
+
+async def cards_in(board: Board, *channels: str) -> None:
+    for channel in channels:
+        await board.create_task(channel, "t", Actor.user("U1"))
 
 
 async def test_posts_in_one_channel_are_kept_a_second_apart_but_channels_do_not_wait_for_each_other(
     board: Board, store: SqlStore, clock: FakeClock
 ) -> None:
-    for channel in ("C1", "C1", "C1", "C2"):
-        await board.create_task(channel, "t", Actor.user("U1"))
-    time, recorder = FakeTime(), Recorder()
+    await cards_in(board, "C1", "C1", "C1", "C2")
+    time = FakeTime()
+    recorder = Recorder(time=time)
     await delivery_for(store, clock, recorder, time).drain()
     assert sorted(time.slept) == [1.0, 1.0]
     assert len(recorder.delivered) == 4
@@ -73,6 +126,19 @@ async def test_posts_in_one_channel_are_kept_a_second_apart_but_channels_do_not_
     async with store.read() as reader:
         cards = [t.card_ts for t in await reader.list_tasks()]
     assert None not in cards
+
+
+async def test_a_quiet_channel_posts_a_burst_at_once_then_a_backlog_at_one_a_second(
+    board: Board, store: SqlStore, clock: FakeClock
+) -> None:
+    await cards_in(board, *["C1"] * 9)
+    time = FakeTime()
+    recorder = Recorder(time=time)
+    settings = DeliverySettings(channel_posts=Rate(per_minute=60, burst=3), lane_capacity=4)
+    await delivery_for(store, clock, recorder, time, settings=settings).drain()
+    # The lane is refilled as it goes (four at a time), so the pace never stalls for a claim.
+    assert recorder.at == [100.0, 100.0, 100.0, 101.0, 102.0, 103.0, 104.0, 105.0, 106.0]
+    assert [r.ref for r in recorder.delivered] == [f"C1#{n}" for n in range(1, 10)]
 
 
 async def test_card_updates_are_not_paced_like_posts(
@@ -92,6 +158,43 @@ async def test_card_updates_are_not_paced_like_posts(
         OutboxKind.CARD_UPDATE,
     ]
     assert time.slept == []
+
+
+async def test_an_agents_post_is_paced_as_a_post(
+    board: Board, registry: AgentRegistry, store: SqlStore, clock: FakeClock, core: Core
+) -> None:
+    await registry.add_agent("coder")
+    task = await board.create_task("C1", "t", Actor.user("U1"))
+    await board.assign_task(task.ref, "coder", "U1")
+    time = FakeTime()
+    recorder = Recorder(time=time)
+    worker = delivery_for(store, clock, recorder, time)
+    await worker.drain()  # card, directive (a second later), card update
+    async with store.read() as reader:
+        assigned = await reader.get_task(task.ref)
+    assert assigned is not None
+    await core.work.post_update(task.ref, "coder", "on it", assigned.lease_epoch)
+    await worker.drain()
+    assert recorder.delivered[-1].kind == OutboxKind.AGENT_POST
+    assert recorder.at[-1] == recorder.at[1] + 1.0  # a second after the directive
+
+
+async def test_card_updates_share_the_workspaces_budget_across_channels(
+    board: Board, store: SqlStore, clock: FakeClock
+) -> None:
+    channels = [f"C{n}" for n in range(1, 5)]
+    await cards_in(board, *channels)
+    time = FakeTime()
+    recorder = Recorder(time=time)
+    settings = DeliverySettings(workspace_updates=Rate(per_minute=30, burst=2))
+    worker = delivery_for(store, clock, recorder, time, settings=settings)
+    await worker.drain()
+    for channel in channels:
+        await board.update_task_status(TaskRef(channel, 1), TaskStatus.IN_PROGRESS, ALICE)
+    await worker.drain()
+    delivered = zip(recorder.delivered, recorder.at, strict=True)
+    updates = [at for row, at in delivered if row.kind == OutboxKind.CARD_UPDATE]
+    assert updates == [100.0, 100.0, 102.0, 104.0]  # a burst of two, then one every 2 s
 
 
 async def test_failures_back_off_exponentially_with_jitter_and_honour_retry_after(
@@ -185,32 +288,158 @@ async def test_a_channel_waiting_out_its_pacing_holds_up_no_other_channel(
     assert all(r.state == OutboxState.DELIVERED for r in rows)
 
 
-async def test_no_more_rows_are_claimed_than_a_batch_while_earlier_ones_wait_their_turn(
+async def test_a_channel_with_a_backlog_holds_only_its_lanes_room_and_others_go_past_it(
     board: Board, store: SqlStore, clock: FakeClock
 ) -> None:
-    for channel in ("C1", "C1", "C1", "C2"):
-        await board.create_task(channel, "t", Actor.user("U1"))
+    await cards_in(board, *["C1"] * 6, "C2", "C3")  # C1's backlog is the oldest
     time, recorder = GatedTime(), Watched()
-    settings = DeliverySettings(channel_interval=1.0, batch_size=2)
-    worker = OutboxDelivery(
-        store, recorder, clock, "w1", settings, sleep=time.sleep, monotonic=time.monotonic
+    settings = DeliverySettings(
+        channel_posts=Rate(per_minute=60, burst=1), batch_size=4, lane_capacity=2
     )
+    worker = delivery_for(store, clock, recorder, time, settings=settings)
     loop = asyncio.create_task(worker.run())
     try:
-        await recorder.until({"C1#1"})
+        await recorder.until({"C1#1", "C2#1", "C3#1"})
         async with asyncio.timeout(10):
-            await time.sleeping.wait()  # C1#2 waits out the pacing: two rows held
-        states = [r.state for r in await store.list_outbox()]
-        # C1#2 waits, and at most one more row is claimed: the batch of two is never exceeded.
-        assert states.count(OutboxState.IN_FLIGHT) <= 2
-        assert states.count(OutboxState.PENDING) >= 1
+            await time.sleeping.wait()  # C1#2 waits out the pacing
+        rows = await store.list_outbox()
+        c1 = [r.state for r in rows if r.ref.startswith("C1#")]
+        # The one waiting, and at most one queued behind it: the lane's room, not the batch's.
+        assert c1.count(OutboxState.IN_FLIGHT) <= 2
+        assert c1.count(OutboxState.PENDING) >= 3
         time.gate.set()
-        await recorder.until({"C1#2", "C1#3", "C2#1"})
+        await recorder.until({f"C1#{n}" for n in range(2, 7)})
         await worker.run_once()
     finally:
         loop.cancel()
         await asyncio.gather(loop, return_exceptions=True)
     assert all(r.state == OutboxState.DELIVERED for r in await store.list_outbox())
+
+
+async def test_a_card_update_waiting_for_the_workspaces_budget_holds_up_no_post(
+    board: Board, store: SqlStore, clock: FakeClock
+) -> None:
+    await cards_in(board, "C1", "C1")
+    time, recorder = GatedTime(), Watched()
+    settings = DeliverySettings(workspace_updates=Rate(per_minute=60, burst=1))
+    worker = delivery_for(store, clock, recorder, time, settings=settings)
+    loop = asyncio.create_task(worker.run())
+    try:
+        await recorder.until({"C1#1", "C1#2"})
+        for n in (1, 2):
+            await board.update_task_status(TaskRef("C1", n), TaskStatus.IN_PROGRESS, ALICE)
+        worker.wake()
+        async with asyncio.timeout(10):
+            await time.sleeping.wait()  # the second card update waits for the budget
+        await cards_in(board, "C1")
+        worker.wake()
+        await recorder.until({"C1#3"})  # posted at once, in the same channel
+        assert recorder.kinds().count(OutboxKind.CARD_UPDATE) == 1
+        time.gate.set()
+        await worker.run_once()
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+    assert recorder.kinds().count(OutboxKind.CARD_UPDATE) == 2
+
+
+async def test_a_rate_limit_pauses_the_whole_channel_for_retry_after_and_no_other(
+    board: Board, store: SqlStore, clock: FakeClock
+) -> None:
+    await cards_in(board, "C1", "C1", "C1", "C2")
+    time = FakeTime()
+    limited = DeliveryFailed("ratelimited", retry_after=5, rate_limited=True)
+    recorder = Recorder([limited], time=time)
+    settings = DeliverySettings(channel_posts=Rate(per_minute=60, burst=3))
+    worker = delivery_for(store, clock, recorder, time, settings=settings)
+    await worker.drain()
+    assert sorted(time.slept) == [1.0, 5.0]  # C1#2 after Retry-After, C1#3 a second later
+    when = {row.ref: at for row, at in zip(recorder.delivered, recorder.at, strict=True)}
+    assert (when["C1#2"], when["C1#3"]) == (105.0, 106.0)
+    [first] = [r for r in await store.list_outbox() if r.ref == "C1#1"]
+    assert (first.state, first.available_at) == (
+        OutboxState.PENDING,
+        clock.now + timedelta(seconds=5),
+    )
+    clock.advance(5)
+    await worker.drain()
+    assert recorder.delivered[-1].ref == "C1#1"
+
+
+async def test_a_rate_limited_card_update_pauses_every_channels_card_updates(
+    board: Board, store: SqlStore, clock: FakeClock
+) -> None:
+    await cards_in(board, "C1", "C2")
+    time = FakeTime()
+    recorder = Recorder(time=time)
+    worker = delivery_for(store, clock, recorder, time, settings=DeliverySettings())
+    await worker.drain()
+    for channel in ("C1", "C2"):
+        await board.update_task_status(TaskRef(channel, 1), TaskStatus.IN_PROGRESS, ALICE)
+    recorder.failures.append(DeliveryFailed("ratelimited", retry_after=8, rate_limited=True))
+    await worker.drain()
+    assert time.slept == [8.0]
+    assert recorder.at[-1] == 108.0
+    assert recorder.kinds().count(OutboxKind.CARD_UPDATE) == 1  # the other waits for its time
+
+
+class Stuck(Watched):
+    """A recorder whose call for one ref never returns (the test stops the worker meanwhile)."""
+
+    def __init__(self, ref: str) -> None:
+        super().__init__()
+        self.ref = ref
+        self.calling = asyncio.Event()
+
+    async def deliver(self, row: OutboxRow) -> Delivered:
+        if row.ref == self.ref:
+            self.calling.set()
+            await asyncio.Event().wait()
+        return await super().deliver(row)
+
+
+async def test_a_stop_hands_back_the_rows_held_at_once_uncertain_only_if_under_way(
+    board: Board, store: SqlStore, clock: FakeClock
+) -> None:
+    await cards_in(board, "C1", "C1", "C1", "C2")
+    time, recorder = GatedTime(), Stuck("C2#1")
+    worker = delivery_for(store, clock, recorder, time)
+    loop = asyncio.create_task(worker.run())
+    await recorder.until({"C1#1"})
+    async with asyncio.timeout(10):
+        await time.sleeping.wait()  # C1#2 waits out the pacing, C1#3 behind it
+        await recorder.calling.wait()  # C2#1's call is under way
+    with capture_logs() as logs:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+    rows = {r.ref: r for r in await store.list_outbox()}
+    assert rows["C1#1"].state == OutboxState.DELIVERED
+    left = [
+        (rows[ref].state, rows[ref].claimed_by, rows[ref].uncertain, rows[ref].attempts)
+        for ref in ("C1#2", "C1#3", "C2#1")
+    ]
+    assert left == [
+        (OutboxState.PENDING, None, False, 0),
+        (OutboxState.PENDING, None, False, 0),
+        (OutboxState.PENDING, None, True, 1),
+    ]
+    [released] = [e for e in logs if e["event"] == "outbox.released"]
+    assert (released["rows"], released["uncertain"]) == (3, [rows["C2#1"].id])
+
+
+async def test_each_row_settled_delivered_is_counted_the_coalesced_ones_too(
+    board: Board, store: SqlStore, clock: FakeClock
+) -> None:
+    await cards_in(board, "C1")
+    metrics, recorder = CountingMetrics(), Recorder()
+    worker = delivery_for(store, clock, recorder, FakeTime(), metrics=metrics)
+    await worker.drain()
+    ref = TaskRef("C1", 1)
+    for status in (TaskStatus.IN_PROGRESS, TaskStatus.IN_REVIEW, TaskStatus.BLOCKED):
+        await board.update_task_status(ref, status, ALICE)
+    await worker.drain()
+    assert recorder.kinds() == [OutboxKind.CARD_POST, OutboxKind.CARD_UPDATE]
+    assert metrics.delivered == {"card_post": 1, "card_update": 3}
 
 
 async def test_a_refusal_for_good_parks_the_row_once_and_its_thread_goes_on(

@@ -9,7 +9,7 @@ import pytest
 from bot.board import Board
 from bot.errors import Superseded
 from bot.outbox import OutboxKind
-from bot.reconcile import FoundProgress, Reconciler
+from bot.reconcile import FoundProgress, Reconciler, SoleReplica
 from bot.registry import AgentRegistry
 from bot.root import Core, Overrides, open_core
 from bot.status import TaskStatus
@@ -184,7 +184,11 @@ async def test_two_replicas_reconciling_at_once_act_exactly_once_per_task(
     clock.advance(TTL_S + 1)
 
     barrier = Barrier(parties=2)
-    overrides = Overrides(clock=clock, new_key=keys, probe=barrier, reconcile_batch=25)
+    # Without the lock across replicas (which would let only one tick), so that the two
+    # replicas really act at once and only the compare-and-set keeps them apart.
+    overrides = Overrides(
+        clock=clock, new_key=keys, probe=barrier, reconcile_batch=25, reconcile_lock=SoleReplica()
+    )
     settings = core_settings(database_url)
     async with open_core(settings, overrides) as one, open_core(settings, overrides) as two:
         replicas = [one.reconciler, two.reconciler]

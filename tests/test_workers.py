@@ -48,7 +48,7 @@ async def assigned_task(board: Board, registry: AgentRegistry) -> None:
 
 async def claim_head_and_wakeup(store: SqlStore, clock: FakeClock, worker: str) -> int:
     """``worker`` claims the thread's head row and the task's wake-up; returns the row id."""
-    [row] = await store.claim_outbox(worker, clock.now, clock.now, limit=10)
+    [row] = await store.claim_outbox(worker, clock.now, limit=10)
     async with store.transaction() as unit:
         [wakeup] = await unit.claim_wakeups(worker, ["coder"], limit=10)
     assert wakeup.reason == WakeReason.DIRECTIVE
@@ -106,7 +106,7 @@ async def test_a_dead_workers_rows_and_wakeups_are_taken_over_by_a_live_one(
 
     # The dead worker cannot settle what it lost, and the rows go to whoever claims next.
     assert not await store.mark_delivered(row_id, "a", {"ts": "1.0"}, clock.now)
-    [again] = await store.claim_outbox("b", clock.now, clock.now, limit=10)
+    [again] = await store.claim_outbox("b", clock.now, limit=10)
     assert (again.id, again.claimed_by, again.uncertain) == (row_id, "b", True)
     async with store.transaction() as unit:
         [wakeup] = await unit.claim_wakeups("b", ["coder"], limit=10)
@@ -190,7 +190,7 @@ async def test_racing_takeovers_reopen_each_claim_once(
     for n in range(12):
         task = await board.create_task("C1", f"task {n}", Actor.user(ALICE))
         await board.assign_task(task.ref, "coder", ALICE)
-    await store.claim_outbox("dead", clock.now, clock.now, limit=100)
+    await store.claim_outbox("dead", clock.now, limit=100)
     async with store.transaction() as unit:
         await unit.claim_wakeups("dead", ["coder"], limit=100)
     engines = [create_engine(database_url) for _ in range(3)]
@@ -242,7 +242,7 @@ async def test_a_late_worker_sends_nothing_it_holds_until_its_heartbeat_lands_ag
     mono = Monotonic()
     a = liveness(core, clock, "a", mono)
     await a.start(beat=False)
-    [row] = await store.claim_outbox("a", clock.now, clock.now, limit=10)
+    [row] = await store.claim_outbox("a", clock.now, limit=10)
     inner = RecordingDeliverer()
     fenced = FencedDeliverer(inner, a)
 

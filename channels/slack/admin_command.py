@@ -307,6 +307,9 @@ async def _reconcile(command: SlashCommand, args: list[str], services: SlackServ
 
 
 def report_text(report: ReconcileReport) -> str:
+    if report.held_elsewhere:
+        return "Reconcile tick: skipped, another replica is running one right now."
+
     def refs(items: list[object]) -> str:
         return ", ".join(f"*{r}*" for r in items) or "none"
 

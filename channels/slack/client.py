@@ -3,10 +3,16 @@
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import aiohttp
+from slack_sdk.http_retry.async_handler import AsyncRetryHandler
+from slack_sdk.http_retry.request import HttpRequest
+from slack_sdk.http_retry.response import HttpResponse
+from slack_sdk.http_retry.state import RetryState
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.metrics import Metrics, NoMetrics
 from bot.settings import Settings
 
 #: How long a successful auth.test counts, so readiness probes do not hammer Slack.
@@ -23,9 +29,38 @@ def missing_settings(settings: Settings, socket_mode: bool) -> list[str]:
     return [name for name, value in needed.items() if value is None or not value.get_secret_value()]
 
 
-def web_client(settings: Settings) -> AsyncWebClient:
-    """The Web API client. No SDK-level retries: the outbox retries durably and knows when a
-    retry could post twice; listeners answer people within Slack's 3 seconds instead.
+class RateLimitCounter(AsyncRetryHandler):
+    """Counts every 429 Slack answers, by API method, and never asks the SDK to retry.
+
+    The SDK shows each response to its retry handlers; this one only looks.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__(max_retry_count=1)  # 0 would keep the SDK from asking it at all
+        self._metrics = metrics
+
+    async def _can_retry_async(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> bool:
+        if response is not None and response.status_code == 429:
+            self._metrics.slack_rate_limited(api_method(request.url))
+        return False
+
+
+def api_method(url: str) -> str:
+    """The Web API method a request URL calls: ``.../api/chat.postMessage`` -> its last part."""
+    return urlsplit(url).path.rstrip("/").rpartition("/")[2] or "unknown"
+
+
+def web_client(settings: Settings, metrics: Metrics | None = None) -> AsyncWebClient:
+    """The Web API client, counting Slack's 429s in ``metrics``. No SDK-level retries: the
+    outbox retries durably and knows when a retry could post twice; listeners answer people
+    within Slack's 3 seconds instead.
 
     Whoever builds it closes it with ``close_client``.
     """
@@ -34,7 +69,7 @@ def web_client(settings: Settings) -> AsyncWebClient:
         token=settings.slack_bot_token.get_secret_value(),
         base_url=settings.slack_api_url,
         timeout=10,
-        retry_handlers=[],
+        retry_handlers=[RateLimitCounter(metrics or NoMetrics())],
         # One pooled session: without it every call opens (and TLS-handshakes) a connection.
         session=aiohttp.ClientSession(),
     )

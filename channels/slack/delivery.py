@@ -10,7 +10,7 @@ is archived, the blocks are invalid ...) parks the row as dead, for an admin to 
 message Slack finds too long is sent once more, shortened, with a pointer to ``/task show``.
 """
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,12 +21,14 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.agents import Agent
 from bot.board import Board
+from bot.budget import Budget, Unmetered
 from bot.clock import Clock
 from bot.delivery import Delivered, DeliveryFailed, Retry
 from bot.outbox import OutboxKind, OutboxRow
 from bot.queries import TaskQueries
 from bot.task import LeasePolicy, Task, TaskRef, ThreadMessage
 from channels.slack import render
+from channels.slack.history import HistoryPages, HistorySpent, Message, Page, Window
 from channels.slack.parsing import error_code
 
 logger = structlog.get_logger(__name__)
@@ -39,6 +41,8 @@ EVENT_TYPES = {
 }
 #: How far before a row's creation to search the thread when looking for an earlier post.
 LOOKBACK = timedelta(minutes=5)
+#: Searches for earlier posts left unfinished (budget spent) that are kept to resume.
+KEEP_LOOKUPS = 1000
 #: How much of a text a shortened retry keeps, and of a card's title and description.
 SHORTENED_TEXT = 3000
 SHORTENED_TITLE = 150
@@ -49,16 +53,36 @@ def slack_ts(at: datetime) -> str:
     return f"{at.timestamp():.6f}"
 
 
+@dataclass
+class Lookup:
+    """A search for an uncertain row's earlier post that the history budget cut short."""
+
+    #: The row's attempt count when it resumes: another worker's attempt meanwhile (which may
+    #: have posted it again) makes the search start over.
+    attempt: int
+    window: Window
+
+
 class SlackDeliverer:
-    """Renders one outbox row from current state and performs it against the Web API."""
+    """Renders one outbox row from current state and performs it against the Web API.
+
+    ``budget`` paces the thread reads that look for an uncertain row's earlier post (None:
+    unmetered, for a deliverer built by hand in a test)."""
 
     def __init__(
-        self, client: AsyncWebClient, queries: TaskQueries, board: Board, clock: Clock
+        self,
+        client: AsyncWebClient,
+        queries: TaskQueries,
+        board: Board,
+        clock: Clock,
+        budget: Budget | None = None,
     ) -> None:
         self._client = client
         self._queries = queries
         self._board = board
         self._clock = clock
+        self._pages = HistoryPages(client, budget or Unmetered())
+        self._lookups: dict[int, Lookup] = {}
 
     async def deliver(self, row: OutboxRow) -> Delivered:
         """Performs ``row``; Slack's failures come out as DeliveryFailed saying how to retry."""
@@ -171,35 +195,51 @@ class SlackDeliverer:
         return str(response["ts"])
 
     async def _find_posted(self, task: Task, row: OutboxRow) -> str | None:
-        """The ts of an earlier post of ``row`` (found by its key in metadata), if any."""
-        oldest = slack_ts(row.created_at - LOOKBACK)
-        cursor: str | None = None
-        for _ in range(10):
-            if task.thread_ts:
-                response = await self._client.conversations_replies(
-                    channel=task.channel_id,
-                    ts=task.thread_ts,
-                    oldest=oldest,
-                    include_all_metadata=True,
-                    limit=200,
-                    cursor=cursor,
-                )
-            else:
-                response = await self._client.conversations_history(
-                    channel=task.channel_id,
-                    oldest=oldest,
-                    include_all_metadata=True,
-                    limit=200,
-                    cursor=cursor,
-                )
-            for message in response.get("messages") or []:
-                payload = (message.get("metadata") or {}).get("event_payload") or {}
-                if payload.get("outbox_key") == row.key:
+        """The ts of an earlier post of ``row`` (found by its key in metadata), if any.
+
+        Every page read takes a token of the history budget. With none left the row waits,
+        still uncertain (DeliveryFailed, later), and the search resumes where it stopped at
+        the row's next attempt: it never answers "not posted" before reading to the end.
+        """
+        lookup = self._lookups.pop(row.id, None)
+        window = (
+            lookup.window
+            if lookup is not None and lookup.attempt == row.attempts
+            else Window(slack_ts(row.created_at - LOOKBACK))
+        )
+        try:
+            return await self._search(task, row, window)
+        except HistorySpent as spent:
+            if len(self._lookups) >= KEEP_LOOKUPS:
+                self._lookups.pop(next(iter(self._lookups)))
+            self._lookups[row.id] = Lookup(row.attempts + 1, window)
+            raise DeliveryFailed(
+                spent.reason, retry_after=spent.retry_after, uncertain=True
+            ) from spent
+
+    async def _search(self, task: Task, row: OutboxRow, window: Window) -> str | None:
+        """Reads the thread (or, for a card, the channel) page by page through ``window``,
+        moving it as it goes, until the row's key turns up or nothing more is there."""
+        while True:
+            page = await self._page(task, window)
+            for message in page.messages:
+                if _outbox_key(message) == row.key:
                     return str(message["ts"])
-            cursor = (response.get("response_metadata") or {}).get("next_cursor") or None
-            if not cursor:
+            if not page.has_more:
                 return None
-        return None
+            moved = window.after_replies(page) if task.thread_ts else window.after_history(page)
+            if not moved:  # Slack says there is more but showed nothing new: ask again later
+                raise DeliveryFailed("lookup_incomplete", uncertain=True)
+
+    async def _page(self, task: Task, window: Window) -> Page:
+        if task.thread_ts:
+            return await self._pages.replies(task.channel_id, task.thread_ts, window, metadata=True)
+        return await self._pages.history(task.channel_id, window, metadata=True)
+
+
+def _outbox_key(message: Message) -> object:
+    payload = (message.get("metadata") or {}).get("event_payload") or {}
+    return payload.get("outbox_key")
 
 
 #: Errors Slack gives for this row every time, from its method references (chat.postMessage,
@@ -268,7 +308,7 @@ def _classify(exc: SlackApiError) -> DeliveryFailed:
         retry_after = float(
             exc.response.headers.get("Retry-After", exc.response.headers.get("retry-after", 1))
         )
-        return DeliveryFailed("ratelimited", retry_after=retry_after)
+        return DeliveryFailed("ratelimited", retry_after=retry_after, rate_limited=True)
     if status == 413 or error in TOO_LONG_ERRORS:
         return DeliveryFailed(error, retry=Retry.SHORTENED)
     if error in PERMANENT_ERRORS:

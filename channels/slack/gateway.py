@@ -22,6 +22,7 @@ from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.response import BoltResponse
 
 from bot.clock import Clock
+from bot.metrics import Metrics, NoMetrics
 from bot.ports import InboundEventIds
 from channels.slack.payloads import payload_problem
 
@@ -109,6 +110,7 @@ class SlackGateway:
     event_ids: InboundEventIds
     clock: Clock
     signature: SlackSignature | None = None
+    metrics: Metrics = field(default_factory=NoMetrics)
 
     async def handle_http(self, raw: bytes, query: str, headers: Mapping[str, str]) -> BoltResponse:
         """An Events API, slash command or interactivity request over HTTP.
@@ -146,7 +148,10 @@ class SlackGateway:
             return _error(400, f"malformed Slack payload: {problem}")
         event_id = _event_id(body)
         once = event_id or _replay_key(body, signature)
-        if once and not await self.event_ids.remember_inbound_event(once, self.clock()):
+        fresh = not once or await self.event_ids.remember_inbound_event(once, self.clock())
+        if "event_id" in body:
+            self.metrics.event_received(duplicate=not fresh)
+        if not fresh:
             if event_id:
                 logger.info("slack.redelivery_ignored", event_id=event_id)
             else:

@@ -36,7 +36,9 @@ ADMIN = "UADMIN01"
 ALICE = "UALICE01"
 AGENT_USER = "UCODER01"
 CHANNEL = "C1"
-FAST = DeliverySettings(channel_interval=0, backoff_base=1, backoff_cap=4, idle_poll=0.05)
+FAST = DeliverySettings(
+    channel_posts=None, workspace_updates=None, backoff_base=1, backoff_cap=4, idle_poll=0.05
+)
 
 
 def signed(body: str, timestamp: int | None = None, secret: str = SECRET) -> dict[str, str]:

@@ -12,7 +12,7 @@ import json
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -61,12 +61,15 @@ class SlackStandIn:
     failures: dict[str, deque[Failure]] = field(default_factory=dict)
     #: The longest message text chat.postMessage and chat.update accept (None: any).
     max_text: int | None = None
+    #: The most messages conversations.replies/history return per call, whatever ``limit``
+    #: asks (Slack gives apps distributed outside the Marketplace 15); None: ``limit`` alone.
+    page_limit: int | None = None
     #: Seconds every answer is held back after the call took effect (a slow Slack: a process
     #: killed meanwhile cannot know whether its call landed).
     delay: float = 0.0
     #: Time as the service sees it, so message ts line up with leases (a FakeClock in tests).
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
-    _last_ts: float = 0.0
+    _last_us: int = 0
     socket: web.WebSocketResponse | None = None
     socket_connected: asyncio.Event = field(default_factory=asyncio.Event)
     socket_acks: "asyncio.Queue[dict[str, Any]]" = field(default_factory=asyncio.Queue)
@@ -104,8 +107,10 @@ class SlackStandIn:
 
     def next_ts(self) -> str:
         """A message ts at the clock's time, strictly increasing like Slack's."""
-        self._last_ts = max(self.clock().timestamp(), self._last_ts + 0.000001)
-        return f"{self._last_ts:.6f}"
+        # In whole microseconds: float steps of 1e-6 at 1.7e9 s round two ts into one.
+        now_us = (self.clock() - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+        self._last_us = max(now_us, self._last_us + 1)
+        return f"{self._last_us // 1_000_000}.{self._last_us % 1_000_000:06d}"
 
     def add_message(
         self,
@@ -259,23 +264,34 @@ class SlackStandIn:
         return {"ok": True, "message_ts": self.next_ts()}
 
     def _conversations_replies(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The thread's first message, then its replies in (oldest, latest), oldest first."""
         root, oldest = args["ts"], float(args.get("oldest", 0))
+        latest = float(args.get("latest") or "inf")
         thread = [
             m
             for m in self.messages
             if m["channel"] == args["channel"] and (m["ts"] == root or m.get("thread_ts") == root)
         ]
-        found = [m for m in thread if m["ts"] == root or float(m["ts"]) > oldest]
-        return {"ok": True, "messages": self._shown(found, args), "has_more": False}
+        found = [m for m in thread if m["ts"] == root or oldest < float(m["ts"]) < latest]
+        return self._page(found, args)
 
     def _conversations_history(self, args: dict[str, Any]) -> dict[str, Any]:
-        oldest = float(args.get("oldest", 0))
+        """The channel's top-level messages in (oldest, latest), newest first."""
+        oldest, latest = float(args.get("oldest", 0)), float(args.get("latest") or "inf")
         top = [
             m
             for m in self.messages
-            if m["channel"] == args["channel"] and "thread_ts" not in m and float(m["ts"]) > oldest
+            if m["channel"] == args["channel"]
+            and "thread_ts" not in m
+            and oldest < float(m["ts"]) < latest
         ]
-        return {"ok": True, "messages": self._shown(list(reversed(top)), args), "has_more": False}
+        return self._page(list(reversed(top)), args)
+
+    def _page(self, found: list[dict[str, Any]], args: dict[str, Any]) -> dict[str, Any]:
+        """At most ``limit`` (and ``page_limit``) of ``found``, saying whether more are left."""
+        size = min(int(args.get("limit") or 100), self.page_limit or 1000)
+        page = found[:size]
+        return {"ok": True, "messages": self._shown(page, args), "has_more": len(found) > size}
 
     def _shown(self, messages: list[dict[str, Any]], args: dict[str, Any]) -> list[dict[str, Any]]:
         with_metadata = str(args.get("include_all_metadata", "")).lower() in ("1", "true")
