@@ -194,6 +194,18 @@ class OutboxDelivery:
             await self._settle()
             await self._release()
 
+    async def abandon(self) -> None:
+        """This worker was presumed dead and its rows taken over: stops sending what it still
+        holds (no longer its own, and settling it would fail anyway), then claims afresh."""
+        lanes = list(self._lanes.values())
+        for task in lanes:
+            task.cancel()
+        await self._settle()
+        self._unsettled.clear()
+        if lanes:
+            logger.warning("outbox.abandoned", lanes=len(lanes))
+        self.wake()
+
     async def run_once(self) -> int:
         """Claims one batch and waits until it is delivered; returns rows attempted."""
         claimed = await self._claim(self._room())

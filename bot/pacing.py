@@ -6,6 +6,7 @@ channel and a channel's rows are delivered by one worker at a time, so nothing i
 transaction per call. The time comes from the injected ``monotonic`` and ``sleep``.
 """
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 from bot.budget import Rate
@@ -30,11 +31,14 @@ class Pace:
         self._tokens = rate.burst
         #: When ``_tokens`` was counted; in the future while paused.
         self._at = monotonic()
+        self._turn = asyncio.Lock()
 
     async def take(self) -> None:
-        """Waits until a whole token is there, and takes it."""
-        while (wait := self.wait()) > 0:
-            await self._sleep(wait)
+        """Waits until a whole token is there, and takes it; callers take turns in the order
+        they came (the workspace's bucket is shared by every channel)."""
+        async with self._turn:
+            while (wait := self.wait()) > 0:
+                await self._sleep(wait)
 
     def wait(self) -> float:
         """0.0 when a token was taken; else the seconds until one is due (nothing is taken)."""

@@ -377,6 +377,8 @@ async def open_service(
         stack.push_async_callback(models.close)
         stack.push_async_callback(runner.close)
         liveness.when_lost(runner.abandon)
+        if slack is not None:
+            liveness.when_lost(slack.delivery.abandon)
         await liveness.start(beat=overrides.run_loops)
         scheduler = build_scheduler(
             core.reconciler,
