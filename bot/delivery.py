@@ -303,7 +303,9 @@ class OutboxDelivery:
                     logger.exception("outbox.record_failed", outbox_id=row.id)
                 finally:
                     self._let_go(lane)
-                if crowded or not followed:
+                if crowded or not followed or row.kind == OutboxKind.CARD_POST:
+                    # Room again, or the thread's next rows may be claimable now (after its
+                    # card, both its first post and its first card update).
                     self.wake()  # room again, or the thread's next row may be claimable now
         finally:
             self._forget(lane, asyncio.current_task())

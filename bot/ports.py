@@ -344,6 +344,10 @@ class WorkerWrites(Protocol):
         no live worker holds."""
         ...
 
+    async def oldest_heartbeat(self, me: str) -> datetime | None:
+        """The oldest heartbeat among the workers other than ``me``."""
+        ...
+
     async def count_live_workers(self, cutoff: datetime) -> int: ...
 
 
@@ -399,7 +403,9 @@ class OutboxQueue(Protocol):
         per_lane: int | None = None,
         held: Mapping[tuple[str, bool], int] | None = None,
     ) -> list[OutboxRow]:
-        """Claims the head row of up to ``limit`` threads; never two rows of one thread.
+        """Claims up to ``limit`` rows, each at the head of its thread's sequence: a thread's
+        card comes first, then its posts and its card updates each go in order, neither
+        waiting for the other. Never two rows of one sequence at once.
 
         A lane is ``(channel_id, updates)``: a channel's new posts, or its card updates. No
         lane ends up holding more than ``per_lane`` rows, counting those ``held`` already. A

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import structlog
 
@@ -30,6 +30,8 @@ logger = structlog.get_logger(__name__)
 
 #: Beats per worker timeout: a worker misses several beats before it is presumed dead.
 BEATS_PER_TIMEOUT = 5
+#: How long after another worker's heartbeat lapses the takeover looks (clock granularity).
+LAPSE_MARGIN_S = 0.05
 
 
 class Liveness:
@@ -53,6 +55,8 @@ class Liveness:
         self._monotonic = monotonic
         self._beat_at: float | None = None
         self._loop: asyncio.Task[None] | None = None
+        #: When the stalest other worker's heartbeat passes the timeout, if it stays silent.
+        self._next_lapse: datetime | None = None
 
     def when_lost(self, callback: Callable[[], Awaitable[None]]) -> None:
         """Calls ``callback`` when this worker finds it was presumed dead (its claims were
@@ -97,11 +101,14 @@ class Liveness:
         await self.take_over()
 
     async def take_over(self) -> Released:
-        """Reopens the claims of workers whose heartbeat is older than the timeout."""
-        cutoff = self._clock() - self._timeout
+        """Reopens the claims of workers whose heartbeat is older than the timeout, and notes
+        when the next one may lapse (the beat loop wakes then, not a beat later)."""
+        now = self._clock()
         async with self._store.transaction() as unit:
-            dead, released = await unit.take_over_dead_workers(cutoff, self.worker)
+            dead, released = await unit.take_over_dead_workers(now - self._timeout, self.worker)
+            oldest = await unit.oldest_heartbeat(self.worker)
         self._notify(frozenset(unit.queued))
+        self._next_lapse = None if oldest is None else oldest + self._timeout
         if dead or released:
             logger.warning(
                 "worker.takeover",
@@ -129,9 +136,17 @@ class Liveness:
         )
         return released
 
+    def next_wait(self) -> float:
+        """Seconds until the next beat: the interval, or less when another worker's heartbeat
+        lapses sooner, so its claims are taken over the moment it is presumed dead."""
+        if self._next_lapse is None:
+            return self.interval
+        lapse = (self._next_lapse - self._clock()).total_seconds() + LAPSE_MARGIN_S
+        return max(LAPSE_MARGIN_S, min(self.interval, lapse))
+
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self.interval)
+            await asyncio.sleep(self.next_wait())
             try:
                 await self.beat()
             except Exception:

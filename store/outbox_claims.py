@@ -1,6 +1,8 @@
 """Claiming outbox rows: the head of each thread, no lane past its room, card updates coalesced.
 
-A lane is a channel's new posts, or its card updates: delivery paces each on its own budget, so
+A thread's rows go out in order, except that its card updates and its posts are two sequences
+that do not wait for each other (both wait for the card itself). A lane is a channel's new
+posts, or its card updates: delivery paces each on its own budget, so
 the claim keeps each lane's share of what a worker holds bounded, and a channel with a backlog
 leaves the rest of the claim to the others. The statements are built once, with bound
 parameters, so a claim costs its execution only; each reads the open rows' partial index.
@@ -40,7 +42,8 @@ async def claim_outbox(
     per_lane: int | None = None,
     held: Mapping[LaneKey, int] | None = None,
 ) -> list[OutboxRow]:
-    """Claims up to ``limit`` rows, each the oldest open row of its task's thread, oldest first.
+    """Claims up to ``limit`` rows, each the oldest open row of its sequence in its task's
+    thread (the card, then its posts and its card updates, see ``_holds_up``), oldest first.
 
     A row is claimable when it is due and pending. A row stays in flight for as long as its
     worker is alive; the takeover (``store.workers``) reopens the rows of a worker presumed dead
@@ -77,6 +80,19 @@ def _is_card_update(table: FromClause) -> ColumnElement[bool]:
     return table.c.kind == literal_column(f"'{OutboxKind.CARD_UPDATE.value}'")
 
 
+def _is_card_post(table: FromClause) -> ColumnElement[bool]:
+    return table.c.kind == literal_column(f"'{OutboxKind.CARD_POST.value}'")
+
+
+def _holds_up(earlier: FromClause, row: FromClause) -> ColumnElement[bool]:
+    """Whether an open ``earlier`` row of a thread holds up ``row``: the card post holds up
+    everything; otherwise a thread is two sequences, its posts and its card updates, each in
+    order, neither waiting for the other (a card update renders the task's state when it is
+    sent, so a post never needs to wait for one, nor one for a post)."""
+    earlier_update, row_update = _is_card_update(earlier), _is_card_update(row)
+    return _is_card_post(earlier) | (earlier_update & row_update) | (~earlier_update & ~row_update)
+
+
 def _claim_candidates() -> Select[Any]:
     """The claimable rows, ranked within their lane, at most ``per_lane`` of each, oldest first,
     each saying whether it is a card update with later ones of its card to settle. Rows of the
@@ -92,6 +108,7 @@ def _claim_candidates() -> Select[Any]:
             earlier.c.task_id == outbox.c.task_id,
             earlier.c.id < outbox.c.id,
             is_open(earlier),
+            _holds_up(earlier, outbox),
         )
         .exists()
     )
@@ -198,8 +215,10 @@ def _later_updates() -> Any:
 
 
 def _next_in_thread() -> Select[Any]:
-    """The first open row of task ``of_task`` after row ``after``: its thread's head once that
-    row is settled (the rows before it are settled already, as it was the head)."""
+    """The first open row of task ``of_task`` after row ``after`` that ``after`` held up: the
+    head of its sequence once that row is settled (the rows before it that could hold it up
+    are settled already, as ``after`` was claimable)."""
+    settled = outbox.alias("settled")
     return (
         select(
             outbox.c.id,
@@ -214,6 +233,9 @@ def _next_in_thread() -> Select[Any]:
             outbox.c.task_id == bindparam("of_task"),
             outbox.c.id > bindparam("after"),
             is_open(outbox),
+            select(settled.c.id)
+            .where(settled.c.id == bindparam("after"), _holds_up(settled, outbox))
+            .exists(),
         )
         .order_by(outbox.c.id)
         .limit(1)

@@ -7,7 +7,7 @@ was never registered (a process from before workers existed), and forgets dead w
 
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, delete, select, text, true, update
+from sqlalchemy import ColumnElement, delete, func, select, text, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.claims import Released
@@ -66,6 +66,12 @@ class WorkerWrites:
             outbox.c.claimed_by.not_in(live), agent_wakeups.c.claimed_by.not_in(live)
         )
         return dead, released
+
+    async def oldest_heartbeat(self, me: str) -> datetime | None:
+        """The oldest heartbeat of the other workers: the first that may lapse."""
+        query = select(func.min(workers.c.heartbeat_at)).where(workers.c.id != me)
+        oldest: datetime | None = (await self._db.execute(query)).scalar_one_or_none()
+        return oldest
 
     async def count_live_workers(self, cutoff: datetime) -> int:
         query = select(workers.c.id).where(_alive(cutoff))

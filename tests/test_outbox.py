@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot.board import Board
 from bot.outbox import OutboxKind, OutboxRow, OutboxState
 from bot.registry import AgentRegistry
+from bot.root import Core
 from bot.signal import Queued
 from bot.status import TaskStatus
 from bot.task import Actor, EventKind, NewEvent, TaskRef
@@ -57,7 +58,34 @@ async def test_a_worker_gets_only_the_head_row_of_each_thread_in_order(
 
     assert await store.mark_delivered(first[0].id, "w1", {"ts": "1.0"}, clock.now)
     second = await store.claim_outbox("w2", clock.now, limit=10)
-    assert [(r.task_id, r.kind) for r in second] == [(1, OutboxKind.DIRECTIVE)]
+    # After its card, a thread is two sequences: its posts, and its card updates.
+    assert [(r.task_id, r.kind) for r in second] == [
+        (1, OutboxKind.DIRECTIVE),
+        (1, OutboxKind.CARD_UPDATE),
+    ]
+
+
+async def test_a_post_never_waits_for_a_card_update_of_its_thread_nor_one_for_a_post(
+    core: Core, board: Board, registry: AgentRegistry, store: SqlStore, clock: FakeClock
+) -> None:
+    """Card updates are paced for the whole workspace; a thread's posts go past them."""
+    await seed(board, registry, tasks=1)
+    [card] = await store.claim_outbox("w1", clock.now, limit=10)
+    assert await store.mark_delivered(card.id, "w1", {"ts": "1.0"}, clock.now)
+    directive, update = await store.claim_outbox("w1", clock.now, limit=10)
+    assert (directive.kind, update.kind) == (OutboxKind.DIRECTIVE, OutboxKind.CARD_UPDATE)
+    ref = TaskRef.parse(card.ref)
+    # While both are in flight: a status change (a card update), then the agent's post.
+    await board.update_task_status(ref, TaskStatus.IN_PROGRESS, Actor.agent("coder"))
+    await core.work.post_update(ref, "coder", "on it")
+    assert await store.claim_outbox("w1", clock.now, limit=10) == []
+
+    assert await store.mark_delivered(directive.id, "w1", {"ts": "2.0"}, clock.now)
+    [post] = await store.claim_outbox("w1", clock.now, limit=10)
+    assert post.kind == OutboxKind.AGENT_POST, "past the card update still in flight"
+    assert await store.mark_delivered(update.id, "w1", {"ts": "1.0"}, clock.now)
+    [second_update] = await store.claim_outbox("w1", clock.now, limit=10)
+    assert second_update.kind == OutboxKind.CARD_UPDATE, "past the post still in flight"
 
 
 async def test_a_row_released_for_retry_waits_for_its_time_and_keeps_the_thread_order(
@@ -101,7 +129,7 @@ async def test_concurrent_workers_never_claim_two_rows_of_one_thread_or_one_row_
 ) -> None:
     await seed(board, registry, tasks=20)
     engines = [create_engine(database_url) for _ in range(4)]
-    delivered: list[tuple[str, int, int]] = []
+    delivered: list[tuple[str, int, int, OutboxKind]] = []
 
     async def work(name: str, worker_store: SqlStore) -> None:
         while True:
@@ -109,7 +137,7 @@ async def test_concurrent_workers_never_claim_two_rows_of_one_thread_or_one_row_
             if not rows:
                 return
             for row in rows:
-                delivered.append((name, row.task_id, row.id))
+                delivered.append((name, row.task_id, row.id, row.kind))
                 assert await worker_store.mark_delivered(row.id, name, {"ok": True}, clock.now)
 
     try:
@@ -119,11 +147,14 @@ async def test_concurrent_workers_never_claim_two_rows_of_one_thread_or_one_row_
         for engine in engines:
             await engine.dispose()
 
-    ids = [row_id for _, _, row_id in delivered]
+    ids = [row_id for _, _, row_id, _ in delivered]
     assert len(ids) == len(set(ids)) == 60
     for task_id in range(1, 21):
-        per_thread = [row_id for _, t, row_id in delivered if t == task_id]
-        assert per_thread == sorted(per_thread)
+        thread = [(row_id, kind) for _, t, row_id, kind in delivered if t == task_id]
+        assert thread[0][1] == OutboxKind.CARD_POST  # the card before anything in its thread
+        for updates in (True, False):  # then its posts in order, and its card updates in order
+            sequence = [i for i, kind in thread[1:] if (kind == OutboxKind.CARD_UPDATE) == updates]
+            assert sequence == sorted(sequence)
     assert all(r.state == OutboxState.DELIVERED for r in await store.list_outbox())
 
 
@@ -169,16 +200,17 @@ async def kill(store: SqlStore, row: OutboxRow, worker: str, at: datetime) -> No
 
 
 async def test_a_dead_row_no_longer_holds_up_the_later_rows_of_its_thread(
-    board: Board, registry: AgentRegistry, store: SqlStore, clock: FakeClock
+    core: Core, board: Board, registry: AgentRegistry, store: SqlStore, clock: FakeClock
 ) -> None:
     await seed(board, registry, tasks=1)
+    await core.work.post_update(TaskRef("C1", 1), "coder", "on it")  # a post after the update
     [card] = await store.claim_outbox("w1", clock.now, limit=10)
     assert await store.mark_delivered(card.id, "w1", {"ts": "1.0"}, clock.now, card=(1, "1.0"))
-    [directive] = await store.claim_outbox("w1", clock.now, limit=10)
+    directive, _update = await store.claim_outbox("w1", clock.now, limit=10)
     await kill(store, directive, "w1", clock.now)
 
-    [update] = await store.claim_outbox("w1", clock.now, limit=10)
-    assert (update.kind, update.task_id) == (OutboxKind.CARD_UPDATE, 1)
+    [post] = await store.claim_outbox("w1", clock.now, limit=10)
+    assert (post.kind, post.task_id) == (OutboxKind.AGENT_POST, 1)
     rows = {r.id: r for r in await store.list_outbox()}
     assert (rows[directive.id].state, rows[directive.id].last_error) == (
         OutboxState.DEAD,
@@ -390,17 +422,15 @@ async def test_claiming_a_card_update_settles_the_later_ones_of_its_card_into_it
     assert (own.task_id, own.kind, own.coalesced) == (1, OutboxKind.CARD_UPDATE, ())
 
 
-async def test_a_card_update_behind_an_open_post_of_its_thread_is_not_claimed_or_coalesced(
+async def test_a_card_update_goes_past_an_open_post_of_its_thread_and_coalesces_the_later_ones(
     board: Board, registry: AgentRegistry, store: SqlStore, clock: FakeClock
 ) -> None:
     await seed(board, registry, tasks=1)  # card post, directive, card update
     [card] = await store.claim_outbox("w1", clock.now, limit=10)
     await status_changes(board, TaskRef("C1", 1), [TaskStatus.IN_PROGRESS])
     assert await store.mark_delivered(card.id, "w1", {"ts": "1.0"}, clock.now, card=(1, "1.0"))
-    [directive] = await store.claim_outbox("w1", clock.now, limit=10)
+    directive, update = await store.claim_outbox("w1", clock.now, limit=10)
     assert directive.kind == OutboxKind.DIRECTIVE
-    assert await store.mark_delivered(directive.id, "w1", {"ts": "2.0"}, clock.now)
-    [update] = await store.claim_outbox("w1", clock.now, limit=10)
     assert (update.kind, len(update.coalesced)) == (OutboxKind.CARD_UPDATE, 1)
 
 
@@ -475,8 +505,9 @@ async def test_recording_a_delivery_claims_the_threads_next_row_in_the_same_tran
     recorded = await store.mark_delivered_and_claim_next(
         directive.id, "w1", {"ts": "2.0"}, clock.now, None, 4, held
     )
-    update = recorded.next_row
-    assert update is not None
+    # The directive held up no card update: those were claimable since the card went out.
+    assert (recorded.settled, recorded.next_row) == (True, None)
+    [update] = await store.claim_outbox("w1", clock.now, limit=10)
     assert (update.kind, len(update.coalesced)) == (OutboxKind.CARD_UPDATE, 1)
     recorded = await store.mark_delivered_and_claim_next(
         update.id, "w1", {"ts": "1.0"}, clock.now, None, 4, {}
@@ -486,24 +517,25 @@ async def test_recording_a_delivery_claims_the_threads_next_row_in_the_same_tran
 
 
 async def test_a_threads_next_row_is_left_for_a_claim_when_its_lane_is_full_or_it_is_not_due(
-    board: Board, registry: AgentRegistry, store: SqlStore, clock: FakeClock
+    core: Core, board: Board, registry: AgentRegistry, store: SqlStore, clock: FakeClock
 ) -> None:
     await seed(board, registry, tasks=1)
+    await core.work.post_update(TaskRef("C1", 1), "coder", "on it")  # written at clock.now
     [card] = await store.claim_outbox("w1", clock.now, limit=10)
     full = {("C1", False): 4}
     recorded = await store.mark_delivered_and_claim_next(
         card.id, "w1", {"ts": "1.0"}, clock.now, (1, "1.0"), 4, full
     )
     assert (recorded.settled, recorded.next_row) == (True, None)
-    [directive] = await store.claim_outbox("w1", clock.now, limit=10)
-    assert directive.kind == OutboxKind.DIRECTIVE
-    earlier = clock.now - timedelta(seconds=1)  # the card update was written at clock.now
+    directive, update = await store.claim_outbox("w1", clock.now, limit=10)
+    assert (directive.kind, update.kind) == (OutboxKind.DIRECTIVE, OutboxKind.CARD_UPDATE)
+    earlier = clock.now - timedelta(seconds=1)
     recorded = await store.mark_delivered_and_claim_next(
         directive.id, "w1", {"ts": "2.0"}, earlier, None, 4, {}
     )
     assert (recorded.settled, recorded.next_row) == (True, None)
-    [update] = await store.claim_outbox("w1", clock.now, limit=10)
-    assert update.kind == OutboxKind.CARD_UPDATE
+    [post] = await store.claim_outbox("w1", clock.now, limit=10)
+    assert post.kind == OutboxKind.AGENT_POST
 
 
 async def test_a_lost_claim_records_nothing_and_claims_nothing(

@@ -254,3 +254,22 @@ async def test_a_late_worker_sends_nothing_it_holds_until_its_heartbeat_lands_ag
     await a.beat()
     assert await fenced.deliver(row) == Delivered(ts=f"{row.id}.0")
     assert inner.sent == [row.id]
+
+
+async def test_the_beat_after_a_silent_worker_lapses_comes_at_its_lapse_not_a_beat_later(
+    core: Core, clock: FakeClock
+) -> None:
+    a, b = liveness(core, clock, "a"), liveness(core, clock, "b")
+    await a.start(beat=False)
+    assert a.next_wait() == a.interval, "alone: just the interval"
+    clock.advance(1)
+    await b.start(beat=False)
+    await a.take_over()
+    assert a.next_wait() == a.interval
+    clock.advance(TIMEOUT.total_seconds() - 2)  # "b" silent since; lapses in 2 s
+    await a.beat()
+    assert a.next_wait() == pytest.approx(2.05), "sooner than the 3 s interval"
+    clock.advance(2.05)
+    await a.beat()
+    async with core.store.transaction() as unit:
+        assert await unit.count_live_workers(clock.now - TIMEOUT) == 1
