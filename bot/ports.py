@@ -348,8 +348,6 @@ class WorkerWrites(Protocol):
         """The oldest heartbeat among the workers other than ``me``."""
         ...
 
-    async def count_live_workers(self, cutoff: datetime) -> int: ...
-
 
 class WorkWrites(Protocol):
     """What agents produce on tasks: artifacts and token usage."""

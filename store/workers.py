@@ -73,10 +73,6 @@ class WorkerWrites:
         oldest: datetime | None = (await self._db.execute(query)).scalar_one_or_none()
         return oldest
 
-    async def count_live_workers(self, cutoff: datetime) -> int:
-        query = select(workers.c.id).where(_alive(cutoff))
-        return len(list((await self._db.execute(query)).scalars()))
-
     async def _reopen(
         self, outbox_held: ColumnElement[bool], wakeup_held: ColumnElement[bool]
     ) -> Released:

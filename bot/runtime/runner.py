@@ -33,6 +33,9 @@ from bot.work import Wakeup
 
 logger = structlog.get_logger(__name__)
 
+#: How long cancelled runs get to end, at a shutdown or when this worker lost its claims.
+CANCEL_WAIT_S = 5.0
+
 
 class ThreadStatus(Protocol):
     """Shows (or clears, with "") a working indicator in the task's thread."""
@@ -241,6 +244,11 @@ class AgentRunner:
         handles = list(self._runs.values())
         for handle in handles:
             handle.task.cancel()
-        await asyncio.gather(*(h.task for h in handles), return_exceptions=True)
+        if handles:
+            # Bounded: a run that swallows its cancellation must not hold up a shutdown (its
+            # wake-up is handed back all the same, and the supervisor cancels it again).
+            _, stuck = await asyncio.wait([h.task for h in handles], timeout=CANCEL_WAIT_S)
+            if stuck:
+                logger.warning("runner.cancel_timed_out", runs=len(stuck))
         self._runs.clear()
         return handles

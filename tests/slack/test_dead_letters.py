@@ -30,12 +30,13 @@ def directives(service: Harness) -> list[dict[str, object]]:
 @pytest.fixture
 async def dead(service: Harness) -> OutboxRow:
     """Task 1, its card delivered, its directive refused by Slack for good (the bot was not
-    in the channel), and a card update that nothing has delivered yet."""
+    in the channel), and a card update still waiting (Slack failed it once; it backs off)."""
     await service.command("new Needs the bot")
     await service.deliver()
     service.standin.fail("chat.postMessage", error="not_in_channel")
+    service.standin.fail("chat.update", status=500)
     await service.command("assign 1 coder")
-    await service.slack.delivery.run_once()  # the directive only; the card update waits
+    await service.slack.delivery.run_once()  # the directive is parked; the card update waits
     directive = (await rows(service))[OutboxKind.DIRECTIVE]
     assert directive.state == OutboxState.DEAD
     return directive
@@ -51,7 +52,7 @@ async def test_the_listing_shows_dead_rows_with_slacks_error_and_the_oldest_wait
         "*Dead* (1): refused by Slack, not retried",
         f"• `{dead.id}` directive *C1#1* · `not_in_channel` · 2m ago, 1 attempt(s)",
         "*Waiting* (1): oldest first",
-        f"• `{update.id}` card_update *C1#1* · 2m ago, 0 attempt(s)",
+        f"• `{update.id}` card_update *C1#1* · `http_500` · 2m ago, 1 attempt(s)",
         "`/task-admin outbox retry <id>` sends one again; `drop <id>` never sends it.",
     ]
     assert "*Outbox backlog*: 1 undelivered, 1 dead (`/task-admin outbox`)" in await task_admin(
