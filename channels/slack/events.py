@@ -1,15 +1,20 @@
 """Events: thread messages feed the lease; a mention can turn a thread into an assigned task."""
 
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
+from slack_bolt.middleware.async_middleware import AsyncMiddleware
+from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_bolt.request.payload_utils import is_message_event
+from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.board import Board
 from bot.errors import DomainError
+from bot.inbox import ReplyInbox
 from bot.task import Actor, IncomingReply, Task
 from channels.slack.parsing import MessageEvent, error_code, unescape
 from channels.slack.render import inert_reply
@@ -35,6 +40,36 @@ def thread_reply(event: MessageEvent) -> IncomingReply | None:
     return IncomingReply(
         event.channel_id, event.thread_ts, event.ts, event.user_id, event.bot_id, event.text
     )
+
+
+class ThreadReplies(AsyncMiddleware):
+    """Message events: a thread reply goes to the reply inbox, and every message is acked here.
+
+    It runs last among Bolt's global middleware, so after Bolt's authorization and its filter
+    of the app's own posts, and it answers message events itself instead of passing them on
+    to listener matching. They are most of the traffic, and a listener costs each event two
+    argument-injection passes (its matcher's and its own) and a run through Bolt's listener
+    runner: more than the rest of the dispatch.
+    """
+
+    def __init__(self, inbox: ReplyInbox) -> None:
+        self._inbox = inbox
+
+    async def async_process(
+        self,
+        *,
+        req: AsyncBoltRequest,
+        resp: BoltResponse,
+        next: Callable[[], Awaitable[BoltResponse]],
+    ) -> BoltResponse | None:
+        if not is_message_event(req.body):
+            return await next()
+        reply = thread_reply(MessageEvent.from_event(req.body["event"]))
+        if reply is not None:
+            # Acknowledged at once, stored just after (see bot.inbox); when too many wait to be
+            # stored, this waits for room, so overload pushes back on Slack.
+            await self._inbox.put(reply)
+        return BoltResponse(status=200, body="")
 
 
 async def store_replies(board: Board, replies: Sequence[IncomingReply]) -> None:
