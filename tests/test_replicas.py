@@ -18,7 +18,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import PG_URL, _create_pg_database, _drop_pg_database
 from tests.processes import (
@@ -180,8 +182,7 @@ async def test_replicas_killed_and_restarted_redispatch_block_and_post_each_task
 
         received = await settled(replicas, database, refs, SETTLE_TIMEOUT_S)
         await asyncio.gather(*restarts)
-        # /metrics: scrape each replica here (replicas[i].url + "/metrics", all three are up)
-        # once its counters land, and assert they add up to what Slack received.
+        scraped = [await scrape(replicas[i].url) for i in range(3)]
         redispatched = await database.events("redispatched")
         blocked = await database.events("blocked")
 
@@ -190,6 +191,16 @@ async def test_replicas_killed_and_restarted_redispatch_block_and_post_each_task
     assert post_counts(received) == expected_posts(refs, directives=2, escalations=1)
     attempts = Counter((p.task, p.attempt) for p in received if p.kind == DIRECTIVE)
     assert attempts == Counter({(ref, attempt): 1 for ref in refs for attempt in (1, 2)})
+    # The database's gauges read the same on every replica: nothing left, three live workers.
+    for metrics in scraped:
+        assert total(metrics, "threadwork_outbox_pending") == 0
+        assert total(metrics, "threadwork_outbox_dead") == 0
+        assert total(metrics, "threadwork_workers_alive") == 3
+        assert metrics[("threadwork_leases", (("state", "stale"),))] == 0
+    # The counters moved: rows were delivered, and ticks re-dispatched and blocked tasks (a
+    # killed replica's counts went with it, so the live ones show part of the work).
+    assert sum(total(m, "threadwork_outbox_delivered_total") for m in scraped) > 0
+    assert sum(total(m, "threadwork_reconcile_duration_seconds_count") for m in scraped) > 0
     keys = Counter(p.key for p in received)
     assert [key for key, n in keys.items() if n > 1] == []
     held_posts = [row for kill in kills for row in kill.held if row.kind != "card_update"]
@@ -197,3 +208,20 @@ async def test_replicas_killed_and_restarted_redispatch_block_and_post_each_task
     assert [keys[row.key] for row in held_posts] == [1] * len(held_posts), [
         (kill.replica, kill.sent_after(received)) for kill in kills
     ]
+
+
+async def scrape(base_url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """``GET /metrics``, parsed: (sample name, sorted labels) -> value."""
+    async with aiohttp.ClientSession() as http, http.get(base_url + "/metrics") as response:
+        assert response.status == 200
+        text = await response.text()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def total(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str) -> float:
+    """A sample's value summed over its labels."""
+    return sum(value for (sample, _), value in metrics.items() if sample == name)
