@@ -578,6 +578,7 @@ def _wire_slack(
         supervisor=supervisor,
         inbox=inbox,
         admin=core.admin,
+        history=core.history_budget,
     )
     secret = settings.slack_signing_secret
     signature = SlackSignature(secret.get_secret_value()) if secret else None

@@ -13,6 +13,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.board import Board
+from bot.budget import Budget
 from bot.errors import DomainError
 from bot.inbox import ReplyInbox
 from bot.task import Actor, IncomingReply, Task
@@ -92,13 +93,17 @@ async def on_mention(event: MessageEvent, services: SlackServices, client: Async
         viewer = Actor.user(event.author)
         task = await services.queries.task_in_thread(event.channel_id, thread_ts, viewer)
         if task is None:
-            title = await _thread_title(client, event.channel_id, thread_ts)
+            title = await _thread_title(client, services.history, event.channel_id, thread_ts)
             task = await _create_from_thread(services, event, thread_ts, title)
         await services.board.assign_task(
             task.ref, agent.name, event.author, in_channel=event.channel_id
         )
     except DomainError as exc:
         await _tell(client, event, f":warning: {inert_reply(exc.message)}\n{MENTION_USAGE}")
+
+
+#: A task made from a thread whose first message cannot be read (or says nothing).
+FALLBACK_TITLE = "Task from a thread"
 
 
 async def _create_from_thread(
@@ -109,17 +114,22 @@ async def _create_from_thread(
     )
 
 
-async def _thread_title(client: AsyncWebClient, channel_id: str, thread_ts: str) -> str:
-    """The first line of the thread's first message, as a title."""
+async def _thread_title(
+    client: AsyncWebClient, history: Budget | None, channel_id: str, thread_ts: str
+) -> str:
+    """The first line of the thread's first message, as a title; a plain title when the
+    thread-read budget has no read left (the person is not kept waiting for one)."""
+    if history is not None and await history.take() is not None:
+        return FALLBACK_TITLE
     try:
         response = await client.conversations_replies(channel=channel_id, ts=thread_ts, limit=1)
     except SlackApiError:
-        return "Task from a thread"
+        return FALLBACK_TITLE
     messages: list[dict[str, Any]] = response.get("messages") or []
     text = unescape(str(messages[0].get("text", ""))) if messages else ""
     text = re.sub(r"<@[A-Z0-9]+(\|[^>]*)?>", "", text).strip()
     first = text.splitlines()[0].strip() if text else ""
-    return (first[:120] + "…") if len(first) > 120 else (first or "Task from a thread")
+    return (first[:120] + "…") if len(first) > 120 else (first or FALLBACK_TITLE)
 
 
 async def _tell(client: AsyncWebClient, event: MessageEvent, text: str) -> None:

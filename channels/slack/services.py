@@ -11,6 +11,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.access import Access
 from bot.admin import AdminDesk
 from bot.board import Board
+from bot.budget import Budget
 from bot.clock import Clock
 from bot.inbox import ReplyInbox
 from bot.queries import TaskQueries
@@ -68,3 +69,5 @@ class SlackServices:
     inbox: ReplyInbox
     #: The admins' use cases; each checks its caller is an admin.
     admin: AdminDesk
+    #: Slack's thread-read budget, shared by every replica (None: reads are not counted).
+    history: Budget | None = None

@@ -205,3 +205,33 @@ async def test_a_lookup_longer_than_a_page_resumes_where_it_stopped_and_finds_th
     )
     assert directive.state == OutboxState.DELIVERED
     assert directive.result == {"ts": posted(tier1.standin, DIRECTIVE)[0], "recovered": True}
+
+
+async def test_a_mention_with_no_thread_read_left_makes_the_task_under_a_plain_title(
+    tier1: Harness,
+) -> None:
+    """The title read is a thread read too: with the budget spent it is not made, and the
+    person gets their task at once rather than waiting a minute for a read."""
+    service = tier1
+    assert await service.core.history_budget.take() is None  # the minute's one read, spent
+    root = service.standin.add_message(CHANNEL, ALICE, "The nightly export is failing")
+    reply = service.standin.add_message(
+        CHANNEL, ALICE, "<@UBOT> assign this to <@UCODER01>", thread_ts=root["ts"]
+    )
+    event = {"type": "app_mention", "channel": CHANNEL, "user": ALICE, "text": reply["text"]}
+    assert await service.event(event | {"ts": reply["ts"], "thread_ts": root["ts"]}) == 200
+    task = await service.task(1)
+    assert (task.title, task.thread_ts, task.assignee) == (
+        "Task from a thread",
+        root["ts"],
+        "coder",
+    )
+    assert service.standin.calls_to("conversations.replies") == []
+
+    service.clock.advance(60)  # a read is due again: the next mention reads its title
+    other = service.standin.add_message(CHANNEL, ALICE, "Rotate the keys")
+    again = service.standin.add_message(
+        CHANNEL, ALICE, "<@UBOT> assign this to <@UCODER01>", thread_ts=other["ts"]
+    )
+    assert await service.event(event | {"ts": again["ts"], "thread_ts": other["ts"]}) == 200
+    assert (await service.task(2)).title == "Rotate the keys"
