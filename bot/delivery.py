@@ -26,7 +26,7 @@ from bot.budget import Rate
 from bot.clock import Clock
 from bot.metrics import Metrics, NoMetrics
 from bot.outbox import OutboxKind, OutboxRow
-from bot.pacing import Pace
+from bot.pacing import Pace, SharedPace
 from bot.ports import OutboxQueue
 from bot.signal import work_loop
 from bot.task import Actor, EventKind, NewEvent, TaskRef
@@ -157,8 +157,11 @@ class OutboxDelivery:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         monotonic: Callable[[], float] = time.monotonic,
         metrics: Metrics | None = None,
+        shared: SharedPace | None = None,
     ) -> None:
         self._queue = queue
+        #: The buckets replicas share, when several may deliver (PostgreSQL).
+        self._shared = shared
         self._deliverer = deliverer
         self._clock = clock
         self._worker = worker
@@ -291,6 +294,8 @@ class OutboxDelivery:
             while queue:
                 if pace is not None:
                     await pace.take()
+                    if self._shared is not None:
+                        await self._shared.take(_bucket(lane), pace.rate)
                 row = queue.popleft()
                 # A claim may have passed this lane over, or found no room at all.
                 crowded = self._held[lane] >= self._settings.lane_capacity or self._room() <= 0
@@ -435,3 +440,9 @@ class OutboxDelivery:
         """Exponential back-off with jitter: base * 2^(n-1), capped, times 0.5 to 1.5."""
         raw = self._settings.backoff_base * float(2 ** max(0, attempts - 1))
         return min(self._settings.backoff_cap, raw) * (0.5 + self._rand())
+
+
+def _bucket(lane: Lane) -> str:
+    """The shared bucket a lane's calls take from: its channel's posts, or the workspace's
+    card updates."""
+    return "slack_updates" if lane.updates else f"slack_posts:{lane.channel_id}"

@@ -1,15 +1,17 @@
 """Pacing inside one process: a token bucket on the monotonic clock, paused by a Retry-After.
 
 Outbox delivery keeps one for each channel's posts and one for the workspace's card updates.
-Unlike ``bot.budget``'s shared buckets, these live in memory: Slack's posting limit is per
-channel and a channel's rows are delivered by one worker at a time, so nothing is gained by a
-transaction per call. The time comes from the injected ``monotonic`` and ``sleep``.
+They live in memory, so one process keeps its own rhythm (and pauses on a 429) without a
+transaction per call. Several replicas on one database also take each call's token from a
+bucket they share (:class:`SharedPace`, in ``bot.budget``'s store), so together they stay at
+Slack's limits. The time comes from the injected ``monotonic`` and ``sleep``.
 """
 
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from bot.budget import Rate
+from bot.budget import Rate, RateBudgets
+from bot.clock import Clock
 
 #: Refills that land within this of a whole token count as one (float sums of elapsed time).
 _WHOLE = 1e-9
@@ -66,3 +68,22 @@ class Pace:
 
     def _refill_time(self) -> float:
         return max(0.0, 1 - self._tokens) / self._per_second
+
+
+class SharedPace:
+    """Slack's limits across replicas: before each call, a token from a bucket in the store
+    that every replica on the database takes from (one transaction a call). With several
+    replicas, each one's own :class:`Pace` alone would let them post in one channel at the
+    rate times the replicas; this keeps the channel at the rate, wherever its rows go out."""
+
+    def __init__(
+        self, buckets: RateBudgets, clock: Clock, sleep: Callable[[float], Awaitable[None]]
+    ) -> None:
+        self._buckets = buckets
+        self._clock = clock
+        self._sleep = sleep
+
+    async def take(self, name: str, rate: Rate) -> None:
+        """Waits until bucket ``name`` has a token at ``rate``, and takes it."""
+        while (wait := await self._buckets.take_token(name, rate, self._clock())) is not None:
+            await self._sleep(wait)

@@ -45,6 +45,7 @@ from bot.inbox import ReplyInbox
 from bot.limits import CallBudget
 from bot.metrics import Metrics, NoMetrics
 from bot.model_hosts import ModelHosts
+from bot.pacing import SharedPace
 from bot.ports import TickLock
 from bot.queries import TaskQueries
 from bot.reconcile import ProgressProbe, Reconciler
@@ -564,6 +565,7 @@ def _wire_slack(
         liveness.worker,
         overrides.delivery,
         metrics=core.metrics,
+        shared=_shared_pace(core),
     )
     core.signal.subscribe(delivery.wake, to=Queued.OUTBOX)
 
@@ -591,6 +593,14 @@ def _wire_slack(
         token = settings.slack_app_token.get_secret_value()
         slack.socket = build_socket_client(token, client, gateway)
     return slack
+
+
+def _shared_pace(core: Core) -> SharedPace | None:
+    """On PostgreSQL, where several replicas may deliver, Slack's limits are kept across them
+    by buckets in the database; one SQLite process paces in memory alone."""
+    if core.engine.dialect.name != "postgresql":
+        return None
+    return SharedPace(core.store, core.clock, asyncio.sleep)
 
 
 def _wire_runner(

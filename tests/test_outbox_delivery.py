@@ -20,6 +20,7 @@ from bot.delivery import (
 )
 from bot.metrics import Metrics, NoMetrics
 from bot.outbox import OutboxKind, OutboxRow, OutboxState
+from bot.pacing import SharedPace
 from bot.registry import AgentRegistry
 from bot.root import Core
 from bot.status import TaskStatus
@@ -510,3 +511,46 @@ async def test_a_row_failing_with_a_bug_is_parked_after_a_few_attempts_and_the_t
     await delivery.drain()
     kinds = [r.kind for r in deliverer.delivered]
     assert OutboxKind.CARD_UPDATE in kinds  # no longer held up behind the parked card
+
+
+class SharedTime(FakeTime):
+    """A fake monotonic clock whose sleeps move the service's clock too, as real time would."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    async def sleep(self, seconds: float) -> None:
+        await super().sleep(seconds)
+        self.clock.advance(seconds)
+
+
+async def test_two_replicas_posting_in_one_channel_keep_to_its_limit_between_them(
+    board: Board, store: SqlStore, clock: FakeClock
+) -> None:
+    """Each replica paces in memory; the bucket they share keeps the channel at 1/s (burst 3)
+    wherever its rows go out, instead of each replica allowing that much on its own."""
+    await cards_in(board, *["C1"] * 8)
+    time = SharedTime(clock)
+    recorder = Recorder(time=time)
+    shared = SharedPace(store, clock, time.sleep)
+    settings = DeliverySettings(channel_posts=Rate(per_minute=60, burst=3))
+    a, b = (
+        OutboxDelivery(
+            store,
+            recorder,
+            clock,
+            worker,
+            settings,
+            sleep=time.sleep,
+            monotonic=time.monotonic,
+            shared=shared,
+        )
+        for worker in ("a", "b")
+    )
+    for _ in range(4):  # the replicas take turns at the backlog, a lane's room each
+        await a.run_once()
+        await b.run_once()
+    assert len(recorder.delivered) == 8
+    offsets = [round(at - recorder.at[0], 3) for at in recorder.at]
+    assert offsets == [0.0, 0.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
