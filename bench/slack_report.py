@@ -172,9 +172,10 @@ def _setup(run: Run) -> str:
         "threads) from /proc, until the last post is stored, divided by the events sent.",
         "- threadwork: `bot.root.serve` unchanged (SQLite file in WAL mode, real clock, default "
         "DeliverySettings, reconcile scheduler running, MCP at /mcp on the same port, INFO "
-        "logs to a file). Per event: signature check, Bolt dispatch, then the ack; the post "
-        "goes to the reply inbox, which stores the posts waiting in one transaction (message "
-        "insert, de-duplicated on channel and ts, and the lease renewal).",
+        "logs to a file). Per event: signature check, Bolt's global middleware (the last one, "
+        "threadwork's, answers message events), then the ack; the post goes to the reply inbox, "
+        "which stores every post waiting (up to 1,000) in one transaction (message insert, "
+        "de-duplicated on channel and ts, and the lease renewal).",
         "- bare Bolt: `AsyncApp(client=..., signing_secret=...)`, a no-op `message` listener, "
         "default settings (it acks before the listener runs), served by aiohttp through "
         "`to_bolt_request` / `to_aiohttp_response`.",

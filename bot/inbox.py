@@ -13,7 +13,6 @@ database is unavailable.
 """
 
 import asyncio
-import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -30,9 +29,6 @@ logger = structlog.get_logger(__name__)
 MAX_BATCH = 1000
 #: Posts waiting to be stored, at most; past this, ``put`` waits (so the ack waits too).
 MAX_PENDING = 1000
-#: Under load (posts waiting when a write ends), how long the next write waits for more, unless
-#: a whole batch is waiting already. See ``ReplyInbox._gather``.
-LINGER_S = 0.05
 
 #: Waits between attempts while the database is unavailable: doubling up to the cap.
 FIRST_RETRY_S = 0.1
@@ -52,7 +48,6 @@ class ReplyInbox:
         max_pending: int = MAX_PENDING,
         is_transient: Callable[[BaseException], bool] = lambda _error: False,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        linger: float = LINGER_S,
     ) -> None:
         self._store = store
         self._supervisor = supervisor
@@ -60,10 +55,8 @@ class ReplyInbox:
         self._max_pending = max_pending
         self._is_transient = is_transient
         self._sleep = sleep
-        self._linger = linger
         self._waiting: deque[IncomingReply] = deque()
         self._room = asyncio.Event()
-        self._full = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
 
     @property
@@ -77,8 +70,6 @@ class ReplyInbox:
             self._room.clear()
             await self._room.wait()
         self._waiting.append(reply)
-        if len(self._waiting) >= self._max_batch:
-            self._full.set()
         if self._writer is None or self._writer.done():
             self._writer = self._supervisor.spawn(self._write_all(), name="thread-replies")
 
@@ -86,26 +77,8 @@ class ReplyInbox:
         while self._waiting:
             count = min(len(self._waiting), self._max_batch)
             batch = [self._waiting.popleft() for _ in range(count)]
-            self._full.clear()
             self._room.set()
             await self._write(batch)
-            if self._waiting:
-                await self._gather()
-
-    async def _gather(self) -> None:
-        """Lets the next batch grow for up to ``linger`` seconds, or until it is whole.
-
-        Only under load: a post that finds the writer idle is written at once. Each
-        transaction costs the same whatever its size, and while the event loop is busy with
-        requests every statement in it waits for the loop (and the database thread for the
-        interpreter lock), so back-to-back writes of what trickled in meanwhile would spend
-        the loop's time on transactions rather than on acknowledgements.
-        """
-        if self._linger <= 0 or self._full.is_set():
-            return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._linger):
-                await self._full.wait()
 
     async def _write(self, batch: list[IncomingReply]) -> None:
         """Stores ``batch`` in one transaction.

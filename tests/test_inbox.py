@@ -66,29 +66,39 @@ async def test_posts_put_while_a_write_runs_are_stored_together_by_the_next(
     assert renewed.last_progress_at == clock.now
 
 
+class SlowFirstWrite:
+    """The board's batch use case, the first call held until released; notes batch sizes."""
+
+    def __init__(self, board: Board) -> None:
+        self.board = board
+        self.batches: list[int] = []
+        self.release = asyncio.Event()
+        self.written = asyncio.Event()
+
+    async def __call__(self, replies: Sequence[IncomingReply]) -> None:
+        self.batches.append(len(replies))
+        await self.release.wait()
+        await self.board.record_thread_replies(replies)
+        self.written.set()
+
+
 async def test_every_post_that_waited_through_a_long_write_is_stored_by_the_next_one(
     board: Board, store: SqlStore, task: Task
 ) -> None:
     # Under load a transaction lasts as long as many requests (each of its statements waits
     # for the event loop): the next one must take all that arrived meanwhile, or the posts
     # would outgrow the writer and the acks would end up waiting for room.
-    release = asyncio.Event()
-    batches: list[int] = []
-
-    async def slow_first(replies: Sequence[IncomingReply]) -> None:
-        batches.append(len(replies))
-        await release.wait()
-        await board.record_thread_replies(replies)
-
+    store_replies = SlowFirstWrite(board)
     supervisor = Supervisor()
-    inbox = ReplyInbox(slow_first, supervisor)
+    inbox = ReplyInbox(store_replies, supervisor)
     await inbox.put(post(0))
     await asyncio.sleep(0)  # the writer takes the first post and waits on the store
     for n in range(1, MAX_PENDING):
         await inbox.put(post(n))
-    release.set()
-    await supervisor.drain()
-    assert batches == [1, MAX_PENDING - 1]
+    store_replies.release.set()
+    async with asyncio.timeout(10):
+        await supervisor.drain()
+    assert store_replies.batches == [1, MAX_PENDING - 1]
     assert len(await stored_ts(store, task)) == MAX_PENDING
 
 

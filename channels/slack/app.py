@@ -10,7 +10,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from channels.slack import interactive
 from channels.slack.admin_command import AGENT_KEY_VIEW, handle_admin_command
-from channels.slack.events import on_mention, thread_reply
+from channels.slack.events import ThreadReplies, on_mention
 from channels.slack.home import publish_home
 from channels.slack.parsing import MemberEvent, MessageEvent, SlashCommand
 from channels.slack.services import SlackServices
@@ -33,8 +33,8 @@ def build_bolt_app(services: SlackServices, client: AsyncWebClient) -> AsyncApp:
         attaching_conversation_kwargs_enabled=False,
         logger=logging.getLogger("slack_bolt"),
     )
-    # Bolt tries listeners in the order registered, and thread messages are most of the
-    # traffic: their listener goes first, so matching one costs a single check.
+    # Thread messages are most of the traffic: the last global middleware answers them (see
+    # channels.slack.events.ThreadReplies), so they never go through listener matching.
     register_events(app, services)
     register_commands(app, services)
     register_interactivity(app, services)
@@ -59,13 +59,7 @@ def register_commands(app: AsyncApp, services: SlackServices) -> None:
 
 
 def register_events(app: AsyncApp, services: SlackServices) -> None:
-    @app.event("message")
-    async def message(event: dict[str, Any]) -> None:
-        # Acknowledged at once, stored just after (see bot.inbox); when too many wait to be
-        # stored, this waits for room, so overload pushes back on Slack.
-        reply = thread_reply(MessageEvent.from_event(event))
-        if reply is not None:
-            await services.inbox.put(reply)
+    app.use(ThreadReplies(services.inbox))
 
     @app.event("app_mention")
     async def mention(event: dict[str, Any], client: AsyncWebClient) -> None:
