@@ -28,6 +28,7 @@ from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlencode
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -505,3 +506,20 @@ def posts(slack: SlackStandIn) -> list[Post]:
             )
         )
     return found
+
+
+async def scrape(base_url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """``GET /metrics``, parsed: (sample name, sorted labels) -> value."""
+    async with aiohttp.ClientSession() as http, http.get(base_url + "/metrics") as response:
+        assert response.status == 200
+        text = await response.text()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def total(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str) -> float:
+    """A sample's value summed over its labels."""
+    return sum(value for (sample, _), value in metrics.items() if sample == name)

@@ -38,7 +38,9 @@ from tests.processes import (
     open_replicas,
     post_counts,
     posts,
+    scrape,
     settled,
+    total,
     write_backlog,
 )
 from tests.slack.standin import SlackStandIn
@@ -81,6 +83,8 @@ class CrashRun:
     received: list[Post]
     spread: list[str]
     backlog: list[str]
+    #: The restarted process's /metrics once everything was sent.
+    metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
     def first_post(self, key: str) -> Post | None:
         return next((p for p in self.received if p.key == key), None)
@@ -129,7 +133,8 @@ async def crash(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Crash
             )
             restarted = (await replicas.start(0)).ready_at
             received = await settled(replicas, database, spread, SETTLE_TIMEOUT_S)
-        yield CrashRun(dead, held, landed, killed, restarted, received, spread, backlog)
+            metrics = await scrape(replicas[0].url)
+        yield CrashRun(dead, held, landed, killed, restarted, received, spread, backlog, metrics)
     finally:
         await slack.close()
 
@@ -165,6 +170,22 @@ def test_a_backlog_in_one_channel_drains_at_slack_s_pace_after_the_restart(
     assert len(drained) >= 15, f"only {len(drained)} posts after the restart to measure a rate"
     rate = (len(drained) - 1) / (drained[-1] - drained[0])
     assert rate >= MIN_POSTS_PER_S, f"{len(drained)} posts drained at {rate:.2f}/s"
+
+
+def test_the_restarted_process_s_metrics_show_the_takeover_and_the_delivery(
+    crash: CrashRun,
+) -> None:
+    metrics = crash.metrics
+    assert total(metrics, "threadwork_workers_alive") == 1, "the dead worker is forgotten"
+    posts_waiting = [
+        value
+        for (name, labels), value in metrics.items()
+        if name == "threadwork_outbox_pending" and labels != (("kind", "card_update"),)
+    ]
+    assert posts_waiting
+    assert set(posts_waiting) == {0.0}
+    assert total(metrics, "threadwork_outbox_delivered_total") >= len(crash.held)
+    assert total(metrics, "threadwork_outbox_dead") == 0
 
 
 def test_nothing_is_doubled_or_lost_across_the_crash(crash: CrashRun) -> None:

@@ -18,9 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import PG_URL, _create_pg_database, _drop_pg_database
 from tests.processes import (
@@ -40,7 +38,9 @@ from tests.processes import (
     open_replicas,
     post_counts,
     posts,
+    scrape,
     settled,
+    total,
 )
 from tests.slack.standin import SlackStandIn
 
@@ -215,20 +215,3 @@ async def test_replicas_killed_and_restarted_redispatch_block_and_post_each_task
     assert [keys[row.key] for row in held_posts] == [1] * len(held_posts), [
         (kill.replica, kill.sent_after(received)) for kill in kills
     ]
-
-
-async def scrape(base_url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """``GET /metrics``, parsed: (sample name, sorted labels) -> value."""
-    async with aiohttp.ClientSession() as http, http.get(base_url + "/metrics") as response:
-        assert response.status == 200
-        text = await response.text()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def total(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str) -> float:
-    """A sample's value summed over its labels."""
-    return sum(value for (sample, _), value in metrics.items() if sample == name)
