@@ -10,8 +10,6 @@ replica's log; a replica that exits on its own fails the wait at once.
 """
 
 import asyncio
-import hashlib
-import hmac
 import itertools
 import os
 import re
@@ -25,7 +23,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
-from urllib.parse import urlencode
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
@@ -38,6 +35,7 @@ from bot.settings import Settings
 from bot.task import Actor
 from store.database import create_engine
 from store.schema import HELD_WAKEUP_SQL, agent_wakeups, outbox, task_events, tasks, workers
+from tests.slack.conftest import signed, slash_command
 from tests.slack.standin import TOKEN, SlackStandIn
 
 THREADWORK = Path(sys.executable).parent / "threadwork"
@@ -64,13 +62,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def signed(body: str, secret: str = SIGNING_SECRET) -> dict[str, str]:
-    """Slack's request signature: v0 HMAC-SHA256 over ``v0:{timestamp}:{body}``."""
-    ts = str(int(time.time()))
-    digest = hmac.new(secret.encode(), f"v0:{ts}:{body}".encode(), hashlib.sha256).hexdigest()
-    return {"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": f"v0={digest}"}
 
 
 def serve_env(
@@ -260,20 +251,10 @@ class Replicas:
         command: str = "/task",
     ) -> str:
         """Runs a slash command through replica ``index``; returns the ephemeral reply's text."""
-        body = urlencode(
-            {
-                "token": "x",
-                "team_id": "T1",
-                "channel_id": channel,
-                "user_id": user,
-                "command": command,
-                "text": text,
-                "trigger_id": "trigger-1",
-                # Unique per invocation, as Slack's is: a signed request runs once.
-                "response_url": f"https://hooks.invalid/response/{next(self._requests)}",
-            }
+        body = slash_command(text, command, user, channel, next(self._requests))
+        headers = {"Content-Type": "application/x-www-form-urlencoded"} | signed(
+            body, secret=SIGNING_SECRET
         )
-        headers = {"Content-Type": "application/x-www-form-urlencoded"} | signed(body)
         slot = self.slots[index]
         async with self.http.post(slot.url + "/slack/events", data=body, headers=headers) as answer:
             if answer.status != 200:

@@ -41,6 +41,23 @@ FAST = DeliverySettings(
 )
 
 
+def slash_command(text: str, command: str, user: str, channel: str, n: int) -> str:
+    """A slash command's form body as Slack sends it; ``n`` makes its response_url unique, as
+    Slack's is (the gateway runs a signed request once)."""
+    return urlencode(
+        {
+            "token": "x",
+            "team_id": "T1",
+            "channel_id": channel,
+            "user_id": user,
+            "command": command,
+            "text": text,
+            "trigger_id": "trigger-1",
+            "response_url": f"https://hooks.invalid/response/{n}",
+        }
+    )
+
+
 def signed(body: str, timestamp: int | None = None, secret: str = SECRET) -> dict[str, str]:
     """The headers Slack sends: v0 HMAC-SHA256 of ``v0:timestamp:body``."""
     ts = str(timestamp if timestamp is not None else int(time.time()))
@@ -96,19 +113,7 @@ class Harness:
         self, text: str, command: str = "/task", user: str = ALICE, channel: str = CHANNEL
     ) -> str:
         """Runs a slash command; returns the ephemeral reply's text."""
-        body = urlencode(
-            {
-                "token": "x",
-                "team_id": "T1",
-                "channel_id": channel,
-                "user_id": user,
-                "command": command,
-                "text": text,
-                "trigger_id": "trigger-1",
-                # Unique per invocation, as Slack's is: the gateway runs a signed request once.
-                "response_url": f"https://hooks.invalid/response/{next(self._requests)}",
-            }
-        )
+        body = slash_command(text, command, user, channel, next(self._requests))
         async with self.http.post(
             self.url + "/slack/events",
             data=body,
