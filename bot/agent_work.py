@@ -18,7 +18,7 @@ from bot.metrics import Metrics, NoMetrics
 from bot.outbox import OutboxKind, OutboxMessage
 from bot.ports import Store, Unit
 from bot.signal import Notify, ignore
-from bot.task import Actor, EventKind, NewEvent, Task, TaskRef, storable
+from bot.task import Actor, EventKind, NewEvent, Task, TaskRef, ThreadMessage, storable
 from bot.work import Artifact, Usage
 
 #: Heartbeat events are recorded at most this often per task.
@@ -179,8 +179,31 @@ class AgentWork:
             await unit.append_events(
                 [NewEvent(task.id, EventKind.AWAITING_INPUT, Actor.agent(agent), now, data)]
             )
-            await unit.enqueue([outbox.card_update(waiting, self._new_key())], now)
+            waits = outbox.notice(waiting, outbox.Notice.WAITING, self._new_key())
+            await unit.enqueue([waits, outbox.card_update(waiting, self._new_key())], now)
             return waiting
+
+    async def record_stream(self, ref: TaskRef, agent: str, epoch: int, ts: str, text: str) -> Task:
+        """Stores a message the agent streamed into the thread, now complete, as its post:
+        progress, once (the stream's chunks renewed nothing)."""
+        text = storable(text).strip()
+        async with self._held(ref, agent, epoch) as (unit, task):
+            now = self._clock()
+            renewed = await self._progress(unit, task, now)
+            posted = ThreadMessage(task.id, task.channel_id, ts, f"agent:{agent}", text, now)
+            await unit.save_message(posted)
+            return renewed
+
+    async def end_run(self, wakeup_id: int) -> None:
+        """A built-in run ended: its wake-up is done, and the card and the session show that
+        nobody works on the task now (unless another wake-up is already waiting)."""
+        async with self._store.transaction() as unit:
+            await unit.finish_wakeups([wakeup_id], self._clock())
+            task_id = await unit.wakeup_task(wakeup_id)
+            task = None if task_id is None else await unit.get_task_by_id(task_id)
+            if task is not None and task.leased:
+                await unit.enqueue([outbox.card_update(task, self._new_key())], self._clock())
+        self._notify(frozenset(unit.queued))
 
     async def record_usage(self, ref: TaskRef, agent: str, epoch: int, usage: Usage) -> bool:
         """Adds a model call's tokens to the task (spent whether or not the run may go on);

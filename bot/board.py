@@ -27,6 +27,7 @@ from bot.errors import (
 )
 from bot.policy import ChannelPolicy, PolicyBook, load_policy_book
 from bot.ports import Reader, Store, TaskFields, Unit
+from bot.session import SessionStatus
 from bot.signal import Notify, ignore
 from bot.status import (
     LEASED_STATUSES,
@@ -91,6 +92,16 @@ class Change:
     dispatch: bool = False
     #: The change counts as progress on the lease, if a claim remains.
     progress: bool = False
+    #: Tell the assigner the task is blocked, for this reason.
+    escalate: str | None = None
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """What a Stop did: the task as it now is, and whether an attempt was under way."""
+
+    task: Task
+    stopped: bool
 
 
 async def require_task(reader: Reader, ref: TaskRef) -> Task:
@@ -273,8 +284,91 @@ class Board:
             )
             if status in TERMINAL_STATUSES or status == TaskStatus.BLOCKED:
                 fields["claimed_by"] = None
-            change = Change(fields, [(kind, data)], dispatch=redispatch, progress=True)
+            # An agent that blocks its task waits for a person: the assigner is told, by name.
+            escalate = note if actor.kind == "agent" and status == TaskStatus.BLOCKED else None
+            change = Change(
+                fields, [(kind, data)], dispatch=redispatch, progress=True, escalate=escalate
+            )
             return await self._apply(unit, task, change, actor)
+
+    async def stop_task(
+        self,
+        ref: TaskRef,
+        by: str,
+        streams: Sequence[str] = (),
+        in_channel: str | None = None,
+    ) -> "Stopped":
+        """Stops the current attempt on ``ref`` for Slack user ``by`` (the session's Stop
+        button, or the card's): the task is blocked "stopped by" them, its claim cleared and its
+        assignee kept, and its epoch bumped, so whatever the old run still sends is refused as
+        superseded. The assignee is woken to stop at once. ``streams`` are the messages the
+        platform says were streaming; they are ended. Stopping needs closing rights.
+
+        With no attempt under way there is nothing to stop: the session is still resynced, as
+        the platform may show it working.
+        """
+        checked = await self._may_change(ref, Actor.user(by), in_channel, closes=lambda _t: True)
+        async with self._transaction() as unit:
+            task = _as_checked(await require_task(unit, ref), checked)
+            now = self._clock()
+            if task.assignee is not None:
+                # The platform leaves the session processing when Stop is pressed on it.
+                await unit.record_session(task.id, SessionStatus.PROCESSING, now)
+            if not task.leased:
+                await unit.enqueue([outbox.card_update(task, self._new_key())], now)
+                return Stopped(task, stopped=False)
+            return Stopped(await self._stop(unit, task, by, streams, now), stopped=True)
+
+    async def stop_thread(
+        self, channel_id: str, thread_ts: str, by: str, streams: Sequence[str] = ()
+    ) -> "Stopped":
+        """``stop_task`` for the task living in the thread (``channel_id``, ``thread_ts``)."""
+        async with self._store.read() as reader:
+            task = await reader.get_task_by_thread(channel_id, thread_ts)
+        if task is None:
+            raise NotFound("There is no task in this thread.")
+        return await self.stop_task(task.ref, by, streams, in_channel=channel_id)
+
+    async def _stop(
+        self, unit: Unit, task: Task, by: str, streams: Sequence[str], now: datetime
+    ) -> Task:
+        [epoch] = await unit.next_epochs(1)
+        expect: TaskFields = {
+            "status": task.status,
+            "lease_epoch": task.lease_epoch,
+            "claimed_by": task.claimed_by,
+        }
+        fields: TaskFields = {
+            "status": TaskStatus.BLOCKED,
+            "claimed_by": None,
+            "lease_epoch": epoch,
+            "awaiting_input_since": None,
+        }
+        stopped = await unit.compare_and_set(task.id, expect, fields, now)
+        if stopped is None:
+            raise Conflict(f"{task.ref} changed while it was being stopped; please try again.")
+        note = f"stopped by <@{by}>"
+        attempt = {"attempt": task.attempts, "epoch": task.lease_epoch, "agent": task.claimed_by}
+        actor = Actor.user(by)
+        await unit.append_events(
+            [
+                NewEvent(task.id, EventKind.STOPPED, actor, now, attempt | {"streams": [*streams]}),
+                NewEvent(
+                    task.id,
+                    EventKind.BLOCKED,
+                    actor,
+                    now,
+                    {"from": task.status.value, "to": "blocked", "note": note},
+                ),
+            ]
+        )
+        assert task.claimed_by is not None  # leased
+        await unit.enqueue_wakeups([(task.id, task.claimed_by, WakeReason.STOP, epoch)], now)
+        effects = [outbox.stream_stop(stopped, ts, self._new_key()) for ts in streams]
+        effects.append(outbox.notice(stopped, outbox.Notice.STOPPED, self._new_key(), by=by))
+        effects.append(outbox.card_update(stopped, self._new_key()))
+        await unit.enqueue(effects, now)
+        return stopped
 
     async def cancel_task(
         self,
@@ -468,6 +562,8 @@ class Board:
             raise Conflict(f"{task.ref} changed while this was being done; please try again.")
         events = [NewEvent(task.id, kind, actor, now, data) for kind, data in change.events]
         effects = [outbox.card_update(updated, self._new_key())]
+        if change.escalate is not None:
+            effects.insert(0, outbox.escalation(updated, change.escalate, self._new_key()))
         if change.dispatch and updated.assignee is not None:
             wakeup = (task.id, updated.assignee, WakeReason.DIRECTIVE, updated.lease_epoch)
             await unit.enqueue_wakeups([wakeup], now)
@@ -508,7 +604,14 @@ def check_agent_may_set(status: TaskStatus, note: str | None, may_close: bool) -
 
 
 def check_claim(task: Task, agent: str, epoch: int | None) -> None:
-    """Raises unless ``agent`` holds the claim on ``task`` at ``epoch`` (when given)."""
+    """Raises unless ``agent`` holds the claim on ``task`` at ``epoch`` (when given). A call
+    fenced with an epoch that was replaced (a re-dispatch, a reassignment, a Stop) is refused as
+    superseded first, whoever holds the claim now."""
+    if epoch is not None and epoch != task.lease_epoch and task.assignee == agent:
+        raise Superseded(
+            f"superseded: epoch {epoch} of {task.ref} was replaced by epoch {task.lease_epoch}; "
+            "this run no longer holds the task."
+        )
     if task.claimed_by != agent:
         if task.assignee == agent:
             raise NotClaimHolder(

@@ -28,6 +28,7 @@ from bot.metrics import Metrics, NoMetrics
 from bot.outbox import OutboxKind, OutboxRow
 from bot.pacing import Pace, SharedPace
 from bot.ports import OutboxQueue
+from bot.session import SessionStatus
 from bot.signal import work_loop
 from bot.task import Actor, EventKind, NewEvent, TaskRef
 
@@ -36,7 +37,14 @@ logger = structlog.get_logger(__name__)
 #: Kinds that post a new message (chat.postMessage), and so draw on their channel's posting
 #: budget. The one other kind, a card update, edits a message and draws on the workspace's.
 POSTING_KINDS = frozenset(
-    {OutboxKind.CARD_POST, OutboxKind.DIRECTIVE, OutboxKind.ESCALATION, OutboxKind.AGENT_POST}
+    {
+        OutboxKind.CARD_POST,
+        OutboxKind.DIRECTIVE,
+        OutboxKind.ESCALATION,
+        OutboxKind.AGENT_POST,
+        OutboxKind.NOTICE,
+        OutboxKind.STREAM_STOP,
+    }
 )
 #: Slack's chat.postMessage limit: about one message a second in a channel, short bursts allowed.
 CHANNEL_POSTS = Rate(per_minute=60, burst=3)
@@ -56,6 +64,8 @@ class Delivered:
     recovered: bool = False
     #: Nothing needed doing (a card update for a card that was never posted).
     skipped: bool = False
+    #: The status the task's agent session was set to along the way, if any.
+    session: SessionStatus | None = None
 
 
 class Retry(StrEnum):
@@ -367,8 +377,16 @@ class OutboxDelivery:
         result: dict[str, object] = {"ts": delivered.ts, "recovered": delivered.recovered}
         held = {(other.channel_id, other.updates): n for other, n in self._held.items()}
         held[lane.channel_id, lane.updates] -= 1  # this row's place is free once it is settled
+        session = (row.task_id, delivered.session) if delivered.session is not None else None
         recorded = await self._queue.mark_delivered_and_claim_next(
-            row.id, self._worker, result, self._clock(), card, self._settings.lane_capacity, held
+            row.id,
+            self._worker,
+            result,
+            self._clock(),
+            card,
+            self._settings.lane_capacity,
+            held,
+            session,
         )
         if recorded.settled:
             self._metrics.outbox_delivered(row.kind.value)

@@ -22,6 +22,19 @@ class OutboxKind(StrEnum):
     ESCALATION = "escalation"
     #: A built-in or MCP agent's message, posted in the thread under the agent's name.
     AGENT_POST = "agent_post"
+    #: threadwork's own short line in the thread: whom a task waits for, or that it was stopped.
+    NOTICE = "notice"
+    #: Ends a message the agent was streaming when a person pressed Stop.
+    STREAM_STOP = "stream_stop"
+
+
+class Notice(StrEnum):
+    """What a notice in the thread says."""
+
+    #: The agent asked a question and waits for a person's answer.
+    WAITING = "waiting"
+    #: A person stopped the attempt; it says how to resume.
+    STOPPED = "stopped"
 
 
 class OutboxState(StrEnum):
@@ -167,3 +180,15 @@ def escalation(task: Task, reason: str, key: str) -> OutboxMessage:
         "reason": reason,
     }
     return OutboxMessage(key, task.id, OutboxKind.ESCALATION, payload)
+
+
+def notice(task: Task, what: Notice, key: str, **data: object) -> OutboxMessage:
+    """A line from threadwork in ``task``'s thread; ``data`` fills it in (who, the question)."""
+    payload = {"ref": str(task.ref), "notice": what.value, "agent": task.assignee} | data
+    payload |= {"assigned_by": task.assigned_by}
+    return OutboxMessage(key, task.id, OutboxKind.NOTICE, payload)
+
+
+def stream_stop(task: Task, ts: str, key: str) -> OutboxMessage:
+    """Ends the stream of message ``ts`` in ``task``'s thread, if it is still streaming."""
+    return OutboxMessage(key, task.id, OutboxKind.STREAM_STOP, {"ref": str(task.ref), "ts": ts})

@@ -17,6 +17,7 @@ from bot.agents import Agent, AgentKind, AgentSettings
 from bot.claims import Released
 from bot.outbox import OutboxKind, OutboxMessage, OutboxRow, OutboxState
 from bot.policy import ChannelPolicy
+from bot.session import SessionStatus
 from bot.signal import Queued
 from bot.status import TaskStatus
 from bot.task import NewEvent, Task, TaskEvent, TaskRef, ThreadMessage
@@ -65,6 +66,8 @@ class TaskReads(Protocol):
     async def get_task(self, ref: TaskRef) -> Task | None: ...
 
     async def get_task_by_id(self, task_id: int) -> Task | None: ...
+
+    async def get_tasks_by_ids(self, task_ids: Collection[int]) -> list[Task]: ...
 
     async def get_task_by_thread(self, channel_id: str, thread_ts: str) -> Task | None: ...
 
@@ -162,6 +165,15 @@ class WorkReads(Protocol):
 
     async def get_usage(self, task_id: int) -> TaskUsage | None: ...
 
+    async def run_pending(self, task_id: int, epoch: int) -> bool:
+        """Whether a wake-up of the task at ``epoch`` is not done yet: a built-in agent's run
+        is pending or under way (the runner holds the wake-up that started a run until it ends)."""
+        ...
+
+    async def get_session(self, task_id: int) -> SessionStatus | None:
+        """The status the platform was last told for the task's agent session (None: none yet)."""
+        ...
+
 
 class OutboxReads(Protocol):
     """What admins read about the outbox: what is dead, and what still waits to be sent."""
@@ -257,6 +269,11 @@ class MessageWrites(Protocol):
         """Stores a thread message; False when (channel, ts) was already stored."""
         ...
 
+    async def save_message(self, message: ThreadMessage) -> None:
+        """Stores a thread message, or replaces the stored text of (channel, ts): a streamed
+        message's event may be seen before the stream completes."""
+        ...
+
     async def record_messages(self, messages: Sequence[ThreadMessage]) -> set[tuple[str, str]]:
         """Stores thread messages in one statement; the (channel, ts) of those new here."""
         ...
@@ -317,6 +334,10 @@ class WakeupWrites(Protocol):
 
     async def finish_wakeups(self, ids: Sequence[int], at: datetime) -> None: ...
 
+    async def wakeup_task(self, wakeup_id: int) -> int | None:
+        """The id of the task wake-up ``wakeup_id`` is for (None if it is gone)."""
+        ...
+
     async def release_wakeups(self, ids: Sequence[int], worker: str) -> None:
         """Makes wake-ups ``worker`` holds claimable again, unfinished."""
         ...
@@ -364,6 +385,11 @@ class WorkWrites(Protocol):
     ) -> Artifact: ...
 
     async def add_usage(self, task_id: int, usage: Usage, at: datetime) -> None: ...
+
+    async def record_session(self, task_id: int, status: SessionStatus, at: datetime) -> None:
+        """Records the status the task's agent session shows (what it was told, or, after a
+        person pressed Stop on it, what the platform left it in)."""
+        ...
 
 
 class Unit(
@@ -434,10 +460,12 @@ class OutboxQueue(Protocol):
         card: tuple[int, str] | None,
         per_lane: int,
         held: Mapping[tuple[str, bool], int],
+        session: tuple[int, SessionStatus] | None = None,
     ) -> Recorded:
         """Settles a delivered row as ``mark_delivered`` does and, in the same transaction,
-        claims its thread's next row when that is due and its lane holds fewer than
-        ``per_lane`` of ``held`` (which no longer counts the settled row)."""
+        records the agent session status it set (``session``: task id and status) and claims
+        its thread's next row when that is due and its lane holds fewer than ``per_lane`` of
+        ``held`` (which no longer counts the settled row)."""
         ...
 
     async def release_for_retry(

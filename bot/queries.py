@@ -15,9 +15,10 @@ from bot.access import Access
 from bot.agents import Agent
 from bot.board import require_task
 from bot.clock import Clock
-from bot.outbox import OutboxRow
+from bot.outbox import OutboxKind, OutboxRow
 from bot.policy import PolicyBook, load_policy_book
 from bot.ports import Reader, Store
+from bot.session import SessionStatus, session_for
 from bot.status import TaskStatus
 from bot.task import Actor, LeasePolicy, Task, TaskEvent, TaskRef, ThreadMessage
 from bot.work import Artifact, TaskUsage
@@ -42,6 +43,13 @@ class TaskDetail:
     artifacts: list[Artifact]
     usage: TaskUsage | None
     now: datetime
+    #: A built-in agent's run is pending or under way for the task's epoch.
+    running: bool = False
+
+    @property
+    def session(self) -> SessionStatus | None:
+        """The status the task's agent session shows (``bot.session``)."""
+        return session_for(self.task, self.agents, running=self.running)
 
 
 @dataclass(frozen=True)
@@ -99,6 +107,10 @@ class DeliveryContext:
     agents: Agents
     #: The assignee's last words in the thread, for a re-dispatch's handoff.
     handoff: str | None
+    #: A built-in agent's run is pending or under way for the task's epoch (card renders only).
+    running: bool = False
+    #: What the task's agent session was last told (card updates only).
+    session: SessionStatus | None = None
 
 
 class TaskQueries:
@@ -133,6 +145,7 @@ class TaskQueries:
                 artifacts=await reader.list_artifacts(task.id),
                 usage=await reader.get_usage(task.id),
                 now=self._clock(),
+                running=await reader.run_pending(task.id, task.lease_epoch),
             )
 
     async def task_log(self, ref: TaskRef, viewer: Actor) -> TaskLog:
@@ -202,7 +215,11 @@ class TaskQueries:
                 await _last_words(reader, task, agents) if row.payload.get("redispatch") else None
             )
             book = await load_policy_book(reader, self._policy)
-        return DeliveryContext(task, book.for_channel(task.channel_id), agents, handoff)
+            renders = row.kind in (OutboxKind.CARD_POST, OutboxKind.CARD_UPDATE)
+            running = renders and await reader.run_pending(task.id, task.lease_epoch)
+            session = await reader.get_session(task.id) if renders else None
+        policy = book.for_channel(task.channel_id)
+        return DeliveryContext(task, policy, agents, handoff, running, session)
 
 
 async def _agents(reader: Reader) -> Agents:

@@ -161,6 +161,8 @@ class EventKind(StrEnum):
     OUTBOX_RETRIED = "outbox_retried"
     #: An admin dropped an outbox row: it is never sent.
     OUTBOX_DROPPED = "outbox_dropped"
+    #: A person stopped the current attempt (Slack's Stop button, or the card's).
+    STOPPED = "stopped"
 
 
 @dataclass(frozen=True)

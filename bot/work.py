@@ -27,6 +27,8 @@ class WakeReason(StrEnum):
     MESSAGE = "message"
     #: A waiting agent's lease TTL passed with no answer: it should assume and go on.
     ASSUME = "assume"
+    #: A person stopped the attempt: the agent must stop working on the task at once.
+    STOP = "stop"
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from sqlalchemy import Row, and_, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.agents import Agent
+from bot.session import SessionStatus
 from bot.signal import Queued
 from bot.status import TERMINAL_STATUSES
 from bot.task import Task
@@ -16,6 +17,7 @@ from store.dialect import dialect_insert
 from store.rows import agent_from_row, task_from_row
 from store.schema import (
     agent_cursors,
+    agent_sessions,
     agent_tokens,
     agent_wakeups,
     agents,
@@ -87,6 +89,19 @@ class AgentWorkReads:
         )
         return TaskUsage(row.steps, usage)
 
+    async def run_pending(self, task_id: int, epoch: int) -> bool:
+        query = select(agent_wakeups.c.id).where(
+            agent_wakeups.c.done_at.is_(None),
+            agent_wakeups.c.task_id == task_id,
+            agent_wakeups.c.epoch == epoch,
+        )
+        return (await self._db.execute(query.limit(1))).first() is not None
+
+    async def get_session(self, task_id: int) -> SessionStatus | None:
+        query = select(agent_sessions.c.status).where(agent_sessions.c.task_id == task_id)
+        status = (await self._db.execute(query)).scalar()
+        return SessionStatus(status) if status else None
+
     async def find_agent_by_token_hash(self, token_hash: str) -> Agent | None:
         query = (
             select(agents)
@@ -108,6 +123,16 @@ class AgentWorkReads:
 
 class AgentWorkWrites:
     """Writes; mixed into the unit of work."""
+
+    async def record_session(self, task_id: int, status: SessionStatus, at: datetime) -> None:
+        """Records what the task's agent session was told (or, after a Stop, shows)."""
+        values = {"task_id": task_id, "status": status.value, "updated_at": at}
+        query = dialect_insert(self._db, agent_sessions).values(values)
+        await self._db.execute(
+            query.on_conflict_do_update(
+                index_elements=["task_id"], set_={"status": status.value, "updated_at": at}
+            )
+        )
 
     _db: AsyncConnection
     queued: set[Queued]
@@ -221,6 +246,11 @@ class AgentWorkWrites:
             await self._db.execute(
                 update(agent_wakeups).where(agent_wakeups.c.id.in_(list(ids))).values(done_at=at)
             )
+
+    async def wakeup_task(self, wakeup_id: int) -> int | None:
+        query = select(agent_wakeups.c.task_id).where(agent_wakeups.c.id == wakeup_id)
+        task_id = (await self._db.execute(query)).scalar()
+        return int(task_id) if task_id is not None else None
 
     async def release_wakeups(self, ids: Sequence[int], worker: str) -> None:
         if ids:

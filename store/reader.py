@@ -51,6 +51,12 @@ class SqlReader(AgentWorkReads, OutboxReads):
         row = (await self._db.execute(select(tasks).where(tasks.c.id == task_id))).first()
         return task_from_row(row) if row else None
 
+    async def get_tasks_by_ids(self, task_ids: Collection[int]) -> list[Task]:
+        if not task_ids:
+            return []
+        query = select(tasks).where(tasks.c.id.in_(sorted(task_ids)))
+        return [task_from_row(row) for row in await self._db.execute(query)]
+
     async def get_task_by_thread(self, channel_id: str, thread_ts: str) -> Task | None:
         query = select(tasks).where(
             tasks.c.channel_id == channel_id, tasks.c.thread_ts == thread_ts

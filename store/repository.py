@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot.budget import Rate
 from bot.outbox import OutboxRow
 from bot.ports import Recorded
+from bot.session import SessionStatus
 from bot.signal import Queued
 from bot.task import NewEvent
 from store import inbound, notify, outbox, outbox_claims
@@ -88,6 +89,7 @@ class SqlStore:
         card: tuple[int, str] | None,
         per_lane: int,
         held: Mapping[tuple[str, bool], int],
+        session: tuple[int, SessionStatus] | None = None,
     ) -> Recorded:
         """Settles a delivered row and, in the same transaction, claims its thread's next row."""
         async with write_transaction(self.engine) as connection:
@@ -96,6 +98,8 @@ class SqlStore:
                 return Recorded(settled=False)
             if card is not None:
                 await SqlUnit(connection).record_card(*card)
+            if session is not None:
+                await SqlUnit(connection).record_session(*session, at)
             following = await outbox_claims.claim_next(
                 connection, worker, task_id, row_id, at, per_lane, held
             )

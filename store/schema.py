@@ -219,6 +219,16 @@ workers = Table(
     Column("heartbeat_at", UTCDateTime(), nullable=False, index=True),
 )
 
+#: What each task thread's agent session was last told (``bot.session``): the outbox calls the
+#: platform only when the status to show differs.
+agent_sessions = Table(
+    "agent_sessions",
+    metadata,
+    Column("task_id", Id, ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
 #: Token buckets every replica draws from (Slack's thread reads), so a budget is one per
 #: workspace rather than one per process.
 rate_budgets = Table(

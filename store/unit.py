@@ -266,6 +266,21 @@ class SqlUnit(SqlReader, AgentWorkWrites, OutboxReviewWrites, WorkerWrites):
         )
         return bool((await self._db.execute(query)).rowcount == 1)
 
+    async def save_message(self, message: ThreadMessage) -> None:
+        query = dialect_insert(self._db, task_messages).values(
+            task_id=message.task_id,
+            channel_id=message.channel_id,
+            ts=message.ts,
+            author=message.author,
+            text=message.text,
+            at=message.at,
+        )
+        await self._db.execute(
+            query.on_conflict_do_update(
+                index_elements=["channel_id", "ts"], set_={"text": message.text}
+            )
+        )
+
     async def record_messages(self, messages: Sequence[ThreadMessage]) -> set[tuple[str, str]]:
         if not messages:
             return set()

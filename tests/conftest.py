@@ -33,7 +33,7 @@ PG_URL = os.environ.get("THREADWORK_TEST_PG_URL", "postgresql://postgres@127.0.0
 TABLES = (
     "agent_secrets, agents, outbox, task_messages, task_events, tasks, channel_counters, "
     "channel_policies, inbound_event_ids, agent_tokens, artifacts, agent_wakeups, agent_cursors, "
-    "task_usage, workers, rate_budgets"
+    "task_usage, workers, rate_budgets, agent_sessions"
 )
 START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 #: THREADWORK_SECRET_KEY for tests: 32 random bytes in URL-safe base64, as the setting requires.

@@ -10,9 +10,9 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from channels.slack import interactive
 from channels.slack.admin_command import AGENT_KEY_VIEW, handle_admin_command
-from channels.slack.events import ThreadReplies, on_mention
+from channels.slack.events import ThreadReplies, on_mention, on_session_stopped
 from channels.slack.home import publish_home
-from channels.slack.parsing import MemberEvent, MessageEvent, SlashCommand
+from channels.slack.parsing import MemberEvent, MessageEvent, SessionStopped, SlashCommand
 from channels.slack.services import SlackServices
 from channels.slack.task_command import handle_task_command
 
@@ -77,6 +77,10 @@ def register_events(app: AsyncApp, services: SlackServices) -> None:
         if member is not None:
             services.access.membership.left(member.user_id, member.channel_id)
 
+    @app.event("agent_session_stopped")
+    async def session_stopped(event: dict[str, Any], client: AsyncWebClient) -> None:
+        await on_session_stopped(SessionStopped.from_event(event), services, client)
+
     @app.event("app_home_opened")
     async def home(event: dict[str, Any], client: AsyncWebClient) -> None:
         user = event.get("user")
@@ -85,7 +89,7 @@ def register_events(app: AsyncApp, services: SlackServices) -> None:
 
 
 def register_interactivity(app: AsyncApp, services: SlackServices) -> None:
-    @app.action(re.compile(r"^task_(assign|cancel|status_\w+)$"))
+    @app.action(re.compile(r"^task_(assign|cancel|stop|status_\w+)$"))
     async def card_action(ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient) -> None:
         await ack()
         await interactive.on_card_action(body, services, client)

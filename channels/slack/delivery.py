@@ -25,7 +25,8 @@ from bot.budget import Budget, Unmetered
 from bot.clock import Clock
 from bot.delivery import Delivered, DeliveryFailed, Retry
 from bot.outbox import OutboxKind, OutboxRow
-from bot.queries import TaskQueries
+from bot.queries import DeliveryContext, TaskQueries
+from bot.session import SessionStatus, session_for
 from bot.task import LeasePolicy, Task, TaskRef, ThreadMessage
 from channels.slack import render
 from channels.slack.history import HistoryPages, HistorySpent, Message, Page, Window
@@ -38,7 +39,18 @@ EVENT_TYPES = {
     OutboxKind.DIRECTIVE: "threadwork_directive",
     OutboxKind.ESCALATION: "threadwork_escalation",
     OutboxKind.AGENT_POST: "threadwork_agent_post",
+    OutboxKind.NOTICE: "threadwork_notice",
 }
+#: setStatus errors that say this app or workspace has no agent sessions (not declared as an
+#: agent, or the feature is off): sessions are left alone for a while, the card still updates.
+SESSIONS_UNAVAILABLE = frozenset(
+    {"feature_disabled", "missing_scope", "access_denied", "no_permission", "not_authorized"}
+    | {"unknown_method", "not_allowed_token_type"}
+)
+#: How long sessions are left alone after Slack said they are unavailable.
+SESSIONS_PAUSE = timedelta(minutes=10)
+#: Stream errors that mean the message is no longer streaming: nothing left to end.
+STREAM_ENDED = frozenset({"message_not_in_streaming_state", "message_not_found"})
 #: How far before a row's creation to search the thread when looking for an earlier post.
 LOOKBACK = timedelta(minutes=5)
 #: Searches for earlier posts left unfinished (budget spent) that are kept to resume.
@@ -83,6 +95,7 @@ class SlackDeliverer:
         self._clock = clock
         self._pages = HistoryPages(client, budget or Unmetered())
         self._lookups: dict[int, Lookup] = {}
+        self._sessions = SessionSync(client, clock)
 
     async def deliver(self, row: OutboxRow) -> Delivered:
         """Performs ``row``; Slack's failures come out as DeliveryFailed saying how to retry."""
@@ -102,7 +115,9 @@ class SlackDeliverer:
             task = shortened_task(task)
         handoff = f'"{render.escape(context.handoff[:300])}"' if context.handoff else None
         if row.kind == OutboxKind.CARD_UPDATE:
-            return await self._update_card(task, agents, policy)
+            return await self._update_card(context)
+        if row.kind == OutboxKind.STREAM_STOP:
+            return await self._stop_stream(task, str(row.payload["ts"]))
         if row.kind != OutboxKind.CARD_POST and task.thread_ts is None:
             # Its card was never posted (dead or dropped): a post now would start a stray thread.
             raise DeliveryFailed("card_not_posted", retry=Retry.NEVER)
@@ -112,21 +127,34 @@ class SlackDeliverer:
                 return Delivered(earlier, recovered=True)
         return await self._post(task, row, agents, handoff, policy)
 
-    async def _update_card(
-        self, task: Task, agents: dict[str, Agent], policy: LeasePolicy
-    ) -> Delivered:
+    async def _update_card(self, context: DeliveryContext) -> Delivered:
+        """Re-renders the card, and first brings the thread's agent session to the status the
+        task's state maps to, if that changed since the platform was last told."""
+        task = context.task
         if task.card_ts is None:
             # The card's own row is dead or dropped: there is nothing to update, and once the
             # card is retried it shows the current state anyway, so this row is settled as is.
             return Delivered("", skipped=True)
+        session = session_for(task, context.agents, running=context.running)
+        told = await self._sessions.sync(task, context, session)
         await self._client.chat_update(
             channel=task.channel_id,
             ts=task.card_ts,
             text=render.card_text(task),
-            blocks=render.card_blocks(task, policy, agents, self._clock()),
+            blocks=render.card_blocks(task, context.policy, context.agents, self._clock(), session),
             link_names=False,
         )
-        return Delivered(task.card_ts)
+        return Delivered(task.card_ts, session=told)
+
+    async def _stop_stream(self, task: Task, ts: str) -> Delivered:
+        """Ends a message the agent was streaming when a person pressed Stop."""
+        try:
+            await self._client.chat_stopStream(channel=task.channel_id, ts=ts)
+        except SlackApiError as exc:
+            if error_code(exc) not in STREAM_ENDED:
+                raise
+            return Delivered(ts, skipped=True)
+        return Delivered(ts)
 
     async def _post(
         self,
@@ -148,9 +176,15 @@ class SlackDeliverer:
             "link_names": False,
         }
         if row.kind == OutboxKind.CARD_POST:
+            session = session_for(task, agents, running=False)
             message |= {
                 "text": render.card_text(task),
-                "blocks": render.card_blocks(task, policy, agents, self._clock()),
+                "blocks": render.card_blocks(task, policy, agents, self._clock(), session),
+                "thread_ts": task.thread_ts,
+            }
+        elif row.kind == OutboxKind.NOTICE:
+            message |= {
+                "text": render.notice_text(task, row.payload, agents),
                 "thread_ts": task.thread_ts,
             }
         elif row.kind == OutboxKind.DIRECTIVE:
@@ -235,6 +269,55 @@ class SlackDeliverer:
         if task.thread_ts:
             return await self._pages.replies(task.channel_id, task.thread_ts, window, metadata=True)
         return await self._pages.history(task.channel_id, window, metadata=True)
+
+
+class SessionSync:
+    """Keeps a task thread's agent session (``agents.sessions.setStatus``) at the status its
+    task maps to. A call is made only when that status differs from what Slack was last told;
+    the first one creates the session with the task's title, the assigner as initiator, and
+    the assignee's name. If Slack says this app has no sessions, they are left alone for a
+    while (logged once), and cards go on updating."""
+
+    def __init__(self, client: AsyncWebClient, clock: Clock) -> None:
+        self._client = client
+        self._clock = clock
+        self._paused_until: datetime | None = None
+        self._warned: set[str] = set()
+
+    async def sync(
+        self, task: Task, context: DeliveryContext, session: SessionStatus | None
+    ) -> SessionStatus | None:
+        """Tells Slack ``session`` if it changed; returns what was told (None: nothing)."""
+        if session is None or session == context.session or task.thread_ts is None:
+            return None
+        if self._paused_until is not None and self._clock() < self._paused_until:
+            return None
+        args: dict[str, Any] = {"channel_id": task.channel_id, "thread_ts": task.thread_ts}
+        if context.session is None:
+            agent = context.agents.get(task.assignee or "")
+            args |= {
+                "title": task.title[:200],
+                "initiator_user_id": task.assigned_by,
+                "username": agent.display_name if agent else task.assignee,
+                "icon_emoji": ":robot_face:",
+            }
+        try:
+            response = await self._client.agents_sessions_setStatus(status=session.value, **args)
+        except SlackApiError as exc:
+            if error_code(exc) not in SESSIONS_UNAVAILABLE:
+                raise
+            self._paused_until = self._clock() + SESSIONS_PAUSE
+            self._warn_once("session.unavailable", error_code(exc))
+            return None
+        warning = response.get("warning")
+        if warning:
+            self._warn_once("session.warning", str(warning))
+        return session
+
+    def _warn_once(self, event: str, detail: str) -> None:
+        if detail not in self._warned:
+            self._warned.add(detail)
+            logger.warning(event, detail=detail)
 
 
 def _outbox_key(message: Message) -> object:

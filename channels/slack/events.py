@@ -17,7 +17,7 @@ from bot.budget import Budget
 from bot.errors import DomainError
 from bot.inbox import ReplyInbox
 from bot.task import Actor, IncomingReply, Task
-from channels.slack.parsing import MessageEvent, error_code, unescape
+from channels.slack.parsing import MessageEvent, SessionStopped, error_code, unescape
 from channels.slack.render import inert_reply
 from channels.slack.services import SlackServices
 from channels.slack.task_command import resolve_agent
@@ -145,3 +145,33 @@ async def _tell(client: AsyncWebClient, event: MessageEvent, text: str) -> None:
         )
     except SlackApiError as exc:
         logger.warning("mention.reply_failed", error=error_code(exc))
+
+
+async def on_session_stopped(
+    stop: SessionStopped | None, services: SlackServices, client: AsyncWebClient
+) -> None:
+    """Someone pressed Stop on a task thread's session: the attempt stops (the core decides
+    whether they may); a refusal, or nothing to stop, is told to them alone."""
+    if stop is None:
+        logger.warning("events.malformed_session_stopped")
+        return
+    try:
+        stopped = await services.board.stop_thread(
+            stop.channel_id, stop.thread_ts, stop.user_id, stop.streams
+        )
+    except DomainError as exc:
+        await _tell_in_thread(client, stop, f":warning: {inert_reply(exc.message)}")
+        return
+    if not stopped.stopped:
+        await _tell_in_thread(
+            client, stop, f"{stopped.task.ref} was not being worked on; there was nothing to stop."
+        )
+
+
+async def _tell_in_thread(client: AsyncWebClient, stop: SessionStopped, text: str) -> None:
+    try:
+        await client.chat_postEphemeral(
+            channel=stop.channel_id, user=stop.user_id, thread_ts=stop.thread_ts, text=text
+        )
+    except SlackApiError as exc:
+        logger.warning("events.reply_failed", error=error_code(exc))

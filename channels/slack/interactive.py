@@ -38,6 +38,13 @@ async def on_card_action(
             await board.assign_task(TaskRef.parse(ref_text), agent, used.user_id, in_channel=where)
         elif used.action_id == "task_cancel":
             await board.cancel_task(TaskRef.parse(used.value), actor, in_channel=where)
+        elif used.action_id == "task_stop":
+            stopped = await board.stop_task(
+                TaskRef.parse(used.value), used.user_id, in_channel=where
+            )
+            if not stopped.stopped:
+                text = f"{stopped.task.ref} was not being worked on; there was nothing to stop."
+                await _tell(client, used.channel_id, used.user_id, text)
         elif used.action_id == "task_status_reopen":
             await board.reopen_task(TaskRef.parse(used.value), actor, in_channel=where)
         else:

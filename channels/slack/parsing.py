@@ -58,6 +58,28 @@ class MemberEvent:
 
 
 @dataclass(frozen=True)
+class SessionStopped:
+    """Someone pressed Stop on a thread's agent session (``agent_session_stopped``)."""
+
+    channel_id: str
+    thread_ts: str
+    user_id: str
+    #: The app's messages that were streaming, which Slack stopped.
+    streams: tuple[str, ...]
+
+    @classmethod
+    def from_event(cls, event: dict[str, Any]) -> "SessionStopped | None":
+        """None when the event lacks the thread or the user, or its fields have the wrong types."""
+        channel, thread_ts, user = event.get("channel"), event.get("thread_ts"), event.get("user")
+        streams = event.get("streaming_message_ts") or []
+        if not all(isinstance(v, str) and v for v in (channel, thread_ts, user)):
+            return None
+        if not isinstance(streams, list) or not all(isinstance(ts, str) for ts in streams):
+            return None
+        return cls(str(channel), str(thread_ts), str(user), tuple(streams[:50]))
+
+
+@dataclass(frozen=True)
 class CardAction:
     """A person's use of a card control: which, with what value, by whom, from where."""
 

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bot.agents import Agent
+from bot.session import SessionStatus
 from bot.status import TERMINAL_STATUSES, TRANSITIONS, TaskStatus
 from bot.task import Actor, LeasePolicy, Task, is_stale
 
@@ -33,6 +34,7 @@ STATUS_EMOJI = {
 ASSIGN_ACTION = "task_assign"
 STATUS_ACTION_PREFIX = "task_status_"
 CANCEL_ACTION = "task_cancel"
+STOP_ACTION = "task_stop"
 
 #: A Slack user id threadwork may mention (bots have B ids and cannot be mentioned).
 _USER_ID = re.compile(r"^[UW][A-Z0-9]+$")
@@ -144,10 +146,28 @@ def task_heading(task: Task) -> str:
     return f"*{task.ref}* · {escape(task.title)}"
 
 
+#: How a session status reads on the card and in ``/task show``.
+SESSION_LABELS = {
+    SessionStatus.PROCESSING: ":gear: working",
+    SessionStatus.ACTIVE: ":large_green_circle: active",
+    SessionStatus.SUSPENDED: ":double_vertical_bar: waiting for a person",
+    SessionStatus.CLOSED: ":white_check_mark: closed",
+}
+
+
+def session_label(session: SessionStatus | None) -> str:
+    return SESSION_LABELS[session] if session is not None else "—"
+
+
 def card_blocks(
-    task: Task, policy: LeasePolicy, agents: dict[str, Agent], now: datetime
+    task: Task,
+    policy: LeasePolicy,
+    agents: dict[str, Agent],
+    now: datetime,
+    session: SessionStatus | None,
 ) -> list[Block]:
-    """The task card: the truth about a task, and the controls to change it."""
+    """The task card: the truth about a task, and the controls to change it. ``session`` is
+    what its agent session shows (``bot.session``)."""
     status = f"{STATUS_EMOJI[task.status]} `{task.status.value}`"
     if task.awaiting_input_since is not None:
         status += " · :speech_balloon: awaiting input"
@@ -166,6 +186,7 @@ def card_blocks(
         f"*Assigned by*\n{user_label(task.assigned_by)}"
         if task.assigned_by
         else "*Assigned by*\n—",
+        f"*Session*\n{session_label(session)}",
     ]
     blocks: list[Block] = [
         {"type": "section", "text": inert_mrkdwn(task_heading(task))},
@@ -222,6 +243,8 @@ def card_controls(task: Task, agents: dict[str, Agent]) -> list[Block]:
                 ref,
             )
         )
+    if task.leased:
+        controls.append(_stop_button(task))
     cancel = _button("Cancel", CANCEL_ACTION, ref)
     cancel["style"] = "danger"
     cancel["confirm"] = {
@@ -232,6 +255,23 @@ def card_controls(task: Task, agents: dict[str, Agent]) -> list[Block]:
     }
     controls.append(cancel)
     return controls[:25]
+
+
+def _stop_button(task: Task) -> Block:
+    """Stops the current attempt, as the session's own Stop button does (for surfaces that
+    show no session)."""
+    stop = _button("Stop", STOP_ACTION, str(task.ref))
+    stop["confirm"] = {
+        "title": {"type": "plain_text", "text": "Stop the agent?"},
+        "text": {
+            "type": "mrkdwn",
+            "text": f"The agent stops working on {task.ref} at once, and the task is blocked "
+            "until someone assigns it again.",
+        },
+        "confirm": {"type": "plain_text", "text": "Stop"},
+        "deny": {"type": "plain_text", "text": "Let it work"},
+    }
+    return stop
 
 
 def _button(text: str, action_id: str, value: str) -> Block:
@@ -286,6 +326,24 @@ def escalation_text(task: Task, payload: dict[str, Any], agents: dict[str, Agent
         f"(assignee {agent_label(payload['agent'], agents)}, the claim is cleared). "
         f"Reassign it with `/task assign {task.number} &lt;agent&gt;` or the menu on the card, "
         f"or move it back to work with `/task status {task.number} todo`."
+    )
+
+
+def notice_text(task: Task, payload: dict[str, Any], agents: dict[str, Agent]) -> str:
+    """threadwork's line in the thread: whom the task waits for, or that it was stopped and
+    how to resume; the person it concerns is mentioned."""
+    agent = agent_label(payload.get("agent"), agents)
+    assigner = payload.get("assigned_by")
+    if payload.get("notice") == "stopped":
+        resume = f"`/task assign {task.number} {escape(str(payload.get('agent') or '<agent>'))}`"
+        return (
+            f":black_square_for_stop: Stopped by {user_label(str(payload['by']))}: {agent} no "
+            f"longer works on {task_heading(task)}, which is now *blocked*. To resume, {resume} "
+            "or pick an agent in the card's menu."
+        )
+    who = user_label(str(assigner)) if assigner else "someone on the channel"
+    return (
+        f":double_vertical_bar: {agent} is waiting for {who}: answer in this thread and it goes on."
     )
 
 

@@ -20,6 +20,7 @@ from channels.slack.render import (
     escape,
     escape_clipped,
     link,
+    session_label,
     slack_date,
     task_heading,
     user_label,
@@ -90,6 +91,8 @@ def show_text(detail: TaskDetail) -> str:
         + (f" · attempt {task.attempts}/{policy.max_dispatch_attempts}" if task.assignee else "")
         + f" · {lease}",
     ]
+    if detail.session is not None:
+        lines.append(f"Session: {session_label(detail.session)}")
     if task.assigned_by:
         lines.append(f"Assigned by {user_label(task.assigned_by)}")
     if task.description:

@@ -59,6 +59,8 @@ class SlackStandIn:
     #: Each channel's members (conversations.members); a channel not here is not found.
     members: dict[str, set[str]] = field(default_factory=dict)
     failures: dict[str, deque[Failure]] = field(default_factory=dict)
+    #: Agent sessions by (channel, thread_ts): title, initiator, username and status.
+    sessions: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     #: The longest message text chat.postMessage and chat.update accept (None: any).
     max_text: int | None = None
     #: The most messages conversations.replies/history return per call, whatever ``limit``
@@ -320,8 +322,109 @@ class SlackStandIn:
     def _views_open(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "view": {"id": "V1", **args["view"]}}
 
-    def _assistant_threads_setStatus(self, args: dict[str, Any]) -> dict[str, Any]:
-        return {"ok": True}
+    # Agent sessions and streaming ---------------------------------------------------------
+
+    def session_statuses(self, channel: str, thread_ts: str) -> list[str]:
+        """The statuses agents.sessions.setStatus was called with for one thread, in order."""
+        return [
+            str(c.args["status"])
+            for c in self.calls_to("agents.sessions.setStatus")
+            if c.args.get("channel_id") == channel and c.args.get("thread_ts") == thread_ts
+        ]
+
+    def _agents_sessions_setStatus(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Creates the thread's session if needed (its title, initiator and name are kept from
+        that first call, as Slack does) and sets its status."""
+        status = args.get("status")
+        if status not in ("processing", "active", "suspended", "closed"):
+            return {"ok": False, "error": "invalid_status"}
+        if not args.get("thread_ts"):
+            return {"ok": False, "error": "thread_ts_required"}
+        key = (str(args.get("channel_id")), str(args["thread_ts"]))
+        session = self.sessions.setdefault(
+            key,
+            {k: args.get(k) for k in ("title", "initiator_user_id", "username", "icon_emoji")},
+        )
+        session["status"] = status
+        return {"ok": True, "status": status, "agent_status": status, "title": session["title"]}
+
+    def _agents_sessions_rename(self, args: dict[str, Any]) -> dict[str, Any]:
+        session = self.sessions.get((str(args.get("channel_id")), str(args.get("thread_ts"))))
+        if session is None:
+            return {"ok": False, "error": "session_not_found"}
+        session["title"] = args["title"]
+        return {"ok": True, "title": args["title"]}
+
+    def _chat_startStream(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Posts a message in streaming state; its text grows with each append."""
+        if not args.get("recipient_user_id") or not args.get("recipient_team_id"):
+            missing = "user" if not args.get("recipient_user_id") else "team"
+            return {"ok": False, "error": f"missing_recipient_{missing}_id"}
+        message = {
+            "type": "message",
+            "channel": args["channel"],
+            "ts": self.next_ts(),
+            "user": BOT_USER,
+            "bot_id": BOT_ID,
+            "thread_ts": args["thread_ts"],
+            "text": _streamed(args),
+            "streaming": True,
+            "username": args.get("username"),
+        }
+        self.messages.append(message)
+        return {"ok": True, "channel": args["channel"], "ts": message["ts"]}
+
+    def _streaming(self, args: dict[str, Any]) -> dict[str, Any] | None:
+        for message in self.messages:
+            if message["channel"] == args["channel"] and message["ts"] == args["ts"]:
+                return message
+        return None
+
+    def _chat_appendStream(self, args: dict[str, Any]) -> dict[str, Any]:
+        message = self._streaming(args)
+        if message is None:
+            return {"ok": False, "error": "message_not_found"}
+        if not message.get("streaming"):
+            return {"ok": False, "error": "message_not_in_streaming_state"}
+        message["text"] += _streamed(args)
+        return {"ok": True, "channel": args["channel"], "ts": args["ts"]}
+
+    def _chat_stopStream(self, args: dict[str, Any]) -> dict[str, Any]:
+        message = self._streaming(args)
+        if message is None:
+            return {"ok": False, "error": "message_not_found"}
+        if not message.get("streaming"):
+            return {"ok": False, "error": "message_not_in_streaming_state"}
+        message["text"] += _streamed(args)
+        message["streaming"] = False
+        if args.get("session_status"):
+            key = (str(message["channel"]), str(message["thread_ts"]))
+            self.sessions.setdefault(key, {"title": None})["status"] = args["session_status"]
+        return {"ok": True, "channel": args["channel"], "ts": args["ts"], "message": message}
+
+    def stop_streams(self, channel: str, thread_ts: str) -> list[str]:
+        """Ends every stream in the thread, as a click on Stop does; returns their ts."""
+        stopped = []
+        for message in self.messages:
+            if message.get("streaming") and (message["channel"], message.get("thread_ts")) == (
+                channel,
+                thread_ts,
+            ):
+                message["streaming"] = False
+                stopped.append(str(message["ts"]))
+        return stopped
 
     def _views_publish(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "view": {"id": "V2", **args["view"]}}
+
+
+def _streamed(args: dict[str, Any]) -> str:
+    """The text a stream call carries: its ``markdown_text`` and its markdown chunks, and a
+    line per task update chunk (its title), as Slack renders them in the message."""
+    text = str(args.get("markdown_text") or "")
+    for chunk in args.get("chunks") or []:
+        if chunk.get("type") == "markdown_text":
+            text += str(chunk.get("text", ""))
+        elif chunk.get("type") == "task_update":
+            text += f"\n{chunk.get('title', '')}"
+    return text
