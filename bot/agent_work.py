@@ -17,6 +17,7 @@ from bot.errors import Conflict, InvalidInput
 from bot.metrics import Metrics, NoMetrics
 from bot.outbox import OutboxKind, OutboxMessage
 from bot.ports import Store, Unit
+from bot.session import SessionStatus, session_status
 from bot.signal import Notify, ignore
 from bot.task import Actor, EventKind, NewEvent, Task, TaskRef, ThreadMessage, storable
 from bot.work import Artifact, Usage
@@ -183,16 +184,39 @@ class AgentWork:
             await unit.enqueue([waits, outbox.card_update(waiting, self._new_key())], now)
             return waiting
 
-    async def record_stream(self, ref: TaskRef, agent: str, epoch: int, ts: str, text: str) -> Task:
+    async def record_stream(
+        self,
+        ref: TaskRef,
+        agent: str,
+        epoch: int,
+        ts: str,
+        text: str,
+        session: SessionStatus | None = None,
+    ) -> Task:
         """Stores a message the agent streamed into the thread, now complete, as its post:
-        progress, once (the stream's chunks renewed nothing)."""
+        progress, once (the stream's chunks renewed nothing), if the run still holds the task.
+
+        ``session`` is the session status the end of the stream set (the platform sets one
+        when a stream stops); if the task maps to another by now, a card update puts it right.
+        """
         text = storable(text).strip()
-        async with self._held(ref, agent, epoch) as (unit, task):
+        async with self._store.transaction() as unit:
+            task = await require_task(unit, ref)
             now = self._clock()
-            renewed = await self._progress(unit, task, now)
+            # The message is in the thread whatever happened meanwhile: it is stored, and it is
+            # progress only while the run still holds the task (its last step may have moved
+            # the task to blocked, or a person stopped it).
+            held = task.claimed_by == agent and task.lease_epoch == epoch
+            renewed = await self._progress(unit, task, now) if held else task
             posted = ThreadMessage(task.id, task.channel_id, ts, f"agent:{agent}", text, now)
             await unit.save_message(posted)
-            return renewed
+            if session is not None:
+                await unit.record_session(task.id, session, now)
+                running = await unit.run_pending(task.id, task.lease_epoch)
+                if session_status(renewed, built_in=True, running=running) != session:
+                    await unit.enqueue([outbox.card_update(renewed, self._new_key())], now)
+        self._notify(frozenset(unit.queued))
+        return renewed
 
     async def end_run(self, wakeup_id: int) -> None:
         """A built-in run ended: its wake-up is done, and the card and the session show that

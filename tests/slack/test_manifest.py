@@ -13,11 +13,15 @@ MANIFEST = Path(__file__).parents[2] / "manifest.yml"
 #: Each scope and the calls or events in the code that need it; nothing more is asked for.
 NEEDED_SCOPES = {
     "app_mentions:read": "app_mention events",
+    "assistant:write": "agent sessions: the app is declared an agent (features.agent_view)",
     "channels:history": "message.channels events; conversations.replies/history in public channels",
     "groups:history": "message.groups events; conversations.replies/history in private channels",
     "channels:read": "users.conversations for App Home (public channels)",
     "groups:read": "users.conversations for App Home (private channels)",
-    "chat:write": "chat.postMessage, chat.update, chat.postEphemeral, assistant.threads.setStatus",
+    "chat:write": (
+        "chat.postMessage, chat.update, chat.postEphemeral, chat.startStream, chat.appendStream, "
+        "chat.stopStream, agents.sessions.setStatus"
+    ),
     "chat:write.customize": "agents' posts appear under the agent's name and icon",
     "commands": "/task, /task-admin and the message shortcut",
     "users:read": "users.info to recognise workspace admins and owners",
@@ -45,6 +49,7 @@ def test_both_slash_commands_exist_with_escaping_on(manifest: dict[str, Any]) ->
 def test_the_bot_subscribes_to_the_events_the_listeners_handle(manifest: dict[str, Any]) -> None:
     settings = manifest["settings"]
     assert sorted(settings["event_subscriptions"]["bot_events"]) == [
+        "agent_session_stopped",
         "app_home_opened",
         "app_mention",
         "member_joined_channel",
@@ -60,3 +65,11 @@ def test_the_message_shortcut_matches_the_listeners_callback_id(manifest: dict[s
     [shortcut] = manifest["features"]["shortcuts"]
     assert (shortcut["type"], shortcut["callback_id"]) == ("message", CREATE_TASK_SHORTCUT)
     assert manifest["features"]["app_home"]["home_tab_enabled"] is True
+
+
+def test_the_app_is_declared_an_agent_so_task_threads_are_sessions(
+    manifest: dict[str, Any],
+) -> None:
+    agent_view = manifest["features"]["agent_view"]
+    assert set(agent_view) <= {"agent_description", "suggested_prompts", "actions"}
+    assert 0 < len(agent_view["agent_description"]) <= 300
