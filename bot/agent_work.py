@@ -218,15 +218,21 @@ class AgentWork:
         self._notify(frozenset(unit.queued))
         return renewed
 
-    async def end_run(self, wakeup_id: int) -> None:
+    async def end_run(self, wakeup_id: int, session_unknown: bool = False) -> None:
         """A built-in run ended: its wake-up is done, and the card and the session show that
-        nobody works on the task now (unless another wake-up is already waiting)."""
+        nobody works on the task now (unless another wake-up is already waiting).
+
+        ``session_unknown``: the run ended a stream early, which leaves the session at the
+        platform's default (active); it is recorded so, and the card update tells it again."""
         async with self._store.transaction() as unit:
-            await unit.finish_wakeups([wakeup_id], self._clock())
+            now = self._clock()
+            await unit.finish_wakeups([wakeup_id], now)
             task_id = await unit.wakeup_task(wakeup_id)
             task = None if task_id is None else await unit.get_task_by_id(task_id)
-            if task is not None and task.leased:
-                await unit.enqueue([outbox.card_update(task, self._new_key())], self._clock())
+            if task is not None and session_unknown:
+                await unit.record_session(task.id, SessionStatus.ACTIVE, now)
+            if task is not None and (task.leased or session_unknown):
+                await unit.enqueue([outbox.card_update(task, self._new_key())], now)
         self._notify(frozenset(unit.queued))
 
     async def record_usage(self, ref: TaskRef, agent: str, epoch: int, usage: Usage) -> bool:

@@ -79,7 +79,7 @@ from channels.slack.membership import SlackMembership
 from channels.slack.probe import SlackThreadProbe
 from channels.slack.services import AdminCheck, SlackServices
 from channels.slack.socket_mode import build_socket_client
-from channels.slack.thread_status import SlackThreadStatus
+from channels.slack.stream import SlackThreadStreams
 from scheduler.jobs import build_scheduler
 from store.database import create_engine, is_transient
 from store.gauges import SqlGauges
@@ -306,13 +306,13 @@ def check_slack_settings(settings: Settings, socket_mode: bool) -> None:
 
 @dataclass
 class Slack:
-    """The Slack adapter as wired: client, gateway, delivery and the runner's thread status."""
+    """The Slack adapter as wired: client, gateway, delivery and the runner's thread streams."""
 
     client: AsyncWebClient
     auth: AuthCheck
     gateway: SlackGateway
     delivery: OutboxDelivery
-    thread_status: SlackThreadStatus
+    streams: SlackThreadStreams
     socket: SocketModeClient | None = None
 
 
@@ -587,7 +587,7 @@ def _wire_slack(
     gateway = SlackGateway(
         build_bolt_app(services, client), core.store, core.clock, signature, core.metrics
     )
-    slack = Slack(client, AuthCheck(client), gateway, delivery, SlackThreadStatus(client))
+    slack = Slack(client, AuthCheck(client), gateway, delivery, SlackThreadStreams(client))
     if socket_mode:
         assert settings.slack_app_token is not None
         token = settings.slack_app_token.get_secret_value()
@@ -626,7 +626,7 @@ def _wire_runner(
         supervisor,
         worker,
         RunnerSettings(max_steps=settings.agent_max_steps, poll=overrides.poll_s),
-        slack.thread_status if slack else None,
+        streams=slack.streams if slack else None,
     )
     if overrides.runner_wakes_on_commit:
         core.signal.subscribe(runner.wake, to=Queued.WAKEUPS)

@@ -52,7 +52,9 @@ INSTRUCTIONS = """threadwork gives you tasks that live as Slack threads. Call li
 wait_for_work to find work, get_task to read a task and its new thread messages, post_update to
 report progress in the thread (each post renews your lease), add_artifact for results, and
 update_task_status to move the task: in_progress while working, in_review when done, blocked with
-a note when stuck. Pass the epoch you were given; a call from a superseded run is refused."""
+a note when stuck. Pass the epoch you were given; a call from a superseded run is refused.
+A wait_for_work item with reason "stop" means a person pressed Stop: stop working on that task
+at once; it stays yours, blocked, until someone assigns it again."""
 
 
 class Refusal(StrEnum):
@@ -409,7 +411,8 @@ def build_tool_server(resolve: Resolver) -> MCPServer:
     @server.tool()
     async def wait_for_work(ctx: Context, timeout_s: float = 30.0) -> dict[str, Any]:
         """Waits up to timeout_s seconds (max 300) and returns as soon as you have a new directive
-        or a person wrote in one of your task threads; an empty list means nothing came."""
+        or a person wrote in one of your task threads; an empty list means nothing came. An item
+        whose reason is "stop" means a person stopped your work on that task: stop at once."""
         return await render((await caller(ctx)).wait_for_work(timeout_s))
 
     return server

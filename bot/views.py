@@ -42,6 +42,7 @@ def task_detail_view(detail: TaskDetail) -> dict[str, Any]:
     """The task with its event log, thread messages, artifacts and token usage."""
     events, messages, usage = detail.events, detail.messages, detail.usage
     return task_view(detail.task) | {
+        "session": detail.session.value if detail.session else None,
         "artifacts": [
             {
                 "id": a.id,

@@ -11,7 +11,15 @@ from typing import Any
 
 import anthropic
 
-from bot.runtime.model import Message, ModelTurn, ModelUnavailable, Progress, ToolCall, ToolSpec
+from bot.runtime.model import (
+    Message,
+    ModelTurn,
+    ModelUnavailable,
+    Progress,
+    TextDelta,
+    ToolCall,
+    ToolSpec,
+)
 from bot.work import Usage
 
 EPHEMERAL = {"type": "ephemeral"}
@@ -38,7 +46,12 @@ class AnthropicModel:
         self._max_tokens = max_tokens
 
     async def complete(
-        self, system: str, tools: list[ToolSpec], messages: list[Message], on_progress: Progress
+        self,
+        system: str,
+        tools: list[ToolSpec],
+        messages: list[Message],
+        on_progress: Progress,
+        on_text: TextDelta | None = None,
     ) -> ModelTurn:
         request: dict[str, Any] = {
             "model": self._model,
@@ -52,12 +65,26 @@ class AnthropicModel:
         }
         try:
             async with self._client.messages.stream(**request) as stream:
-                async for _event in stream:
+                wrote = False
+                async for event in stream:
                     await on_progress()
+                    if on_text is not None:
+                        wrote = await _relay_text(event, on_text, wrote)
                 final = await stream.get_final_message()
         except anthropic.APIError as exc:
             raise ModelUnavailable(_describe(exc)) from exc
         return _turn(final)
+
+
+async def _relay_text(event: Any, on_text: TextDelta, wrote: bool) -> bool:
+    """Passes a text delta on (and a line break where a new text block follows earlier text,
+    as ``_turn`` joins the blocks); returns whether any text was passed on so far."""
+    if event.type == "content_block_start" and event.content_block.type == "text" and wrote:
+        await on_text("\n")
+    elif event.type == "text" and event.text:
+        await on_text(event.text)
+        return True
+    return wrote
 
 
 def _describe(exc: anthropic.APIError) -> str:

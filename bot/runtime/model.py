@@ -9,6 +9,8 @@ from bot.work import Usage
 #: Messages in Anthropic's shape: {"role": "user"|"assistant", "content": str | list[block]}.
 Message = dict[str, Any]
 Progress = Callable[[], Awaitable[None]]
+#: Receives the model's words for people as they are generated, a piece at a time.
+TextDelta = Callable[[str], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,15 @@ class ModelUnavailable(Exception):
 
 class AgentModel(Protocol):
     async def complete(
-        self, system: str, tools: list[ToolSpec], messages: list[Message], on_progress: Progress
+        self,
+        system: str,
+        tools: list[ToolSpec],
+        messages: list[Message],
+        on_progress: Progress,
+        on_text: TextDelta | None = None,
     ) -> ModelTurn:
-        """One model step; ``on_progress`` is awaited as output streams in (liveness)."""
+        """One model step; ``on_progress`` is awaited as output streams in (liveness), and
+        ``on_text`` with each piece of the turn's text as it is generated (a provider that does
+        not stream passes the whole text once). The pieces, joined, are the turn's ``text``
+        before it is stripped."""
         ...

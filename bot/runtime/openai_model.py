@@ -5,7 +5,15 @@ from typing import Any
 
 import aiohttp
 
-from bot.runtime.model import Message, ModelTurn, ModelUnavailable, Progress, ToolCall, ToolSpec
+from bot.runtime.model import (
+    Message,
+    ModelTurn,
+    ModelUnavailable,
+    Progress,
+    TextDelta,
+    ToolCall,
+    ToolSpec,
+)
 from bot.work import Usage
 
 RETRIABLE = {408, 409, 429, 500, 502, 503, 504}
@@ -64,9 +72,21 @@ class OpenAICompatibleModel:
         self._attempts = attempts
 
     async def complete(
-        self, system: str, tools: list[ToolSpec], messages: list[Message], on_progress: Progress
+        self,
+        system: str,
+        tools: list[ToolSpec],
+        messages: list[Message],
+        on_progress: Progress,
+        on_text: TextDelta | None = None,
     ) -> ModelTurn:
-        body = {
+        """One step over plain HTTP, not streamed: ``on_text`` gets the turn's text once."""
+        turn = await self._post(self._body(system, tools, messages), on_progress)
+        if on_text is not None and turn.text:
+            await on_text(turn.text)
+        return turn
+
+    def _body(self, system: str, tools: list[ToolSpec], messages: list[Message]) -> dict[str, Any]:
+        return {
             "model": self._model,
             "max_tokens": self._max_tokens,
             "messages": to_openai(system, messages),
@@ -82,6 +102,9 @@ class OpenAICompatibleModel:
                 for t in tools
             ],
         }
+
+    async def _post(self, body: dict[str, Any], on_progress: Progress) -> ModelTurn:
+        """Posts ``body``, retrying what the endpoint says may succeed later."""
         async with aiohttp.ClientSession(headers=self._headers) as http:
             for attempt in range(1, self._attempts + 1):
                 await on_progress()

@@ -2,10 +2,13 @@
 
 The loop keeps going without a new chat turn until the agent sets in_review, done or blocked,
 or reaches the step limit (then it says where it stopped and blocks the task). Text the model
-writes for people is posted in the thread. A question is answered by an assumption, or waits for
-a person, per the agent's autonomy mode. When the task is cancelled, reassigned or re-dispatched
-the run stops at its next step and posts nothing more: its late tool calls are refused as
-superseded or not_claimed, and the run stops on that reason.
+writes for people streams into the thread as it is generated, with a short line per tool call,
+and is stored as the agent's post when the step ends (one lease renewal); where the thread
+cannot be streamed into, the step's text is posted instead. A question is answered by an
+assumption, or waits for a person, per the agent's autonomy mode. When the task is cancelled,
+reassigned or re-dispatched the run stops at its next step and posts nothing more: its late
+tool calls are refused as superseded or not_claimed, and the run stops on that reason (a stream
+open then is ended where it is, and not stored).
 """
 
 import asyncio
@@ -18,10 +21,14 @@ import structlog
 
 from bot.agent_work import AgentWork
 from bot.agents import Autonomy
-from bot.errors import NotClaimHolder, Superseded
+from bot.errors import IllegalTransition, NotClaimHolder, Superseded
 from bot.runtime import prompt
 from bot.runtime.model import AgentModel, Message, ModelTurn, ModelUnavailable, ToolCall, ToolSpec
-from bot.task import TaskRef
+from bot.runtime.progress import progress_line
+from bot.runtime.stream import Opener, Said, StepStream, Stream, ThreadStreams
+from bot.session import SESSION_TABLE, SessionStatus, Work
+from bot.status import TERMINAL_STATUSES, TaskStatus, parse_status
+from bot.task import Task, TaskRef
 from bot.tools import Done, Refusal, Refused, TaskTools, ToolResult
 from bot.work import WakeReason
 
@@ -31,6 +38,9 @@ FINAL_STATUSES = frozenset({"in_review", "done", "blocked"})
 #: Refusals that mean this run no longer holds the task: it stops and posts nothing more.
 STOP_REASONS = frozenset({Refusal.SUPERSEDED, Refusal.NOT_CLAIMED})
 HEARTBEAT_SECONDS = 15.0
+#: Statuses that clear the claim (``Board.update_task_status``): a step's stream is stored
+#: under the claim, so it ends before the run asks for one of them.
+CLAIM_ENDING = TERMINAL_STATUSES | {TaskStatus.BLOCKED}
 
 
 class RunStopped(Exception):
@@ -65,6 +75,16 @@ def _data_of(result: ToolResult) -> dict[str, Any]:
     return result.data
 
 
+def _may_end_claim(call: ToolCall) -> bool:
+    """True when ``call`` asks for a status that would clear the run's claim."""
+    if call.name != "update_task_status":
+        return False
+    try:
+        return parse_status(str(call.input.get("status", ""))) in CLAIM_ENDING
+    except IllegalTransition:
+        return False  # not a status: refused as it is, and the claim stays
+
+
 @dataclass
 class AgentRun:
     """Everything one run needs; ``run()`` drives it to an outcome."""
@@ -80,18 +100,28 @@ class AgentRun:
     system: str
     autonomy: Autonomy
     max_steps: int
+    #: Where the run's words stream into the thread; None: each step's text is posted.
+    streams: ThreadStreams | None = None
+    #: The agent's name as people see it, on what it streams (its handle when empty).
+    display_name: str = ""
     messages: list[Message] = field(default_factory=list)
     finished: str | None = None
     #: Set when a person writes in the thread during the run; read at the next step.
     inbox: asyncio.Event = field(default_factory=asyncio.Event)
     _last_beat: float = 0.0
+    #: Set once a stream could not open in the thread: the run's later steps post instead.
+    _posting: bool = False
+    #: A stream of this run ended early, leaving the session at the platform's default.
+    session_unknown: bool = False
 
     async def run(self) -> str:
         """Works the task; returns how the run ended."""
-        log = logger.bind(task=str(self.ref), agent=self.agent, epoch=self.epoch)
+        context = {"task": str(self.ref), "agent": self.agent, "epoch": self.epoch}
+        log = logger.bind(**context)
         try:
-            return await self._loop()
-        except (RunStopped, NotClaimHolder, Superseded):  # the errors from await_input's claim
+            with structlog.contextvars.bound_contextvars(**context):
+                return await self._loop()
+        except (RunStopped, NotClaimHolder, Superseded):  # await_input's and record_stream's
             log.info("run.stopped")
             return "stopped"
         except ModelUnavailable as exc:
@@ -124,32 +154,86 @@ class AgentRun:
         return await self._give_up()
 
     async def _step(self) -> ModelTurn:
-        """One model call; its text goes to the thread and its tool calls are carried out."""
-        await self._still_holding()
+        """One model call: its words stream into the thread (or are posted) and its tool calls
+        are carried out, each with a progress line in the same stream."""
+        task = await self._still_holding()
         if self.inbox.is_set():
             self.inbox.clear()
-            task = _data_of(await self.tools.get_task(str(self.ref)))
-            self.messages.append({"role": "user", "content": prompt.new_messages(task)})
-        turn = await self.model.complete(self.system, self.specs, self.messages, self._beat)
+            news = _data_of(await self.tools.get_task(str(self.ref)))
+            self.messages.append({"role": "user", "content": prompt.new_messages(news)})
+        said = StepStream(self._opener(task))
+        try:
+            turn = await self._think(said)
+            if turn.tool_calls:
+                results = [await self._call(call, said) for call in turn.tool_calls]
+                self.messages.append({"role": "user", "content": results})
+            await self._done_saying(said)
+        except BaseException:  # cancelled too: the stream must not stay open in the thread
+            await said.end()
+            self.session_unknown = self.session_unknown or said.session_unknown
+            raise
+        return turn
+
+    async def _think(self, said: StepStream) -> ModelTurn:
+        """The model's turn, its words streamed as they come; posted at once instead if no
+        stream could open."""
+        turn = await self.model.complete(
+            self.system, self.specs, self.messages, self._beat, said.write
+        )
         await self._spent(turn)
         self.messages.append(
             {"role": "assistant", "content": turn.content or [{"type": "text", "text": "…"}]}
         )
-        if turn.text:
+        if turn.text and not said.text:
+            await said.write(turn.text)  # a model that did not pass its words on
+        if turn.text and said.state is Said.UNAVAILABLE:
             await self._say(turn.text)
-        if turn.tool_calls:
-            results = [await self._call(call) for call in turn.tool_calls]
-            self.messages.append({"role": "user", "content": results})
         return turn
 
-    async def _call(self, call: ToolCall) -> dict[str, Any]:
+    def _session_now(self) -> SessionStatus:
+        """What the session shows while this run holds the task: processing, or what the
+        status the run just set maps to (a stream ends after the step's last tool call)."""
+        status = TaskStatus(self.finished) if self.finished else TaskStatus.IN_PROGRESS
+        return SESSION_TABLE[status][Work.WORKING]
+
+    def _opener(self, task: Task) -> Opener | None:
+        """Opens the step's stream in ``task``'s thread (which the run was just seen to hold)."""
+        streams = self.streams
+        if streams is None or self._posting:
+            return None
+
+        async def open_stream() -> Stream:
+            return await streams.start(task, self.agent, self.display_name or self.agent)
+
+        return open_stream
+
+    async def _done_saying(self, said: StepStream) -> None:
+        """Ends the step's stream and stores what it showed as the agent's post (renewing the
+        lease once); if the stream broke, posts the whole text instead, so nothing is lost."""
+        if said.closed:
+            return
+        session = self._session_now()
+        ts = await said.finish(session)
+        self._posting = self._posting or said.state is Said.UNAVAILABLE
+        self.session_unknown = self.session_unknown or said.session_unknown
+        if ts is not None:
+            await self.work.record_stream(
+                self.ref, self.agent, self.epoch, ts, said.text, session=session
+            )
+        elif said.state is Said.BROKEN:
+            await self._say(said.text)
+
+    async def _call(self, call: ToolCall, said: StepStream) -> dict[str, Any]:
         """Carries out one of the model's tool calls: a final status finishes the run, and a
         refusal saying the run no longer holds the task stops it."""
+        if _may_end_claim(call):
+            await self._done_saying(said)
         result = await self.tools.call(call.name, call.input)
         if isinstance(result, Refused) and result.reason in STOP_REASONS:
             # About this run's own task, the run stops here; about another task the model
             # named, it is told and goes on.
             await self._still_holding()
+        await said.line(progress_line(call, result))
         if call.name == "update_task_status" and isinstance(result, Done):
             status = result.data.get("status")
             if result.data.get("ref") == str(self.ref) and status in FINAL_STATUSES:
@@ -186,11 +270,13 @@ class AgentRun:
         if not await self.work.record_usage(self.ref, self.agent, self.epoch, turn.usage):
             raise RunStopped("the task moved on")
 
-    async def _still_holding(self) -> None:
+    async def _still_holding(self) -> Task:
+        """The task as it is now; raises RunStopped unless this run still holds it."""
         async with self.tools.store.read() as reader:
             task = await reader.get_task(self.ref)
         if task is None or task.claimed_by != self.agent or task.lease_epoch != self.epoch:
             raise RunStopped("the task moved on")
+        return task
 
     async def _beat(self) -> None:
         """Liveness while the model streams, at most every 15 s; never renews the lease."""

@@ -11,7 +11,7 @@ to that run at its next step.
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 from mcp.server.mcpserver import MCPServer
@@ -25,6 +25,7 @@ from bot.runtime import prompt
 from bot.runtime.model import ToolSpec
 from bot.runtime.models import ModelFactory
 from bot.runtime.run import AgentRun
+from bot.runtime.stream import ThreadStreams
 from bot.signal import work_loop
 from bot.supervisor import Supervisor
 from bot.task import Task
@@ -35,12 +36,6 @@ logger = structlog.get_logger(__name__)
 
 #: How long cancelled runs get to end, at a shutdown or when this worker lost its claims.
 CANCEL_WAIT_S = 5.0
-
-
-class ThreadStatus(Protocol):
-    """Shows (or clears, with "") a working indicator in the task's thread."""
-
-    async def set_status(self, task: Task, status: str) -> None: ...
 
 
 @dataclass
@@ -74,7 +69,7 @@ class AgentRunner:
         supervisor: Supervisor,
         worker: str,
         settings: RunnerSettings | None = None,
-        thread_status: ThreadStatus | None = None,
+        streams: ThreadStreams | None = None,
     ) -> None:
         self._store = store
         self._work = work
@@ -86,7 +81,7 @@ class AgentRunner:
         self._supervisor = supervisor
         self._worker = worker
         self._settings = settings or RunnerSettings()
-        self._thread_status = thread_status
+        self._streams = streams
         self._runs: dict[int, RunHandle] = {}
         self._specs: list[ToolSpec] = []
         self._wake = asyncio.Event()
@@ -111,6 +106,7 @@ class AgentRunner:
         """Claims due wake-ups of built-in agents and acts on them; returns how many."""
         if self._closed:
             return 0
+        await self._cancel_moved_on()
         agents = [
             a.name for a in await self._registry.list_agents_as_stored() if a.built_in and a.enabled
         ]
@@ -126,6 +122,21 @@ class AgentRunner:
             async with self._store.transaction() as unit:
                 await unit.finish_wakeups(done, self._clock())
         return len(wakeups)
+
+    async def _cancel_moved_on(self) -> None:
+        """Cancels the runs whose task moved on: stopped, reassigned or re-dispatched, perhaps
+        through another replica, whose wake-up this runner never sees. A run stuck in a model
+        call stops here at once rather than at its next step."""
+        if not self._runs:
+            return
+        async with self._store.read() as reader:
+            current = {t.id: t for t in await reader.get_tasks_by_ids(list(self._runs))}
+        for task_id, handle in list(self._runs.items()):
+            task = current.get(task_id)
+            held = task is not None and task.claimed_by == handle.run.agent
+            if not held or task is None or task.lease_epoch != handle.epoch:
+                logger.info("run.moved_on", task=str(handle.run.ref), epoch=handle.epoch)
+                handle.task.cancel()
 
     async def _take(self, wakeup: Wakeup) -> bool:
         """Acts on the task's latest wake-up; True when it started a run (which holds it)."""
@@ -165,6 +176,8 @@ class AgentRunner:
             system=prompt.system_prompt(agent.settings.system_prompt),
             autonomy=agent.settings.autonomy,
             max_steps=self._settings.max_steps,
+            streams=self._streams,
+            display_name=agent.display_name,
         )
         job = self._supervisor.spawn(
             self._supervised(task, run, wakeup.id), name=f"run:{task.ref}:{task.lease_epoch}"
@@ -175,7 +188,6 @@ class AgentRunner:
     async def _supervised(self, task: Task, run: AgentRun, wakeup_id: int) -> str:
         log = logger.bind(task=str(task.ref), agent=run.agent, epoch=run.epoch)
         log.info("run.started", reason=run.reason.value)
-        await self._show(task, "is working on it…")
         try:
             outcome = await run.run()
         finally:
@@ -185,26 +197,19 @@ class AgentRunner:
             if not (self._closed or self._abandoned):
                 # Ended or superseded: its wake-up is done. (At shutdown ``close`` hands it
                 # back instead, and a worker presumed dead has lost it already.)
-                await self._finish(wakeup_id, log)
-                await self._show(task, "")
+                await self._finish(wakeup_id, log, run.session_unknown)
         log.info("run.finished", outcome=outcome)
         return outcome
 
-    async def _finish(self, wakeup_id: int, log: structlog.typing.FilteringBoundLogger) -> None:
+    async def _finish(
+        self, wakeup_id: int, log: structlog.typing.FilteringBoundLogger, session_unknown: bool
+    ) -> None:
         try:
-            async with self._store.transaction() as unit:
-                await unit.finish_wakeups([wakeup_id], self._clock())
+            await self._work.end_run(wakeup_id, session_unknown)
         except Exception:
             # Still held by a live worker: only a takeover after this process ends would
             # start the run again, and the lease is the truth about the task meanwhile.
             log.exception("run.finish_failed", wakeup=wakeup_id)
-
-    async def _show(self, task: Task, status: str) -> None:
-        if self._thread_status is not None:
-            try:
-                await self._thread_status.set_status(task, status)
-            except Exception as exc:  # an indicator must never stop the work
-                logger.warning("runner.thread_status_failed", error=type(exc).__name__)
 
     async def _tool_specs(self) -> list[ToolSpec]:
         """The runtime tools' names, descriptions and input schemas, as the tool server lists

@@ -325,12 +325,16 @@ class SlackStandIn:
     # Agent sessions and streaming ---------------------------------------------------------
 
     def session_statuses(self, channel: str, thread_ts: str) -> list[str]:
-        """The statuses agents.sessions.setStatus was called with for one thread, in order."""
-        return [
-            str(c.args["status"])
-            for c in self.calls_to("agents.sessions.setStatus")
-            if c.args.get("channel_id") == channel and c.args.get("thread_ts") == thread_ts
-        ]
+        """Every status one thread's session showed, in order: set by agents.sessions.setStatus,
+        or by chat.stopStream (its ``session_status``, else Slack's default, active)."""
+        return list(self.sessions.get((channel, thread_ts), {}).get("history", []))
+
+    def _show(self, key: tuple[str, str], status: str) -> None:
+        session = self.sessions.setdefault(key, {"title": None})
+        session["status"] = status
+        history = session.setdefault("history", [])
+        if not history or history[-1] != status:  # the same status again shows no change
+            history.append(status)
 
     def _agents_sessions_setStatus(self, args: dict[str, Any]) -> dict[str, Any]:
         """Creates the thread's session if needed (its title, initiator and name are kept from
@@ -345,7 +349,7 @@ class SlackStandIn:
             key,
             {k: args.get(k) for k in ("title", "initiator_user_id", "username", "icon_emoji")},
         )
-        session["status"] = status
+        self._show(key, status)
         return {"ok": True, "status": status, "agent_status": status, "title": session["title"]}
 
     def _agents_sessions_rename(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -397,9 +401,8 @@ class SlackStandIn:
             return {"ok": False, "error": "message_not_in_streaming_state"}
         message["text"] += _streamed(args)
         message["streaming"] = False
-        if args.get("session_status"):
-            key = (str(message["channel"]), str(message["thread_ts"]))
-            self.sessions.setdefault(key, {"title": None})["status"] = args["session_status"]
+        key = (str(message["channel"]), str(message["thread_ts"]))
+        self._show(key, str(args.get("session_status") or "active"))
         return {"ok": True, "channel": args["channel"], "ts": args["ts"], "message": message}
 
     def stop_streams(self, channel: str, thread_ts: str) -> list[str]:

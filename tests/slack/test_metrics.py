@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from slack_sdk.errors import SlackApiError
 
 from bot.agents import AgentKind, AgentSettings
+from bot.outbox import OutboxKind
 from bot.task import TaskRef
 from scheduler.jobs import RECONCILE_JOB_ID
 from tests.agents.standins import AnthropicStandIn, Hang, Reply, Text, ToolUse
@@ -22,7 +23,7 @@ from tests.slack.standin import SlackStandIn
 
 Labels = tuple[tuple[str, str], ...]
 Samples = dict[tuple[str, Labels], float]
-KINDS = ("card_post", "card_update", "directive", "escalation", "agent_post")
+KINDS = tuple(kind.value for kind in OutboxKind)
 
 
 async def scrape(service: Harness) -> Samples:

@@ -56,7 +56,15 @@ def assert_inert(*payloads: Any) -> str:
 
 def sent(service: Harness) -> list[dict[str, Any]]:
     """What threadwork asked Slack to show: every post, update and published view."""
-    shown = ("chat.postMessage", "chat.update", "chat.postEphemeral", "views.publish")
+    shown = (
+        "chat.postMessage",
+        "chat.update",
+        "chat.postEphemeral",
+        "views.publish",
+        "chat.startStream",
+        "chat.appendStream",
+        "chat.stopStream",
+    )
     return [c.args for c in service.standin.calls if c.method in shown]
 
 
@@ -291,21 +299,23 @@ async def test_an_agents_posts_and_artifact_notices_reach_slack_inert(
     )
     await run_agent(service)
 
+    inert = f"{INERT} &lt;@UVICTIM1&gt; see &lt;https://evil.example|github.com/x&gt; &amp; more"
+    # The agent's words (and the artifact's name in its progress line) streamed, inert.
+    streamed = [m["text"] for m in service.standin.messages if "streaming" in m]
+    assert streamed == [f"*Started.* {inert}\n✓ added artifact {inert}", "✓ moved to in_review"]
     posts = [
         m
         for m in service.standin.posts(CHANNEL)
-        if m["metadata"]["event_type"] == "threadwork_agent_post"
+        if (m.get("metadata") or {}).get("event_type") == "threadwork_agent_post"
     ]
     assert [m["text"] for m in posts] == [
-        f"*Started.* {INERT} &lt;@UVICTIM1&gt; see &lt;https://evil.example|github.com/x&gt; "
-        "&amp; more",
-        f":paperclip: Added artifact *{INERT} &lt;@UVICTIM1&gt; see "
-        "&lt;https://evil.example|github.com/x&gt; &amp; more* (&lt;!here&gt;) "
+        f":paperclip: Added artifact *{inert}* (&lt;!here&gt;) "
         "<https://git.example/pr/1?tab=files&amp;view=split>",
     ]
     async with service.core.store.read() as reader:
         stored = await reader.list_messages((await service.task(1)).id)
-    assert stored[0].text == f"*Started.* {HOSTILE}"  # stored plain: escaped once, at rendering
+    # Stored plain: escaped once, on the way to Slack.
+    assert stored[0].text == f"*Started.* {HOSTILE}\n✓ added artifact {HOSTILE}"
 
     shown = await service.command("show 1")
     log = await service.command("log 1")

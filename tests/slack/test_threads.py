@@ -161,6 +161,7 @@ async def test_the_cards_buttons_move_the_status_and_the_card_follows(service: H
         "task_status_in_review",
         "task_status_done",
         "task_status_blocked",
+        "task_stop",
         "task_cancel",
     }
     response = await service.interact(action_payload(buttons["task_status_in_progress"]))
