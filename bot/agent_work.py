@@ -211,7 +211,7 @@ class AgentWork:
             posted = ThreadMessage(task.id, task.channel_id, ts, f"agent:{agent}", text, now)
             await unit.save_message(posted)
             if session is not None:
-                await unit.record_session(task.id, session, now)
+                await unit.record_session(task.id, session, now, create=False)
                 running = await unit.run_pending(task.id, task.lease_epoch)
                 if session_status(renewed, built_in=True, running=running) != session:
                     await unit.enqueue([outbox.card_update(renewed, self._new_key())], now)
@@ -230,7 +230,7 @@ class AgentWork:
             task_id = await unit.wakeup_task(wakeup_id)
             task = None if task_id is None else await unit.get_task_by_id(task_id)
             if task is not None and session_unknown:
-                await unit.record_session(task.id, SessionStatus.ACTIVE, now)
+                await unit.record_session(task.id, SessionStatus.ACTIVE, now, create=False)
             if task is not None and (task.leased or session_unknown):
                 await unit.enqueue([outbox.card_update(task, self._new_key())], now)
         self._notify(frozenset(unit.queued))

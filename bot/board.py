@@ -313,7 +313,7 @@ class Board:
             now = self._clock()
             if task.assignee is not None:
                 # The platform leaves the session processing when Stop is pressed on it.
-                await unit.record_session(task.id, SessionStatus.PROCESSING, now)
+                await unit.record_session(task.id, SessionStatus.PROCESSING, now, create=False)
             if not task.leased:
                 await unit.enqueue([outbox.card_update(task, self._new_key())], now)
                 return Stopped(task, stopped=False)

@@ -386,9 +386,13 @@ class WorkWrites(Protocol):
 
     async def add_usage(self, task_id: int, usage: Usage, at: datetime) -> None: ...
 
-    async def record_session(self, task_id: int, status: SessionStatus, at: datetime) -> None:
+    async def record_session(
+        self, task_id: int, status: SessionStatus, at: datetime, *, create: bool = True
+    ) -> None:
         """Records the status the task's agent session shows (what it was told, or, after a
-        person pressed Stop on it, what the platform left it in)."""
+        person pressed Stop on it, what the platform left it in). With ``create`` off, only a
+        session already created is updated: a session is created once, by the call that gives
+        it its title (``agents.sessions.setStatus``), never by what else moved its status."""
         ...
 
 

@@ -124,14 +124,18 @@ class AgentWorkReads:
 class AgentWorkWrites:
     """Writes; mixed into the unit of work."""
 
-    async def record_session(self, task_id: int, status: SessionStatus, at: datetime) -> None:
+    async def record_session(
+        self, task_id: int, status: SessionStatus, at: datetime, *, create: bool = True
+    ) -> None:
         """Records what the task's agent session was told (or, after a Stop, shows)."""
-        values = {"task_id": task_id, "status": status.value, "updated_at": at}
-        query = dialect_insert(self._db, agent_sessions).values(values)
+        changes = {"status": status.value, "updated_at": at}
+        if not create:
+            query = update(agent_sessions).where(agent_sessions.c.task_id == task_id)
+            await self._db.execute(query.values(changes))
+            return
+        insert = dialect_insert(self._db, agent_sessions).values({"task_id": task_id} | changes)
         await self._db.execute(
-            query.on_conflict_do_update(
-                index_elements=["task_id"], set_={"status": status.value, "updated_at": at}
-            )
+            insert.on_conflict_do_update(index_elements=["task_id"], set_=changes)
         )
 
     _db: AsyncConnection

@@ -358,3 +358,26 @@ async def test_a_stop_with_streaming_messages_ends_those_streams(service: Harnes
     assert streamed["streaming"] is False
     async with service.core.store.read() as reader:
         assert await reader.list_dead_outbox(10) == []
+
+
+async def test_a_session_is_created_with_its_title_even_when_a_stream_ends_before_the_card_update(
+    service: Harness, anthropic: AnthropicStandIn
+) -> None:
+    await service.command("new Ship the release notes")
+    await service.deliver()  # the card, so the thread exists
+    await service.command("assign 1 claude-1")  # its directive and card update not sent yet
+    anthropic.script(
+        Reply([Text("Drafting."), status("C1#1", "in_progress")]),
+        Reply([Text("Ready for review."), status("C1#1", "in_review", "draft in the thread")]),
+    )
+    await service.service.runner.run_once()
+    await finish_runs(service)
+
+    stream_stops = service.standin.calls_to("chat.stopStream")
+    assert [c.args.get("session_status") for c in stream_stops] == ["processing", "active"]
+    calls = service.standin.calls_to("agents.sessions.setStatus")
+    assert calls, "the session was created by setStatus, not left to the streams"
+    assert calls[0].args["title"] == "Ship the release notes"
+    assert calls[0].args["initiator_user_id"] == ALICE
+    task = await service.task(1)
+    assert sessions(service, task)[-1] == "active"
