@@ -28,7 +28,7 @@ from bot.errors import (
 from bot.policy import ChannelPolicy, PolicyBook, load_policy_book
 from bot.ports import Reader, Store, TaskFields, Unit
 from bot.session import SessionStatus
-from bot.signal import Notify, ignore
+from bot.signal import Notify, Queued, ignore
 from bot.status import (
     LEASED_STATUSES,
     TERMINAL_STATUSES,
@@ -529,6 +529,7 @@ class Board:
         if max_attempts is not None and max_attempts > MAX_DISPATCH_ATTEMPTS:
             raise InvalidInput(f"Attempts can be at most {MAX_DISPATCH_ATTEMPTS}.")
         async with self._transaction() as unit:
+            unit.queued.add(Queued.DIRECTORY)
             book = await load_policy_book(unit, self._policy)
             current = book.channels.get(channel_id, ChannelPolicy(channel_id))
             merged = ChannelPolicy(

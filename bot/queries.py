@@ -7,7 +7,8 @@ Every query a person makes names its ``viewer``, and shows only tasks the viewer
 system.
 """
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -113,14 +114,43 @@ class DeliveryContext:
     session: SessionStatus | None = None
 
 
+#: How long delivery keeps the agents and channel policies it renders with, at most, when no
+#: change was announced (a backstop: changes are announced as ``Queued.DIRECTORY``).
+DIRECTORY_MAX_AGE = 30.0
+
+
 class TaskQueries:
     """The read side of the board, over one store, with the injected clock."""
 
-    def __init__(self, store: Store, clock: Clock, policy: LeasePolicy, access: Access) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        policy: LeasePolicy,
+        access: Access,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._store = store
         self._clock = clock
         self._policy = policy
         self._access = access
+        self._monotonic = monotonic
+        #: The agents and channel policies every row is rendered with, and when they were read.
+        self._directory: tuple[float, Agents, PolicyBook] | None = None
+
+    def forget_directory(self) -> None:
+        """Agents or channel policies changed (``Queued.DIRECTORY``): read them again."""
+        self._directory = None
+
+    async def _rendering_directory(self, reader: Reader) -> tuple[Agents, PolicyBook]:
+        """The agents and channel policies, kept between rows until a change is announced
+        (in this process, or on PostgreSQL in any) or DIRECTORY_MAX_AGE passes."""
+        kept = self._directory
+        if kept is None or self._monotonic() - kept[0] > DIRECTORY_MAX_AGE:
+            read_at = self._monotonic()
+            kept = (read_at, await _agents(reader), await load_policy_book(reader, self._policy))
+            self._directory = kept
+        return kept[1], kept[2]
 
     async def _readable(self, ref: TaskRef, viewer: Actor) -> Task:
         """The task ``ref`` names if ``viewer`` may read it, else NotFound as for a missing
@@ -210,14 +240,13 @@ class TaskQueries:
             task = await reader.get_task(TaskRef.parse(str(row.payload["ref"])))
             if task is None:
                 return None
-            agents = await _agents(reader)
+            agents, book = await self._rendering_directory(reader)
             handoff = (
                 await _last_words(reader, task, agents) if row.payload.get("redispatch") else None
             )
-            book = await load_policy_book(reader, self._policy)
-            renders = row.kind in (OutboxKind.CARD_POST, OutboxKind.CARD_UPDATE)
-            running = renders and await reader.run_pending(task.id, task.lease_epoch)
-            session = await reader.get_session(task.id) if renders else None
+            updates = row.kind == OutboxKind.CARD_UPDATE
+            running = updates and await reader.run_pending(task.id, task.lease_epoch)
+            session = await reader.get_session(task.id) if updates else None
         policy = book.for_channel(task.channel_id)
         return DeliveryContext(task, policy, agents, handoff, running, session)
 

@@ -3,7 +3,8 @@
 import dataclasses
 import hashlib
 import secrets
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -11,8 +12,9 @@ from bot.agents import Agent, AgentKind, AgentSettings, normalize_agent_name
 from bot.clock import Clock
 from bot.errors import ConfigurationError, InvalidInput, NotFound
 from bot.model_hosts import ModelHosts
-from bot.ports import Store
+from bot.ports import Store, Unit
 from bot.secrets import SecretBox
+from bot.signal import Notify, Queued, ignore
 from bot.task import Task
 
 API_KEY = "api_key"
@@ -70,12 +72,23 @@ class AgentRegistry:
         secrets: SecretBox | None,
         new_token: Callable[[], str] = new_token,
         model_hosts: ModelHosts | None = None,
+        notify: Notify = ignore,
     ) -> None:
         self._store = store
         self._clock = clock
         self._secrets = secrets
         self._new_token = new_token
         self._hosts = model_hosts or ModelHosts()
+        self._notify = notify
+
+    @asynccontextmanager
+    async def _changing(self) -> AsyncIterator[Unit]:
+        """A transaction that changes agents: once it commits, whoever keeps agents between
+        reads (outbox delivery, in every replica) is told to read them again."""
+        async with self._store.transaction() as unit:
+            unit.queued.add(Queued.DIRECTORY)
+            yield unit
+        self._notify(frozenset(unit.queued))
 
     async def add_agent(
         self,
@@ -106,7 +119,7 @@ class AgentRegistry:
         handle = normalize_agent_name(name)
         settings = settings or AgentSettings()
         self._check_endpoint(handle, kind, settings)
-        async with self._store.transaction() as unit:
+        async with self._changing() as unit:
             before = await unit.get_agent(handle)
             discarded = _moves_key(before, kind, settings) and await unit.delete_agent_secret(
                 handle, API_KEY
@@ -138,7 +151,7 @@ class AgentRegistry:
 
     async def remove_agent(self, name: str) -> None:
         """Deletes the agent and its secrets; tasks keep its name in their history."""
-        async with self._store.transaction() as unit:
+        async with self._changing() as unit:
             if not await unit.delete_agent(normalize_agent_name(name)):
                 raise NotFound(f"There is no agent named `{name}`.")
 
@@ -148,7 +161,7 @@ class AgentRegistry:
         agent cannot be assigned and the runtime does not run it; the claims it holds lapse as
         any silent agent's do."""
         handle = normalize_agent_name(name)
-        async with self._store.transaction() as unit:
+        async with self._changing() as unit:
             if not await unit.set_agent_enabled(handle, enabled, self._clock()):
                 raise NotFound(f"There is no agent named `{name}`.")
             if not enabled:
@@ -202,7 +215,7 @@ class AgentRegistry:
         if self._secrets is None:
             raise InvalidInput("THREADWORK_SECRET_KEY is not set, so keys cannot be stored.")
         ciphertext = self._secrets.encrypt(api_key.strip())
-        async with self._store.transaction() as unit:
+        async with self._changing() as unit:
             handle = normalize_agent_name(name)
             if not await unit.set_agent_secret(handle, API_KEY, ciphertext, self._clock()):
                 raise NotFound(f"There is no agent named `{name}`.")

@@ -201,7 +201,11 @@ def build_core(
     signal = ChangeSignal()
     policy = settings.lease_policy
     registry = AgentRegistry(
-        store, clock, secret_box(settings), model_hosts=ModelHosts(frozenset(settings.model_hosts))
+        store,
+        clock,
+        secret_box(settings),
+        model_hosts=ModelHosts(frozenset(settings.model_hosts)),
+        notify=signal.notify,
     )
     access = _access(settings, overrides, client, registry)
     board = Board(store, clock, policy, overrides.new_key, notify=signal.notify, access=access)
@@ -209,6 +213,7 @@ def build_core(
     history_budget = SharedBudget(store, SLACK_HISTORY, history_rate, clock)
     probe = SlackThreadProbe(client, registry, board, clock, history_budget) if client else None
     queries = TaskQueries(store, clock, policy, access)
+    signal.subscribe(queries.forget_directory, to=Queued.DIRECTORY)
     reconciler = build_reconciler(store, settings, signal, overrides, probe)
     dead_letters = DeadLetters(store, clock, notify=signal.notify)
     return Core(

@@ -17,6 +17,9 @@ class Queued(StrEnum):
     OUTBOX = "outbox"
     #: Agent wake-ups: the runner's work, and that of MCP clients waiting for work.
     WAKEUPS = "wakeups"
+    #: Agents or channel policies changed: what outbox delivery renders every row with, and
+    #: keeps between rows (``TaskQueries.delivery_context``).
+    DIRECTORY = "directory"
 
 
 EVERYTHING = frozenset(Queued)

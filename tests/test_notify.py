@@ -83,9 +83,13 @@ async def test_another_processs_commit_is_heard_with_what_it_queued(
     await other.board.assign_task(task.ref, "coder", ALICE)
 
     async with asyncio.timeout(10):
-        notices = await heard.until(2)
-    # Registering an agent queued nothing, so it said nothing.
-    assert notices == [frozenset({Queued.OUTBOX}), frozenset({Queued.OUTBOX, Queued.WAKEUPS})]
+        notices = await heard.until(3)
+    # Registering an agent changed what delivery renders with, so it said so.
+    assert notices == [
+        frozenset({Queued.DIRECTORY}),
+        frozenset({Queued.OUTBOX}),
+        frozenset({Queued.OUTBOX, Queued.WAKEUPS}),
+    ]
 
 
 @on_postgres
@@ -111,9 +115,13 @@ async def test_a_process_does_not_hear_its_own_commits(
     await other.board.assign_task(theirs.ref, "coder", ALICE)
 
     async with asyncio.timeout(10):
-        notices = await heard.until(2)
-    # In commit order; had its own card been heard, it would be the second notice.
-    assert notices == [frozenset({Queued.OUTBOX}), frozenset({Queued.OUTBOX, Queued.WAKEUPS})]
+        notices = await heard.until(3)
+    # In commit order; had its own card been heard, it would be the third notice.
+    assert notices == [
+        frozenset({Queued.DIRECTORY}),
+        frozenset({Queued.OUTBOX}),
+        frozenset({Queued.OUTBOX, Queued.WAKEUPS}),
+    ]
 
 
 @on_postgres

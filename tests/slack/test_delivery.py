@@ -315,3 +315,17 @@ async def test_the_shortened_retry_survives_a_restart(
     assert len(refused.args["text"]) == 3500
     assert sent.args["text"].endswith("has the rest)")
     assert len(sent.args["text"]) < 3100
+
+
+async def test_delivery_renders_with_an_agent_change_at_once_though_it_keeps_agents_between_rows(
+    service: Harness,
+) -> None:
+    await service.command("new Rename the agent")
+    await service.command("assign 1 coder")
+    await service.deliver()
+    await service.core.registry.add_agent("coder", display_name="Coder Prime")
+    await service.command("status 1 in_progress")
+    await service.deliver()
+    card = service.standin.calls_to("chat.update")[-1].args["blocks"]
+    menu = next(e for b in card if b["type"] == "actions" for e in b["elements"] if "options" in e)
+    assert [o["text"]["text"] for o in menu["options"]] == ["Coder Prime"]
