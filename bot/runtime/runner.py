@@ -110,6 +110,8 @@ class AgentRunner:
         agents = [
             a.name for a in await self._registry.list_agents_as_stored() if a.built_in and a.enabled
         ]
+        if not agents:
+            return 0  # no built-in agent: nothing this runner could claim
         async with self._store.transaction() as unit:
             wakeups = await unit.claim_wakeups(self._worker, agents, self._settings.batch)
         latest: dict[int, Wakeup] = {}
