@@ -381,6 +381,7 @@ async def test_only_a_commit_that_queued_work_tells_outbox_delivery_and_the_runn
     pending: set[Queued] = set()
     core.signal.subscribe(lambda: pending.add(Queued.OUTBOX), to=Queued.OUTBOX)
     core.signal.subscribe(lambda: pending.add(Queued.WAKEUPS), to=Queued.WAKEUPS)
+    core.signal.subscribe(lambda: pending.add(Queued.DIRECTORY), to=Queued.DIRECTORY)
 
     def commit_seen() -> None:  # called last on every notify: what this commit queued
         told.append(set(pending))
@@ -390,15 +391,17 @@ async def test_only_a_commit_that_queued_work_tells_outbox_delivery_and_the_runn
     await registry.add_agent("coder", slack_user_id="U_CODER")
     task = await board.create_task("C1", "Watch the signal", Actor.user(ALICE))
     await board.assign_task(task.ref, "coder", ALICE)
-    outbox, wakeups = Queued.OUTBOX, Queued.WAKEUPS
-    assert told == [{outbox}, {outbox, wakeups}]  # a card; a directive, a card and a wake-up
+    outbox, wakeups, directory = Queued.OUTBOX, Queued.WAKEUPS, Queued.DIRECTORY
+    # The agent (what delivery renders with, nobody's work); a card; a directive, a card and a
+    # wake-up.
+    assert told == [{directory}, {outbox}, {outbox, wakeups}]
     async with store.transaction() as unit:
         await unit.record_card(task.id, "100.0")
     clock.advance(10)
     await board.record_thread_replies([reply("101.0", "U_CODER", "working")])
-    assert len(told) == 2  # a renewed lease is nobody's work
+    assert len(told) == 3  # a renewed lease is nobody's work
     await board.record_thread_replies([reply("102.0", "U_BOB", "how is it going?")])
-    assert told[2:] == [{wakeups}]  # the holder has a wake-up; outbox delivery has nothing
+    assert told[3:] == [{wakeups}]  # the holder has a wake-up; outbox delivery has nothing
 
 
 def test_a_subscriber_is_called_only_for_what_it_subscribed_to() -> None:
