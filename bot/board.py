@@ -358,7 +358,7 @@ class Board:
                     EventKind.BLOCKED,
                     actor,
                     now,
-                    {"from": task.status.value, "to": "blocked", "note": note},
+                    {"from": task.status.value, "to": TaskStatus.BLOCKED.value, "note": note},
                 ),
             ]
         )

@@ -184,8 +184,12 @@ def escalation(task: Task, reason: str, key: str) -> OutboxMessage:
 
 def notice(task: Task, what: Notice, key: str, **data: object) -> OutboxMessage:
     """A line from threadwork in ``task``'s thread; ``data`` fills it in (who, the question)."""
-    payload = {"ref": str(task.ref), "notice": what.value, "agent": task.assignee} | data
-    payload |= {"assigned_by": task.assigned_by}
+    payload = {
+        "ref": str(task.ref),
+        "notice": what.value,
+        "agent": task.assignee,
+        "assigned_by": task.assigned_by,
+    } | data
     return OutboxMessage(key, task.id, OutboxKind.NOTICE, payload)
 
 

@@ -378,28 +378,26 @@ class SlackStandIn:
         self.messages.append(message)
         return {"ok": True, "channel": args["channel"], "ts": message["ts"]}
 
-    def _streaming(self, args: dict[str, Any]) -> dict[str, Any] | None:
+    def _streaming(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The message a stream call names, its text grown by the call's; or Slack's error."""
         for message in self.messages:
             if message["channel"] == args["channel"] and message["ts"] == args["ts"]:
+                if not message.get("streaming"):
+                    return {"ok": False, "error": "message_not_in_streaming_state"}
+                message["text"] += _streamed(args)
                 return message
-        return None
+        return {"ok": False, "error": "message_not_found"}
 
     def _chat_appendStream(self, args: dict[str, Any]) -> dict[str, Any]:
         message = self._streaming(args)
-        if message is None:
-            return {"ok": False, "error": "message_not_found"}
-        if not message.get("streaming"):
-            return {"ok": False, "error": "message_not_in_streaming_state"}
-        message["text"] += _streamed(args)
+        if message.get("ok") is False:
+            return message
         return {"ok": True, "channel": args["channel"], "ts": args["ts"]}
 
     def _chat_stopStream(self, args: dict[str, Any]) -> dict[str, Any]:
         message = self._streaming(args)
-        if message is None:
-            return {"ok": False, "error": "message_not_found"}
-        if not message.get("streaming"):
-            return {"ok": False, "error": "message_not_in_streaming_state"}
-        message["text"] += _streamed(args)
+        if message.get("ok") is False:
+            return message
         message["streaming"] = False
         key = (str(message["channel"]), str(message["thread_ts"]))
         self._show(key, str(args.get("session_status") or "active"))

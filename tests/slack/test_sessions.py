@@ -72,6 +72,17 @@ async def assigned(service: Harness, agent: str, title: str = "Add a health chec
     return await service.task(1)
 
 
+async def hung(service: Harness, anthropic: AnthropicStandIn) -> Task:
+    """Task 1 assigned to ``claude-1``, whose run is stuck in its model call; delivered."""
+    task = await assigned(service, "claude-1")
+    anthropic.script(Hang())
+    await service.service.runner.run_once()
+    async with asyncio.timeout(10):
+        await anthropic.until_hung(1)
+    await service.deliver()
+    return task
+
+
 def stop_event(task: Task, user: str = ALICE, streams: list[str] | None = None) -> dict[str, Any]:
     return {
         "type": "agent_session_stopped",
@@ -151,13 +162,8 @@ async def test_a_task_waiting_for_an_answer_suspends_its_session_and_names_whom_
 async def test_a_hung_model_stays_processing_through_the_redispatch_then_suspends_when_blocked(
     service: Harness, anthropic: AnthropicStandIn, clock: FakeClock
 ) -> None:
-    task = await assigned(service, "claude-1")
-    anthropic.script(Hang())
+    task = await hung(service, anthropic)
     runner = service.service.runner
-    await runner.run_once()
-    async with asyncio.timeout(10):
-        await anthropic.until_hung(1)
-    await service.deliver()
     assert sessions(service, task) == ["processing"]
 
     clock.advance(601)
@@ -190,14 +196,9 @@ async def test_a_hung_model_stays_processing_through_the_redispatch_then_suspend
 async def test_stop_during_a_hung_model_call_cancels_the_run_and_blocks_the_task(
     service: Harness, anthropic: AnthropicStandIn
 ) -> None:
-    task = await assigned(service, "claude-1")
-    anthropic.script(Hang())
+    task = await hung(service, anthropic)
     runner = service.service.runner
-    await runner.run_once()
-    async with asyncio.timeout(10):
-        await anthropic.until_hung(1)
     [run] = runner.active.values()
-    await service.deliver()
     requests = len(anthropic.requests)
 
     # Not settled: settling waits for every supervised task, the hung run included.
