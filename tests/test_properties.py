@@ -416,7 +416,8 @@ def check_claims(step: Step) -> None:
 
 
 def check_dispatches(step: Step) -> None:
-    """Each new epoch is logged and directed once, within the attempts; each give-up escalated."""
+    """Each new epoch is logged and directed once, within the attempts; each give-up and each
+    agent's block escalated."""
     fresh = step.after.outbox[len(step.before.outbox) :]
     for ref, before in step.before.tasks.items():
         after = step.after.tasks[ref]
@@ -436,7 +437,13 @@ def check_dispatches(step: Step) -> None:
             (r.payload["epoch"], r.payload["agent"]) for r in rows if r.kind == OutboxKind.DIRECTIVE
         ]
         assert sent == [(epoch, after.assignee) for epoch in new_epochs], f"{ref}: {sent}"
-        gave_up = [e for e in events if e.kind == EventKind.BLOCKED and e.actor == RECONCILER]
+        # The assigner is told of every block nobody asked for: the reconcile's give-up, and
+        # an agent blocking its own task.
+        gave_up = [
+            e
+            for e in events
+            if e.kind == EventKind.BLOCKED and (e.actor == RECONCILER or e.actor.kind == "agent")
+        ]
         escalated = [r for r in rows if r.kind == OutboxKind.ESCALATION]
         assert len(escalated) == len(gave_up), f"{ref}: {gave_up} but {escalated}"
 
