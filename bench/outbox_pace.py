@@ -35,6 +35,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.gc_pauses import Pause, read_gc_pauses
 from bench.machine import Machine
 from bench.slack_load import PHASE_TIMEOUT, Sample, open_loop, percentile, post, slash_command
 from bench.slack_servers import (
@@ -91,6 +92,8 @@ class Burst:
     #: The server's CPU seconds (all threads) from the first send to the last directive.
     cpu: float
     wall: float
+    #: perf_counter at the first send and at the last directive's arrival.
+    window: tuple[float, float]
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,11 @@ class Run:
     bursts: list[Burst] = field(default_factory=list)
     backlog: Backlog | None = None
     seconds: float = 0.0
+    #: The server's garbage-collector pauses over the whole run.
+    pauses: list[Pause] = field(default_factory=list)
+
+    def pauses_in(self, burst: Burst) -> list[Pause]:
+        return [p for p in self.pauses if p.overlaps(*burst.window)]
 
 
 async def command(http: aiohttp.ClientSession, base: str, text: str, channel: str) -> Sample:
@@ -177,24 +185,25 @@ async def burst(
 ) -> Burst:
     """``assigns`` open-loop at ``rate``, round-robin over ``channels``."""
     await prepare(http, base, standin, channels, math.ceil(assigns / len(channels)))
-    cpu = cpu_seconds(pid)
+    cpu, first = cpu_seconds(pid), time.perf_counter()
 
-    async def assign(i: int) -> tuple[float, float]:
+    async def assign(i: int) -> tuple[float, float, float]:
         channel, number = channels[i % len(channels)], i // len(channels) + 1
         sent = time.perf_counter()
         sample = await command(http, base, f"assign {number} coder", channel)
         arrival = await standin.arrival("threadwork_directive", f"{channel}#{number}", within=60)
-        return arrival.at - sent, sample.seconds
+        return arrival.at - sent, sample.seconds, arrival.at
 
     paced = await open_loop(assigns, rate, assign)
-    latencies = [latency for latency, _ in paced.results]
+    latencies = [latency for latency, _, _ in paced.results]
     say(
         f"assign -> directive at {rate:g}/s over {len(channels)} channels: "
         f"p99 {percentile(latencies, 99) * 1000:.1f} ms"
     )
-    acks = [ack for _, ack in paced.results]
+    acks = [ack for _, ack, _ in paced.results]
+    window = (first, max(at for _, _, at in paced.results))
     cpu = cpu_seconds(pid) - cpu
-    return Burst(rate, len(channels), latencies, acks, paced.slips, cpu, paced.wall)
+    return Burst(rate, len(channels), latencies, acks, paced.slips, cpu, paced.wall, window)
 
 
 async def backlog(
@@ -239,7 +248,8 @@ async def bench_server(
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         database_url = f"sqlite:///{workdir / 'threadwork.db'}"
-        server_args = (database_url, standin.url, port, str(workdir / "server.log"))
+        gc_log = workdir / "gc.log"
+        server_args = (database_url, standin.url, port, str(workdir / "server.log"), str(gc_log))
         async with child_server(run_threadwork, server_args, base + "/readyz", http) as server:
             assert server.pid is not None, "the process has started"
             for n, rate in enumerate(float(r) for r in args.rates.split(",")):
@@ -248,6 +258,7 @@ async def bench_server(
                     await burst(http, base, standin, rate, args.assigns, channels, server.pid)
                 )
             run.backlog = await backlog(http, base, standin, args.backlog)
+        run.pauses = read_gc_pauses(gc_log)
 
 
 def ms(seconds: float) -> str:
@@ -284,7 +295,13 @@ def report(run: Run) -> str:
             f"| load generator lateness p99 at {b.rate:g}/s | {ms(percentile(b.slips, 99))} | | |",
             f"| server CPU per assign at {b.rate:g}/s (share of one core) | "
             f"{ms(b.cpu / len(b.latencies))} ({b.cpu / b.wall:.0%}) | | |",
+            f"| server's garbage-collector pauses during the {b.rate:g}/s burst: count, longest "
+            f"| {pause_line(run.pauses_in(b))} | | |",
         ]
+    lines.append(
+        f"| server's garbage-collector pauses over the whole run: count, longest "
+        f"| {pause_line(run.pauses)} | | |"
+    )
     if run.backlog is not None:
         k = run.backlog
         drain = "pass" if k.drain_rate >= MIN_DRAIN_RATE else "**FAIL**"
@@ -297,6 +314,14 @@ def report(run: Run) -> str:
             f"{k.rate.burst:g}) in any stretch | {max(0.0, k.excess):.2f} | 0 | {within} |",
         ]
     return "\n".join(lines) + "\n"
+
+
+def pause_line(pauses: list[Pause]) -> str:
+    """How many collections took 1 ms or more, and the longest (with its generation)."""
+    if not pauses:
+        return "none of 1 ms or more"
+    longest = max(pauses, key=lambda p: p.seconds)
+    return f"{len(pauses)}, {ms(longest.seconds)} (generation {longest.generation})"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -19,6 +19,7 @@ from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bench.gc_pauses import record_gc_pauses
 from bot.logging import configure_logging
 from bot.root import migrate, open_core, serve
 from bot.settings import Settings
@@ -72,12 +73,17 @@ class TimedStandIn(SlackStandIn):
             return await asyncio.shield(waiter)
 
 
-def run_threadwork(database_url: str, slack_url: str, port: int, log_path: str) -> None:
+def run_threadwork(
+    database_url: str, slack_url: str, port: int, log_path: str, gc_log: str | None = None
+) -> None:
     """Child process: migrates, registers agent ``coder``, then runs ``serve`` until SIGTERM.
 
-    The MCP endpoint is served at /mcp on ``port``, as by default.
+    The MCP endpoint is served at /mcp on ``port``, as by default. With ``gc_log``, the garbage
+    collector's pauses are written there (``bench.gc_pauses``).
     """
     _log_to(log_path)
+    if gc_log is not None:
+        record_gc_pauses(gc_log)
     configure_logging()  # as `threadwork serve` does
     settings = settings_for(database_url, slack_url).model_copy(update={"port": port})
     asyncio.run(_seed_and_serve(settings))

