@@ -16,6 +16,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 from sqlalchemy.util import await_only
 
 from bot.errors import ConfigurationError
+from store import sqlite_driver
 
 #: Execution option that marks a connection's transactions as read-only on SQLite.
 _READ_ONLY = "threadwork_read_only"
@@ -38,7 +39,7 @@ def async_url(database_url: str) -> URL:
         raise ConfigurationError(f"DATABASE_URL is not a database URL: {exc}") from None
     backend = url.get_backend_name()
     if backend == "sqlite":
-        return url.set(drivername="sqlite+aiosqlite")
+        return url.set(drivername=f"sqlite+{sqlite_driver.DRIVER}")
     if backend in ("postgresql", "postgres"):
         return url.set(drivername="postgresql+asyncpg")
     raise ConfigurationError(
@@ -68,13 +69,12 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     decides how each transaction starts: a deferred BEGIN lets two writers both read and then
     fail to upgrade their lock ("database is locked") no matter the busy timeout.
 
-    Every call into aiosqlite is a round trip to its thread and back through the event loop,
-    and a writer holds this process's write lock across each one; when the loop is busy each
-    trip waits its turn, so the number of trips per transaction bounds how many writes a
-    second the process keeps up with. Two hooks save three of the eight a one-statement
-    transaction took: BEGIN goes to the driver in one call rather than through a cursor
-    (open, execute, close), and returning a connection to the pool rolls back only a
-    transaction that is still open, rather than after every commit.
+    Every call into aiosqlite is a trip to its thread and back through the event loop, and a
+    writer holds this process's write lock across each one (``store.sqlite_driver``). A
+    one-statement transaction takes three: BEGIN, the statement, COMMIT. SQLAlchemy's own
+    adapter took eight, and two of the savings are here: BEGIN goes to the driver in one call
+    rather than through a cursor, and a connection going back to the pool is rolled back only
+    if a transaction is still open on it, rather than after every commit.
     """
 
     @event.listens_for(engine.sync_engine, "connect")

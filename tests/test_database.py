@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from store import database
@@ -115,3 +115,41 @@ async def test_a_read_transaction_takes_no_write_lock(engine: AsyncEngine, tmp_p
         finally:
             other.close()
     assert await bodies(engine) == ["while reading"]
+
+
+async def test_each_statement_reports_what_sqlalchemy_reads_after_it(engine: AsyncEngine) -> None:
+    """The one-trip cursor (``store.sqlite_driver``): rowid, rowcount, rows and their names."""
+    async with write_transaction(engine) as connection:
+        inserted = await connection.execute(text("INSERT INTO notes VALUES ('a')"))
+        assert inserted.lastrowid == 1
+        await connection.execute(
+            text("INSERT INTO notes VALUES (:body)"), [{"body": "b"}, {"body": "c"}]
+        )
+        updated = await connection.execute(text("UPDATE notes SET body = body || '!'"))
+        assert updated.rowcount == 3
+        returned = await connection.execute(
+            text("UPDATE notes SET body = 'z' WHERE body = 'b!' RETURNING rowid, body")
+        )
+        assert [tuple(row) for row in returned] == [(2, "z")]
+    async with read_transaction(engine) as connection:
+        result = await connection.execute(text("SELECT rowid AS n, body FROM notes ORDER BY n"))
+        assert list(result.keys()) == ["n", "body"]
+        assert [tuple(row) for row in result] == [(1, "a!"), (2, "z"), (3, "c!")]
+
+
+async def test_a_statement_that_breaks_a_constraint_raises_and_rolls_back(
+    engine: AsyncEngine,
+) -> None:
+    async with write_transaction(engine) as connection:
+        await connection.execute(text("CREATE UNIQUE INDEX one_body ON notes (body)"))
+    with pytest.raises(IntegrityError):
+        await insert_twice(engine)
+    assert await bodies(engine) == []
+    await insert(engine, "after")
+    assert await bodies(engine) == ["after"]
+
+
+async def insert_twice(engine: AsyncEngine) -> None:
+    async with write_transaction(engine) as connection:
+        await connection.execute(text("INSERT INTO notes VALUES ('same')"))
+        await connection.execute(text("INSERT INTO notes VALUES ('same')"))
