@@ -12,7 +12,6 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SqlAlchemyTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 from sqlalchemy.util import await_only
 
 from bot.errors import ConfigurationError
@@ -54,7 +53,6 @@ def create_engine(database_url: str, **options: Any) -> AsyncEngine:
         engine = create_async_engine(
             url,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
-            pool_reset_on_return=None,  # _on_reset below rolls back only what is still open
             **options,
         )
         _configure_sqlite(engine)
@@ -71,10 +69,12 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     Every call into aiosqlite is a trip to its thread and back through the event loop, and a
     writer holds this process's write lock across each one (``store.sqlite_driver``). A
-    one-statement transaction takes three: BEGIN, the statement, COMMIT. SQLAlchemy's own
-    adapter took eight, and two of the savings are here: BEGIN goes to the driver in one call
-    rather than through a cursor, and a connection going back to the pool is rolled back only
-    if a transaction is still open on it, rather than after every commit.
+    one-statement transaction takes four: BEGIN, the statement, COMMIT, and the rollback with
+    which the pool hands the connection back. SQLAlchemy's own adapter took eight; BEGIN, here,
+    goes to the driver in one call rather than through a cursor (open, execute, close). The
+    rollback stays although the commit has ended the transaction: it queues behind whatever the
+    thread still has to run, so a transaction whose task was cancelled while its BEGIN was on
+    the way is still ended before the connection is used again.
     """
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -91,14 +91,6 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     def _on_begin(connection: Connection) -> None:
         read_only = connection.get_execution_options().get(_READ_ONLY, False)
         _begin(connection, "BEGIN" if read_only else "BEGIN IMMEDIATE")
-
-    @event.listens_for(engine.sync_engine, "reset")
-    def _on_reset(
-        dbapi_connection: Any, record: ConnectionPoolEntry, state: PoolResetState
-    ) -> None:
-        driver = record.driver_connection
-        if state.asyncio_safe and driver is not None and driver.in_transaction:
-            dbapi_connection.rollback()
 
 
 def _begin(connection: Connection, statement: str) -> None:

@@ -242,10 +242,31 @@ def _next_in_thread() -> Select[Any]:
     )
 
 
+def _older_waiting(updates: bool) -> Select[Any]:
+    """A pending, due row of another thread, older than row ``row``, in ``row``'s lane (the
+    posts of channel ``channel``, or with ``updates`` its card updates)."""
+    other, its_task = outbox.alias("other"), tasks.alias("its_task")
+    same_lane = _is_card_update(other) if updates else ~_is_card_update(other)
+    return (
+        select(other.c.id)
+        .select_from(other.join(its_task, its_task.c.id == other.c.task_id))
+        .where(
+            in_states(other, [OutboxState.PENDING]),
+            its_task.c.channel_id == bindparam("channel"),
+            other.c.id < bindparam("row"),
+            other.c.task_id != bindparam("of_task"),
+            other.c.available_at <= bindparam("now"),
+            same_lane,
+        )
+        .limit(1)
+    )
+
+
 CLAIM_CANDIDATES = _claim_candidates()
 _CLAIM = _claim()
 _LATER_UPDATES = _later_updates()
 _NEXT_IN_THREAD = _next_in_thread()
+_OLDER_WAITING = {updates: _older_waiting(updates) for updates in (False, True)}
 
 
 async def _coalesce(db: AsyncConnection, row: OutboxRow, now: datetime) -> OutboxRow:
@@ -273,11 +294,20 @@ async def claim_next(
     """Claims the next open row of task ``task_id``'s thread, once row ``after`` before it is
     settled in this transaction: when it is pending, due, and its lane holds fewer than
     ``per_lane`` of ``held`` (which no longer counts row ``after``). A claimed card update
-    settles the later ones of its card, as in ``claim_outbox``."""
+    settles the later ones of its card, as in ``claim_outbox``.
+
+    The row is left to the next claim, which takes the oldest first, when an older row of
+    another thread waits in the same lane: otherwise a busy thread would keep its lane to
+    itself, and rows handed back by a dead worker could wait behind newer ones for minutes.
+    """
     found = (await db.execute(_NEXT_IN_THREAD, {"of_task": task_id, "after": after})).one_or_none()
     if found is None or found.state != OutboxState.PENDING.value or found.available_at > now:
         return None
-    if held.get((found.channel_id, found.kind == OutboxKind.CARD_UPDATE.value), 0) >= per_lane:
+    updates = found.kind == OutboxKind.CARD_UPDATE.value
+    if held.get((found.channel_id, updates), 0) >= per_lane:
+        return None
+    lane = {"channel": found.channel_id, "row": found.id, "of_task": task_id, "now": now}
+    if (await db.execute(_OLDER_WAITING[updates], lane)).first() is not None:
         return None
     taken = [
         outbox_from_row(row)

@@ -1,6 +1,8 @@
 """SQLite transactions as the store opens them: IMMEDIATE writers, read-only readers, and
 connections that go back to the pool clean."""
 
+import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -153,3 +155,21 @@ async def insert_twice(engine: AsyncEngine) -> None:
     async with write_transaction(engine) as connection:
         await connection.execute(text("INSERT INTO notes VALUES ('same')"))
         await connection.execute(text("INSERT INTO notes VALUES ('same')"))
+
+
+async def test_a_write_cancelled_at_any_step_leaves_the_connection_usable(
+    engine: AsyncEngine,
+) -> None:
+    """However far the cancelled transaction got (its BEGIN still in aiosqlite's thread, the
+    insert done, the commit on the way), the one pooled connection is handed back with no
+    transaction open, and what was not committed is not there."""
+    for turns in range(12):
+        write = asyncio.create_task(insert(engine, f"cancelled after {turns} turns"))
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        write.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await write
+        await insert(engine, f"next after {turns}")
+    kept = await bodies(engine)
+    assert [b for b in kept if b.startswith("next")] == [f"next after {n}" for n in range(12)]

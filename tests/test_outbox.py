@@ -538,6 +538,35 @@ async def test_a_threads_next_row_is_left_for_a_claim_when_its_lane_is_full_or_i
     assert post.kind == OutboxKind.AGENT_POST
 
 
+async def test_a_threads_next_row_waits_while_an_older_row_of_another_thread_waits_in_its_lane(
+    core: Core, board: Board, registry: AgentRegistry, store: SqlStore, clock: FakeClock
+) -> None:
+    """Cards a dead worker held, handed back, go out before the later posts of a busy thread
+    in the same channel: the thread's next row is left to the claim, oldest first."""
+    await seed(board, registry, tasks=2)
+    assert len(await store.claim_outbox("dead", clock.now, limit=10)) == 2  # both cards
+    await take_over_from_the_dead(store, clock, "w1")
+    await core.work.post_update(TaskRef("C1", 1), "coder", "on it")  # the newest row
+    [card] = await store.claim_outbox("w1", clock.now, limit=1)
+    assert (card.task_id, card.kind, card.uncertain) == (1, OutboxKind.CARD_POST, True)
+    lane = {("C1", False): 0}
+    recorded = await store.mark_delivered_and_claim_next(
+        card.id, "w1", {"ts": "1.0"}, clock.now, (1, "1.0"), 4, lane
+    )
+    # Its directive is older than the other card: the thread keeps its turn.
+    directive = recorded.next_row
+    assert directive is not None
+    assert directive.kind == OutboxKind.DIRECTIVE
+    recorded = await store.mark_delivered_and_claim_next(
+        directive.id, "w1", {"ts": "2.0"}, clock.now, None, 4, lane
+    )
+    # Its agent post is newer than task 2's card, which waits: the post is left to the claim.
+    assert (recorded.settled, recorded.next_row) == (True, None)
+    claimed = await store.claim_outbox("w1", clock.now, limit=10)
+    posts = [(r.task_id, r.kind) for r in claimed if r.kind != OutboxKind.CARD_UPDATE]
+    assert posts == [(2, OutboxKind.CARD_POST), (1, OutboxKind.AGENT_POST)]  # oldest first
+
+
 async def test_a_lost_claim_records_nothing_and_claims_nothing(
     board: Board, registry: AgentRegistry, store: SqlStore, clock: FakeClock
 ) -> None:
