@@ -16,6 +16,7 @@ from bot.queries import BoardStats, TaskQueries
 from bot.reconcile import Reconciler, ReconcileReport
 from bot.registry import AgentRegistry, Registration
 from bot.task import Actor, Task
+from bot.tool_servers import ToolServer, ToolServerAdd
 
 ADMINS_ONLY = (
     "`/task-admin` is for threadwork admins (THREADWORK_ADMINS, and the workspace's admins and "
@@ -89,6 +90,19 @@ class AdminDesk:
     async def revoke_tokens(self, by: Actor, name: str) -> int:
         await self.require_admin(by)
         return await self._registry.revoke_tokens(name)
+
+    async def add_tool_server(self, by: Actor, name: str, added: ToolServerAdd) -> bool:
+        """Gives built-in agent ``name`` a tool server; True when it replaced one."""
+        await self.require_admin(by)
+        return await self._registry.tool_servers.add_tool_server(name, added)
+
+    async def remove_tool_server(self, by: Actor, name: str, label: str) -> None:
+        await self.require_admin(by)
+        await self._registry.tool_servers.remove_tool_server(name, label)
+
+    async def list_tool_servers(self, by: Actor, name: str) -> list[ToolServer]:
+        await self.require_admin(by)
+        return await self._registry.tool_servers.list_tool_servers(name)
 
     async def set_channel_policy(
         self,

@@ -13,14 +13,24 @@ from urllib.parse import urlsplit
 from bot import outbox
 from bot.board import check_claim, new_key, require_task
 from bot.clock import Clock
-from bot.errors import Conflict, InvalidInput
+from bot.errors import ConfigurationError, Conflict, IllegalTransition, InvalidInput
 from bot.metrics import Metrics, NoMetrics
 from bot.outbox import OutboxKind, OutboxMessage
+from bot.policy import load_policy_book
 from bot.ports import Store, Unit
 from bot.session import SessionStatus, session_status
 from bot.signal import Notify, ignore
-from bot.task import Actor, EventKind, NewEvent, Task, TaskRef, ThreadMessage, storable
-from bot.work import Artifact, Usage
+from bot.task import (
+    Actor,
+    EventKind,
+    LeasePolicy,
+    NewEvent,
+    Task,
+    TaskRef,
+    ThreadMessage,
+    storable,
+)
+from bot.work import Artifact, Usage, WakeReason
 
 #: Heartbeat events are recorded at most this often per task.
 HEARTBEAT_EVERY = timedelta(seconds=15)
@@ -29,6 +39,8 @@ MAX_ARTIFACT_CHARS = 200_000
 MAX_ARTIFACT_NAME = 200
 MAX_ARTIFACT_URI = 2000
 MAX_ARTIFACTS_PER_TASK = 100
+#: The most of a command's output a liveness report keeps (its last lines win).
+MAX_OUTPUT_TAIL_CHARS = 2000
 
 
 def check_artifact(name: str, kind: str, uri: str | None, content: str | None) -> None:
@@ -74,12 +86,16 @@ class AgentWork:
         new_key: Callable[[], str] = new_key,
         notify: Notify = ignore,
         metrics: Metrics | None = None,
+        *,
+        policy: LeasePolicy | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
         self._new_key = new_key
         self._notify = notify
         self._metrics = metrics or NoMetrics()
+        #: The global lease policy, for the directive a released task is dispatched with.
+        self._policy = policy
 
     @asynccontextmanager
     async def _held(
@@ -163,6 +179,76 @@ class AgentWork:
             await unit.enqueue([outbox.card_update(refreshed, self._new_key())], now)
         self._notify(frozenset(unit.queued))
         return True
+
+    async def record_tool_call(
+        self, ref: TaskRef, agent: str, epoch: int, data: dict[str, object]
+    ) -> bool:
+        """Records a call of one of the agent's tool servers in the task's events, and that the
+        agent is alive: liveness, never progress (the lease is not renewed). False, recording
+        nothing, when the run no longer holds the task at ``epoch``."""
+        async with self._store.transaction() as unit:
+            task = await require_task(unit, ref)
+            now = self._clock()
+            if not await unit.set_alive(task.id, agent, epoch, now):
+                return False
+            event = NewEvent(task.id, EventKind.TOOL_CALLED, Actor.agent(agent), now, data)
+            await unit.append_events([event])
+        return True
+
+    async def report_liveness(self, ref: TaskRef, agent: str, epoch: int, output_tail: str) -> bool:
+        """Marks the agent's attempt alive with the last lines its command printed (the card's
+        output tail): at most one event and card update per 15 s per attempt, never progress
+        (a command that only prints is still caught by the lease). False when it was too soon
+        and nothing was written."""
+        tail = storable(output_tail)[-MAX_OUTPUT_TAIL_CHARS:]
+        async with self._held(ref, agent, epoch) as (unit, task):
+            now = self._clock()
+            # A new attempt's first report is always due; then one per HEARTBEAT_EVERY.
+            recent = task.alive_at is not None and now - task.alive_at < HEARTBEAT_EVERY
+            if recent and task.output_tail_epoch == epoch:
+                return False
+            alive = await unit.record_output_tail(task.id, agent, epoch, tail, now)
+            if alive is None:
+                raise Conflict(f"{ref} changed meanwhile; try again.")
+            data = {"output_lines": len(tail.splitlines())}
+            event = NewEvent(task.id, EventKind.HEARTBEAT, Actor.agent(agent), now, data)
+            await unit.append_events([event])
+            await unit.enqueue([outbox.card_update(alive, self._new_key())], now)
+        return True
+
+    async def release_task(self, ref: TaskRef, agent: str, epoch: int) -> Task:
+        """Hands back an attempt the agent's worker cannot finish (it is shutting down): the
+        task is dispatched to the agent again at once, at a new epoch and without counting an
+        attempt, so another worker takes it now rather than when the lease lapses. Whatever
+        the old attempt still sends is refused as superseded. Only a task under a lease can be
+        released."""
+        if self._policy is None:
+            raise ConfigurationError("releasing a task needs the lease policy")
+        async with self._held(ref, agent, epoch) as (unit, task):
+            if not task.leased:
+                raise IllegalTransition(
+                    f"{ref} is {task.status}; only a task under a lease can be released."
+                )
+            now = self._clock()
+            [fresh] = await unit.next_epochs(1)
+            released = await unit.compare_and_set(
+                task.id,
+                {"status": task.status, "lease_epoch": epoch, "claimed_by": agent},
+                {"lease_epoch": fresh, "last_progress_at": now, "awaiting_input_since": None},
+                now,
+            )
+            if released is None:
+                raise Conflict(f"{ref} changed while it was being released; try again.")
+            data = {"agent": agent, "attempt": task.attempts, "epoch": epoch, "new_epoch": fresh}
+            event = NewEvent(task.id, EventKind.RELEASED, Actor.agent(agent), now, data)
+            await unit.append_events([event])
+            await unit.enqueue_wakeups([(task.id, agent, WakeReason.REDISPATCH, fresh)], now)
+            policy = (await load_policy_book(unit, self._policy)).for_channel(task.channel_id)
+            again = outbox.directive(
+                released, policy, self._new_key(), redispatch=True, released=True
+            )
+            await unit.enqueue([again, outbox.card_update(released, self._new_key())], now)
+            return released
 
     async def await_input(self, ref: TaskRef, agent: str, epoch: int, question: str) -> Task:
         """Pauses the lease until a person answers in the thread; the card shows it waits."""

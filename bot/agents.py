@@ -19,6 +19,8 @@ class AgentKind(StrEnum):
     CLAUDE = "claude"
     #: Built in: any OpenAI-compatible chat endpoint with tools.
     OPENAI = "openai"
+    #: Built in: a deterministic script and no model at all (``threadwork sandbox``'s demo).
+    SCRIPTED = "scripted"
 
 
 class Autonomy(StrEnum):
@@ -77,7 +79,7 @@ class Agent:
     @property
     def built_in(self) -> bool:
         """True when threadwork's own runtime runs this agent."""
-        return self.kind in (AgentKind.CLAUDE, AgentKind.OPENAI)
+        return self.kind in (AgentKind.CLAUDE, AgentKind.OPENAI, AgentKind.SCRIPTED)
 
 
 def normalize_agent_name(text: str) -> str:

@@ -2,8 +2,10 @@
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
@@ -262,6 +264,39 @@ def agents_set_key(name: str) -> None:
     typer.echo(f"API key stored for {name}")
 
 
+@agents_app.command(
+    "tools", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
+def agents_tools(
+    name: Annotated[str, typer.Argument(help="The built-in agent.")],
+    words: Annotated[list[str] | None, typer.Argument(help="add ..., remove LABEL, list")] = None,
+) -> None:
+    """A built-in agent's MCP tool servers: `add LABEL stdio "COMMAND ARGS"` or `add LABEL
+    http URL header=Name:value ...`, either with an optional `allow=tool1,tool2`; `remove
+    LABEL`; `list`. Header values are stored encrypted and never printed."""
+    from bot.tool_servers import ALL_USAGE, ToolServerAdd, ToolServerRemove, parse_request
+
+    try:
+        request = parse_request(words or [])
+    except DomainError as exc:
+        usage = ALL_USAGE.replace("/task-admin agent", "threadwork agents")
+        fail(f"{exc.message}\nusage:\n{usage}", code=2)
+
+    async def work(core: "Core") -> str:
+        if isinstance(request, ToolServerAdd):
+            server = request.server
+            replaced = await core.admin.add_tool_server(OPERATOR, name, request)
+            verb = "replaced" if replaced else "added"
+            return f"tool server {server.label} {verb} for {name} ({server.transport.value})"
+        if isinstance(request, ToolServerRemove):
+            await core.admin.remove_tool_server(OPERATOR, name, request.label)
+            return f"tool server {request.label} removed from {name}"
+        servers = await core.admin.list_tool_servers(OPERATOR, name)
+        return "\n".join(s.describe() for s in servers) or f"{name} has no tool servers"
+
+    typer.echo(run_with_core(work))
+
+
 @secrets_app.command("rotate")
 def secrets_rotate() -> None:
     """Re-encrypts every stored agent key under THREADWORK_SECRET_KEY; keys stored under the
@@ -299,6 +334,91 @@ def mcp_bridge(
     if not url.startswith(("http://", "https://")):
         fail("--url must be an http(s) URL of threadwork's MCP endpoint.", code=2)
     asyncio.run(bridge_stdio(url, token))
+
+
+@app.command("worker")
+def worker_command(
+    command: Annotated[
+        list[str] | None,
+        typer.Argument(help="The command each attempt runs, after -- (instead of --preset)."),
+    ] = None,
+    url: Annotated[
+        str,
+        typer.Option(
+            envvar="THREADWORK_MCP_URL", help="threadwork's MCP endpoint (or THREADWORK_MCP_URL)."
+        ),
+    ] = DEFAULT_MCP_URL,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="THREADWORK_MCP_TOKEN", help="The agent's token (or THREADWORK_MCP_TOKEN)."
+        ),
+    ] = None,
+    repo: Annotated[
+        Path | None, typer.Option(help="A git repository: each task works in a worktree of it.")
+    ] = None,
+    workdir: Annotated[
+        Path | None, typer.Option(help="A directory: each task works in a directory under it.")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(min=1, max=64, help="Tasks run at once.")] = 1,
+    preset: Annotated[
+        str | None, typer.Option(help="The CLI to run: claude-code, codex or gemini.")
+    ] = None,
+    check_every: Annotated[float, typer.Option(hidden=True, min=0.1)] = 2.0,
+) -> None:
+    """Runs a coding-agent CLI on each task dispatched to the token's agent, until SIGTERM."""
+    if not url.startswith(("http://", "https://")):
+        fail("--url must be an http(s) URL of threadwork's MCP endpoint.", code=2)
+    if not token:
+        fail("give the agent's token with --token or THREADWORK_MCP_TOKEN.", code=2)
+    # The worker is a client of the service, wired on its own (channels.agent_cli.main): it
+    # builds none of the service's objects, so the composition root is not loaded.
+    from channels.agent_cli.main import WorkerConfigError, WorkerOptions, worker_main
+
+    options = WorkerOptions(
+        url, token, repo, workdir, concurrency, preset, tuple(command or ()), check_every
+    )
+    configure_logging()
+    try:
+        code = asyncio.run(worker_main(options, os.environ))
+    except WorkerConfigError as exc:
+        fail(str(exc), code=2)
+    raise typer.Exit(code)
+
+
+@app.command("sandbox")
+def sandbox_command(
+    port: Annotated[int, typer.Option(min=0, max=65535, help="The page's port (0: any).")] = 3000,
+    db: Annotated[
+        Path, typer.Option(help="The SQLite file (kept, with the workspace, for the next run).")
+    ] = Path("threadwork-sandbox.db"),
+    lease_ttl: Annotated[
+        float, typer.Option(min=1, help="Seconds a lease lasts without progress.")
+    ] = 30.0,
+    reconcile_every: Annotated[
+        float, typer.Option(min=0.1, help="Seconds between two reconciles.")
+    ] = 5.0,
+    log_level: Annotated[str, typer.Option(help="The service's log level.")] = "WARNING",
+    demo_word_s: Annotated[float, typer.Option(hidden=True, min=0)] = 0.04,
+) -> None:
+    """Runs the real service against a Slack workspace of its own, in your browser: no Slack
+    app, no credentials, no network. Open the URL it prints."""
+    # The sandbox stands where Slack and a browser would, around the service that bot.root
+    # builds (channels.sandbox.main): loaded only when this command runs.
+    from channels.sandbox.main import SandboxOptions, run_sandbox
+
+    options = SandboxOptions(
+        port=port,
+        db=db,
+        lease_ttl_s=lease_ttl,
+        reconcile_every_s=reconcile_every,
+        demo_word_s=demo_word_s,  # the benchmark's 0 measures threadwork, not the script
+    )
+    configure_logging(log_level.upper())
+    try:
+        asyncio.run(run_sandbox(options, os.environ))
+    except OSError as exc:  # the port is taken, or the database's directory is not there
+        fail(f"the sandbox could not start: {exc.strerror or exc}; try another --port or --db", 2)
 
 
 def main() -> None:

@@ -154,8 +154,11 @@ def card_update(task: Task, key: str) -> OutboxMessage:
     return OutboxMessage(key, task.id, OutboxKind.CARD_UPDATE, {"ref": str(task.ref)})
 
 
-def directive(task: Task, policy: LeasePolicy, key: str, *, redispatch: bool) -> OutboxMessage:
-    """Wakes ``task``'s assignee for its current attempt, on behalf of whoever assigned it."""
+def directive(
+    task: Task, policy: LeasePolicy, key: str, *, redispatch: bool, released: bool = False
+) -> OutboxMessage:
+    """Wakes ``task``'s assignee for its current attempt, on behalf of whoever assigned it;
+    ``released``: dispatched again because the agent's worker handed the attempt back."""
     payload = {
         "ref": str(task.ref),
         "agent": task.assignee,
@@ -167,6 +170,8 @@ def directive(task: Task, policy: LeasePolicy, key: str, *, redispatch: bool) ->
         "status": task.status.value,
         "redispatch": redispatch,
     }
+    if released:
+        payload["released"] = True
     return OutboxMessage(key, task.id, OutboxKind.DIRECTIVE, payload)
 
 

@@ -21,6 +21,7 @@ from bot.session import SessionStatus
 from bot.signal import Queued
 from bot.status import TaskStatus
 from bot.task import NewEvent, Task, TaskEvent, TaskRef, ThreadMessage
+from bot.tool_servers import ToolServer
 from bot.work import Artifact, TaskUsage, Usage, WakeReason, Wakeup
 
 
@@ -154,6 +155,14 @@ class AgentReads(Protocol):
     async def find_agent_by_token_hash(self, token_hash: str) -> Agent | None: ...
 
 
+class ToolServerReads(Protocol):
+    """The MCP tool servers of built-in agents."""
+
+    async def list_tool_servers(self, agent: str) -> list[ToolServer]:
+        """The agent's tool servers, by label."""
+        ...
+
+
 class WorkReads(Protocol):
     """What agents produced on tasks: artifacts, read cursors, token usage."""
 
@@ -193,7 +202,16 @@ class OutboxReads(Protocol):
         ...
 
 
-class Reader(TaskReads, PolicyReads, MessageReads, AgentReads, WorkReads, OutboxReads, Protocol):
+class Reader(
+    TaskReads,
+    PolicyReads,
+    MessageReads,
+    AgentReads,
+    ToolServerReads,
+    WorkReads,
+    OutboxReads,
+    Protocol,
+):
     """Read-only queries, served by one transaction."""
 
 
@@ -229,6 +247,13 @@ class TaskWrites(Protocol):
         ...
 
     async def set_alive(self, task_id: int, agent: str, epoch: int, at: datetime) -> bool: ...
+
+    async def record_output_tail(
+        self, task_id: int, agent: str, epoch: int, tail: str, at: datetime
+    ) -> Task | None:
+        """Liveness with the attempt's output tail, while ``agent`` holds the claim at
+        ``epoch`` (not progress: the lease is untouched); the task as written, else None."""
+        ...
 
     async def append_events(self, events: Sequence[NewEvent]) -> None: ...
 
@@ -316,6 +341,19 @@ class AgentWrites(Protocol):
     async def revoke_tokens(self, agent: str, at: datetime) -> int: ...
 
 
+class ToolServerWrites(Protocol):
+    """Adding and removing built-in agents' tool servers."""
+
+    async def upsert_tool_server(self, agent: str, server: ToolServer, at: datetime) -> bool:
+        """Stores ``server`` under its label (replacing one of the same label); False when
+        there is no agent ``agent``."""
+        ...
+
+    async def delete_tool_server(self, agent: str, label: str) -> bool:
+        """Deletes the agent's server ``label``; False when it had none of that label."""
+        ...
+
+
 class WakeupWrites(Protocol):
     """Agent wake-ups and read cursors."""
 
@@ -342,7 +380,11 @@ class WakeupWrites(Protocol):
         """Makes wake-ups ``worker`` holds claimable again, unfinished."""
         ...
 
-    async def consume_wakeups(self, agent: str, at: datetime) -> list[Wakeup]: ...
+    async def consume_wakeups(
+        self, agent: str, at: datetime, reasons: Collection[WakeReason] | None = None
+    ) -> list[Wakeup]:
+        """Takes the open wake-ups of ``agent`` (all, or only those for ``reasons``)."""
+        ...
 
     async def advance_cursor(self, agent: str, task_id: int, last_ts: str) -> None: ...
 
@@ -403,6 +445,7 @@ class Unit(
     OutboxReviewWrites,
     MessageWrites,
     AgentWrites,
+    ToolServerWrites,
     WakeupWrites,
     WorkWrites,
     WorkerWrites,

@@ -16,6 +16,7 @@ from bot.ports import Store, Unit
 from bot.secrets import SecretBox
 from bot.signal import Notify, Queued, ignore
 from bot.task import Task
+from bot.tool_server_book import DEFAULT_MAX_TOOL_SERVERS, ToolServerBook
 
 API_KEY = "api_key"
 
@@ -73,6 +74,7 @@ class AgentRegistry:
         new_token: Callable[[], str] = new_token,
         model_hosts: ModelHosts | None = None,
         notify: Notify = ignore,
+        max_tool_servers: int = DEFAULT_MAX_TOOL_SERVERS,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -80,6 +82,12 @@ class AgentRegistry:
         self._new_token = new_token
         self._hosts = model_hosts or ModelHosts()
         self._notify = notify
+        self._tool_servers = ToolServerBook(store, clock, secrets, max_tool_servers)
+
+    @property
+    def tool_servers(self) -> ToolServerBook:
+        """The built-in agents' MCP tool servers."""
+        return self._tool_servers
 
     @asynccontextmanager
     async def _changing(self) -> AsyncIterator[Unit]:

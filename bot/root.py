@@ -9,7 +9,10 @@ the HTTP server. They are closed in reverse order. The service, the CLI, tests a
 all get their objects here, with ``Overrides`` for the clock, keys, pacing and ports; nothing
 else rebuilds this wiring.
 
-This is the only module under ``bot/`` that imports ``channels``, ``store`` or ``scheduler``.
+This is the only module under ``bot/`` that imports ``channels``, ``store`` or ``scheduler``
+(but for ``bot/cli.py`` starting ``threadwork worker``: a client of the service that builds none
+of these objects, wired by ``channels/agent_cli/main.py``). ``threadwork sandbox`` runs the service
+built here, with its embedded Slack workspace and page around it (``channels/sandbox/main.py``).
 """
 
 import asyncio
@@ -18,7 +21,7 @@ import os
 import secrets
 import signal as signals
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -51,6 +54,7 @@ from bot.ports import TickLock
 from bot.queries import TaskQueries
 from bot.reconcile import ProgressProbe, Reconciler
 from bot.registry import AgentRegistry
+from bot.runtime.model import AgentModel
 from bot.runtime.models import ModelFactory
 from bot.runtime.runner import AgentRunner, RunnerSettings
 from bot.secrets import SecretBox
@@ -69,6 +73,7 @@ from channels.mcp.server import (
     build_mcp_server,
     transport_security,
 )
+from channels.mcp.tool_client import McpToolConnector
 from channels.metrics import PrometheusMetrics, metrics_routes
 from channels.slack.adapter_http import slack_routes
 from channels.slack.app import build_bolt_app
@@ -127,6 +132,10 @@ class Overrides:
     #: Replaces the reconcile's lock across replicas (None: PostgreSQL's advisory lock; always
     #: held on SQLite). Tests of the compare-and-set alone pass ``SoleReplica()``.
     reconcile_lock: TickLock | None = None
+    #: More routes on the HTTP server (``threadwork sandbox``'s page and its workspace).
+    routes: Sequence[web.AbstractRouteDef] = ()
+    #: The models of ``scripted`` agents, by name (``threadwork sandbox``'s demo).
+    scripts: Mapping[str, AgentModel] = field(default_factory=dict)
 
 
 def worker_id() -> str:
@@ -207,6 +216,7 @@ def build_core(
         secret_box(settings),
         model_hosts=ModelHosts(frozenset(settings.model_hosts)),
         notify=signal.notify,
+        max_tool_servers=settings.agent_tool_servers,
     )
     access = _access(settings, overrides, client, registry)
     board = Board(store, clock, policy, overrides.new_key, notify=signal.notify, access=access)
@@ -225,7 +235,9 @@ def build_core(
         signal=signal,
         board=board,
         registry=registry,
-        work=AgentWork(store, clock, overrides.new_key, notify=signal.notify, metrics=metrics),
+        work=AgentWork(
+            store, clock, overrides.new_key, notify=signal.notify, metrics=metrics, policy=policy
+        ),
         queries=queries,
         reconciler=reconciler,
         dead_letters=dead_letters,
@@ -405,6 +417,7 @@ async def open_service(
         stack.callback(_stop_scheduler, scheduler)
         mcp_url = await _start_mcp(stack, settings, mcp_app, mount)
         web_app = _web_app(core, scheduler, slack, mount, _scrape(core, metrics, runner))
+        web_app.add_routes(overrides.routes)
         url = await _start_http(stack, web_app, settings.host, _port(settings, overrides))
         mcp_url = url + MCP_PATH if mount is not None else mcp_url
         await _start_intake_and_loops(stack, loops, slack, runner, overrides.run_loops)
@@ -620,6 +633,7 @@ def _wire_runner(
         fallback,
         settings.anthropic_base_url,
         model_hosts=ModelHosts(frozenset(settings.model_hosts)),
+        scripts=overrides.scripts,
     )
     runner = AgentRunner(
         core.store,
@@ -633,6 +647,7 @@ def _wire_runner(
         worker,
         RunnerSettings(max_steps=settings.agent_max_steps, poll=overrides.poll_s),
         streams=slack.streams if slack else None,
+        tool_servers=McpToolConnector(),
     )
     if overrides.runner_wakes_on_commit:
         core.signal.subscribe(runner.wake, to=Queued.WAKEUPS)

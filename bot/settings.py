@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     #: Unset: the MCP endpoint is served at /mcp on PORT. A port: on that port instead. 0: off.
     mcp_port: int | None = Field(None, alias="THREADWORK_MCP_PORT", ge=0, le=65535)
     agent_max_steps: int = Field(20, alias="THREADWORK_AGENT_MAX_STEPS", ge=1, le=1000)
+    #: The most MCP tool servers one built-in agent may have (``/task-admin agent tools``).
+    agent_tool_servers: int = Field(8, alias="THREADWORK_AGENT_TOOL_SERVERS", ge=1, le=64)
     #: Tool calls an external agent's token may make per minute.
     agent_calls_per_minute: int = Field(
         120, alias="THREADWORK_AGENT_CALLS_PER_MINUTE", ge=1, le=100_000

@@ -117,6 +117,10 @@ class Task:
     awaiting_input_since: datetime | None = None
     #: The last liveness heartbeat of a generating agent (not progress).
     alive_at: datetime | None = None
+    #: The last lines a worker's command printed (``threadwork worker``), reported with its
+    #: liveness, and the epoch of the attempt that printed them.
+    output_tail: str | None = None
+    output_tail_epoch: int | None = None
 
     @property
     def ref(self) -> TaskRef:
@@ -126,6 +130,12 @@ class Task:
     def leased(self) -> bool:
         """True when a claim is held in a status the reconcile watches."""
         return self.claimed_by is not None and self.status in LEASED_STATUSES
+
+    @property
+    def current_output_tail(self) -> str | None:
+        """The output tail of the current attempt (None when it printed nothing yet, or the
+        tail is an earlier attempt's)."""
+        return self.output_tail if self.output_tail_epoch == self.lease_epoch else None
 
 
 def is_stale(task: Task, now: datetime, lease_ttl: timedelta) -> bool:
@@ -163,6 +173,10 @@ class EventKind(StrEnum):
     OUTBOX_DROPPED = "outbox_dropped"
     #: A person stopped the current attempt (Slack's Stop button, or the card's).
     STOPPED = "stopped"
+    #: The agent's worker handed its attempt back (it was shutting down); dispatched again.
+    RELEASED = "released"
+    #: A built-in agent called a tool of one of its MCP tool servers; liveness, not progress.
+    TOOL_CALLED = "tool_called"
 
 
 @dataclass(frozen=True)

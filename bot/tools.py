@@ -40,6 +40,7 @@ from bot.signal import ChangeSignal
 from bot.status import parse_status
 from bot.task import Actor, Task, TaskRef
 from bot.views import task_view
+from bot.work import WakeReason
 
 P = ParamSpec("P")
 
@@ -263,14 +264,33 @@ class TaskTools:
         return {"ok": True, "artifact_id": artifact.id, "name": artifact.name}
 
     @_tool
-    async def wait_for_work(self, timeout_s: float) -> dict[str, Any]:
-        """Returns as soon as a directive or a person's message is waiting (or at the timeout)."""
+    async def report_liveness(
+        self, task: str, output_tail: str, epoch: int | None = None
+    ) -> dict[str, Any]:
+        """Liveness with the last lines of output; not progress (the lease is not renewed)."""
+        ref, fence = self._ref(task), self._epoch(epoch)
+        recorded = await self.work.report_liveness(ref, self.agent, fence, output_tail)
+        return {"ok": True, "recorded": recorded}
+
+    @_tool
+    async def release_task(self, task: str, epoch: int | None = None) -> dict[str, Any]:
+        """Hands the attempt back, so the task is dispatched again at once."""
+        ref, fence = self._ref(task), self._epoch(epoch)
+        return _summary(await self.work.release_task(ref, self.agent, fence))
+
+    @_tool
+    async def wait_for_work(
+        self, timeout_s: float, reasons: list[str] | None = None
+    ) -> dict[str, Any]:
+        """Returns as soon as a directive or a person's message is waiting (or at the timeout);
+        with ``reasons``, only items for those reasons are taken (the others wait)."""
         if not 0 <= timeout_s <= MAX_WAIT_S:
             raise InvalidInput(f"timeout_s must be between 0 and {MAX_WAIT_S:.0f}.")
+        wanted = _wake_reasons(reasons)
         deadline = time.monotonic() + timeout_s
         while True:
             async with self.store.transaction() as unit:
-                wakeups = await unit.consume_wakeups(self.agent, self.clock())
+                wakeups = await unit.consume_wakeups(self.agent, self.clock(), wanted)
             if wakeups:
                 refs = await self._refs({w.task_id for w in wakeups})
                 work = [
@@ -298,6 +318,17 @@ class TaskTools:
         async with self.store.read() as reader:
             tasks = [await reader.get_task_by_id(i) for i in task_ids]
         return {t.id: str(t.ref) for t in tasks if t is not None}
+
+
+def _wake_reasons(names: list[str] | None) -> frozenset[WakeReason] | None:
+    """The wake reasons named, or None for all; an unknown name is refused as INVALID."""
+    if names is None:
+        return None
+    try:
+        return frozenset(WakeReason(name) for name in names)
+    except ValueError:
+        known = ", ".join(r.value for r in WakeReason)
+        raise InvalidInput(f"reasons must be among {known}.") from None
 
 
 def _summary(task: Task) -> dict[str, Any]:
@@ -409,11 +440,33 @@ def build_tool_server(resolve: Resolver) -> MCPServer:
         return await render(tools.add_artifact(task, name, kind, uri, content, epoch))
 
     @server.tool()
-    async def wait_for_work(ctx: Context, timeout_s: float = 30.0) -> dict[str, Any]:
+    async def report_liveness(
+        task: str, output_tail: str, ctx: Context, epoch: int | None = None
+    ) -> dict[str, Any]:
+        """Says you are alive on a task you hold, with the last lines of your output (at most
+        2,000 characters), shown on the card. Liveness, not progress: it does not renew your
+        lease. At most one report per 15 s per attempt is recorded ("recorded": false when it
+        came too soon). Pass the epoch from your directive."""
+        return await render((await caller(ctx)).report_liveness(task, output_tail, epoch))
+
+    @server.tool()
+    async def release_task(task: str, ctx: Context, epoch: int | None = None) -> dict[str, Any]:
+        """Hands back a task you hold but cannot finish now (you are shutting down): it is
+        dispatched to you again at once at a new epoch, without counting an attempt, for
+        whichever of your workers waits for work. Only a task in todo or in_progress. Pass the
+        epoch from your directive; calls at the old epoch are refused afterwards."""
+        return await render((await caller(ctx)).release_task(task, epoch))
+
+    @server.tool()
+    async def wait_for_work(
+        ctx: Context, timeout_s: float = 30.0, reasons: list[str] | None = None
+    ) -> dict[str, Any]:
         """Waits up to timeout_s seconds (max 300) and returns as soon as you have a new directive
         or a person wrote in one of your task threads; an empty list means nothing came. An item
-        whose reason is "stop" means a person stopped your work on that task: stop at once."""
-        return await render((await caller(ctx)).wait_for_work(timeout_s))
+        whose reason is "stop" means a person stopped your work on that task: stop at once.
+        reasons (directive, redispatch, message, assume, stop) takes only items for those
+        reasons, leaving the others for later: a busy worker waits for ["stop"] alone."""
+        return await render((await caller(ctx)).wait_for_work(timeout_s, reasons))
 
     return server
 

@@ -31,6 +31,8 @@ def task_view(task: Task) -> dict[str, Any]:
         "last_progress_at": _iso(task.last_progress_at),
         "awaiting_input_since": _iso(task.awaiting_input_since),
         "alive_at": _iso(task.alive_at),
+        "output_tail": task.output_tail,
+        "output_tail_epoch": task.output_tail_epoch,
         "thread_ts": task.thread_ts,
         "created_by": task.created_by,
         "created_at": _iso(task.created_at),

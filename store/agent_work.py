@@ -1,6 +1,6 @@
 """Queries for agents at work: wake-ups, read cursors, usage, artifacts and MCP tokens."""
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -270,14 +270,19 @@ class AgentWorkWrites:
             if (await self._db.execute(query)).rowcount:
                 self.queued.add(Queued.WAKEUPS)
 
-    async def consume_wakeups(self, agent: str, at: datetime) -> list[Wakeup]:
-        """Takes every open wake-up of ``agent`` (an external agent polling for work)."""
+    async def consume_wakeups(
+        self, agent: str, at: datetime, reasons: Collection[WakeReason] | None = None
+    ) -> list[Wakeup]:
+        """Takes every open wake-up of ``agent`` (an external agent polling for work), or only
+        those for ``reasons``."""
         query = (
             update(agent_wakeups)
             .where(agent_wakeups.c.agent == agent, agent_wakeups.c.done_at.is_(None))
             .values(done_at=at)
             .returning(*agent_wakeups.c)
         )
+        if reasons is not None:
+            query = query.where(agent_wakeups.c.reason.in_([r.value for r in reasons]))
         return sorted((_wakeup(r) for r in await self._db.execute(query)), key=lambda w: w.id)
 
     async def set_alive(self, task_id: int, agent: str, epoch: int, at: datetime) -> bool:
@@ -287,6 +292,20 @@ class AgentWorkWrites:
             .values(alive_at=at)
         )
         return (await self._db.execute(query)).rowcount == 1
+
+    async def record_output_tail(
+        self, task_id: int, agent: str, epoch: int, tail: str, at: datetime
+    ) -> Task | None:
+        """Marks the task alive at ``at`` with ``tail`` as the attempt's output, only while
+        ``agent`` holds the claim at ``epoch``; the task as written, else None."""
+        query = (
+            update(tasks)
+            .where(tasks.c.id == task_id, tasks.c.claimed_by == agent, tasks.c.lease_epoch == epoch)
+            .values(alive_at=at, output_tail=tail, output_tail_epoch=epoch)
+            .returning(*tasks.c)
+        )
+        row = (await self._db.execute(query)).first()
+        return task_from_row(row) if row else None
 
     async def add_token(self, agent: str, token_hash: str, at: datetime) -> bool:
         agent_id = (

@@ -24,6 +24,7 @@ from store.schema import (
     task_messages,
     tasks,
 )
+from store.tool_servers import ToolServerReads
 
 #: ``api_key_configured`` as a column, so listing agents is one query.
 _HAS_KEY = (
@@ -34,7 +35,7 @@ _HAS_KEY = (
 )
 
 
-class SqlReader(AgentWorkReads, OutboxReads):
+class SqlReader(AgentWorkReads, OutboxReads, ToolServerReads):
     """Implements ``bot.ports.Reader`` over one open connection."""
 
     def __init__(self, connection: AsyncConnection) -> None:

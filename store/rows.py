@@ -32,6 +32,8 @@ def task_from_row(row: Row[Any]) -> Task:
         last_progress_at=m["last_progress_at"],
         awaiting_input_since=m["awaiting_input_since"],
         alive_at=m["alive_at"],
+        output_tail=m["output_tail"],
+        output_tail_epoch=m["output_tail_epoch"],
     )
 
 

@@ -60,6 +60,10 @@ tasks = Table(
     Column("awaiting_input_since", UTCDateTime()),
     #: The last liveness heartbeat of a generating agent; not progress.
     Column("alive_at", UTCDateTime()),
+    #: The last lines of output a worker's command printed, reported with its liveness, and
+    #: the epoch of the attempt that printed them (``threadwork worker``); not progress.
+    Column("output_tail", Text),
+    Column("output_tail_epoch", Integer),
     Column("created_by", String(64), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
@@ -177,6 +181,22 @@ agent_secrets = Table(
     Column("agent_id", Id, ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True),
     Column("name", String(32), primary_key=True),
     Column("ciphertext", LargeBinary, nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+#: The MCP tool servers of built-in agents (``bot.tool_servers``); header values are secrets,
+#: kept in ``agent_secrets`` as ``tool:<label>``.
+agent_tool_servers = Table(
+    "agent_tool_servers",
+    metadata,
+    Column("agent_id", Id, ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True),
+    Column("label", String(32), primary_key=True),
+    Column("transport", String(8), nullable=False),
+    Column("command", Json),
+    Column("url", Text),
+    Column("allow", Json),
+    Column("header_names", Json),
+    Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
 )
 

@@ -31,6 +31,7 @@ from store.schema import (
     task_messages,
     tasks,
 )
+from store.tool_servers import ToolServerWrites
 from store.workers import WorkerWrites
 
 
@@ -41,7 +42,7 @@ def _column_values(fields: TaskFields) -> dict[str, Any]:
     }
 
 
-class SqlUnit(SqlReader, AgentWorkWrites, OutboxReviewWrites, WorkerWrites):
+class SqlUnit(SqlReader, AgentWorkWrites, OutboxReviewWrites, WorkerWrites, ToolServerWrites):
     """Implements ``bot.ports.Unit`` over a connection inside a write transaction."""
 
     def __init__(self, connection: AsyncConnection) -> None:

@@ -149,15 +149,16 @@ class Replicas:
     def fail(self, message: str) -> NoReturn:
         raise AssertionError(f"{message}\n{self.output()}")
 
-    async def start(self, index: int) -> Replica:
-        """Starts (or restarts) replica ``index`` and returns once it answers /healthz."""
+    async def start(self, index: int, same_port: bool = False) -> Replica:
+        """Starts (or restarts) replica ``index`` and returns once it answers /healthz; with
+        ``same_port``, a restart listens where the last run did (its clients keep the URL)."""
         while len(self.slots) <= index:
             name = f"replica-{len(self.slots)}"
             self.slots.append(Replica(name, self.directory / name))
         slot = self.slots[index]
         assert not slot.running, f"{slot.name} is running already"
         slot.directory.mkdir(parents=True, exist_ok=True)
-        slot.port = free_port()
+        slot.port = slot.port if same_port and slot.port else free_port()
         log = slot.directory / f"serve-{len(slot.logs) + 1}.log"
         slot.logs.append(log)
         env = serve_env(self.database_url, self.slack, slot.directory, **self.settings)

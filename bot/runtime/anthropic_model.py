@@ -1,9 +1,11 @@
 """Claude through the anthropic SDK: streamed, with prompt caching on the stable prefix.
 
-Two cache breakpoints: the system prompt (which, in Anthropic's prefix order, also covers the
-tool definitions) and the last block of the conversation so far. Each step's request therefore
-starts with the previous step's whole request, which the API bills as a cache read, so the cost
-per step stays nearly flat as a thread grows.
+Three cache breakpoints (of the API's four): the last tool definition, the system prompt and the
+last block of the conversation so far. In Anthropic's prefix order the tool definitions come
+first, threadwork's own and then the agent's tool servers' in a fixed order, so they are written
+to the cache once, on a run's first step, and read on every later one, however many servers an
+agent has. Each step's request starts with the previous step's whole request, which the API
+bills as a cache read, so the cost per step stays nearly flat as a thread grows.
 """
 
 import copy
@@ -37,6 +39,17 @@ def with_cache_breakpoints(messages: list[Message]) -> list[Message]:
     return marked
 
 
+def tool_definitions(tools: list[ToolSpec]) -> list[dict[str, Any]]:
+    """The tools in the API's shape, the last one carrying a cache breakpoint."""
+    definitions: list[dict[str, Any]] = [
+        {"name": t.name, "description": t.description, "input_schema": t.input_schema}
+        for t in tools
+    ]
+    if definitions:
+        definitions[-1]["cache_control"] = EPHEMERAL
+    return definitions
+
+
 class AnthropicModel:
     """Implements AgentModel on the Messages API (any base_url, e.g. a local stand-in)."""
 
@@ -57,10 +70,7 @@ class AnthropicModel:
             "model": self._model,
             "max_tokens": self._max_tokens,
             "system": [{"type": "text", "text": system, "cache_control": EPHEMERAL}],
-            "tools": [
-                {"name": t.name, "description": t.description, "input_schema": t.input_schema}
-                for t in tools
-            ],
+            "tools": tool_definitions(tools),
             "messages": with_cache_breakpoints(messages),
         }
         try:

@@ -1,14 +1,24 @@
-"""Builds each built-in agent's model client from its settings and (encrypted) key."""
+"""Builds each built-in agent's model client from its settings and (encrypted) key.
 
-import anthropic
+The anthropic SDK takes about 1.5 s to import, so it loads in a thread the first time a Claude
+agent runs: neither start-up (``threadwork sandbox`` answers in under 3 s) nor the event loop
+waits for it.
+"""
+
+import asyncio
+import importlib
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from bot.agents import Agent, AgentKind
 from bot.errors import ConfigurationError
 from bot.model_hosts import ANTHROPIC_API_URL, ModelHosts
 from bot.registry import AgentRegistry
-from bot.runtime.anthropic_model import AnthropicModel
 from bot.runtime.model import AgentModel
 from bot.runtime.openai_model import OpenAICompatibleModel
+
+if TYPE_CHECKING:
+    import anthropic
 
 DEFAULT_CLAUDE_MODEL = "claude-sonnet-4-6"
 DEFAULT_MAX_TOKENS = 4096
@@ -30,8 +40,11 @@ class ModelFactory:
         anthropic_base_url: str | None,
         max_retries: int = 2,
         model_hosts: ModelHosts | None = None,
+        scripts: Mapping[str, AgentModel] | None = None,
     ) -> None:
         self._registry = registry
+        #: The models of ``scripted`` agents, by name (``threadwork sandbox``'s demo).
+        self._scripts = dict(scripts or {})
         self._fallback_key = anthropic_api_key
         self._base_url = anthropic_base_url
         self._max_retries = max_retries
@@ -50,6 +63,8 @@ class ModelFactory:
                 "Assign the task again to start it."
             )
         max_tokens = agent.settings.max_tokens or DEFAULT_MAX_TOKENS
+        if agent.kind == AgentKind.SCRIPTED:
+            return self._scripted(agent.name)
         if agent.kind == AgentKind.OPENAI:
             if not agent.settings.base_url:
                 raise ConfigurationError(f"`{agent.name}` has no endpoint: set base_url=...")
@@ -63,16 +78,29 @@ class ModelFactory:
                 f"`{agent.name}` has no API key: set one with `/task-admin agent key {agent.name}` "
                 "or set ANTHROPIC_API_KEY."
             )
-        return AnthropicModel(
+        claude = await asyncio.to_thread(importlib.import_module, "bot.runtime.anthropic_model")
+        built: AgentModel = claude.AnthropicModel(
             self._client(key), agent.settings.model or DEFAULT_CLAUDE_MODEL, max_tokens
         )
+        return built
+
+    def _scripted(self, name: str) -> AgentModel:
+        script = self._scripts.get(name)
+        if script is None:
+            raise ConfigurationError(
+                f"`{name}` is a scripted agent, and only `threadwork sandbox` has a script (for "
+                "its `demo`); nothing was run."
+            )
+        return script
 
     def _check_host(self, name: str, url: str) -> None:
         """Refuses an endpoint outside THREADWORK_MODEL_HOSTS, before any key is sent."""
         if not self._hosts.allows(url):
             raise ConfigurationError(self._hosts.refusal(name, url))
 
-    def _client(self, key: str) -> anthropic.AsyncAnthropic:
+    def _client(self, key: str) -> "anthropic.AsyncAnthropic":
+        import anthropic  # loaded by ``for_agent`` already, off the event loop
+
         if key not in self._clients:
             self._clients[key] = anthropic.AsyncAnthropic(
                 api_key=key,

@@ -8,12 +8,16 @@ cannot be streamed into, the step's text is posted instead. A question is answer
 assumption, or waits for a person, per the agent's autonomy mode. When the task is cancelled,
 reassigned or re-dispatched the run stops at its next step and posts nothing more: its late
 tool calls are refused as superseded or not_claimed, and the run stops on that reason (a stream
-open then is ended where it is, and not stored).
+open then is ended where it is, and not stored). The agent's MCP tool servers are open for as
+long as the run (``bot.runtime.toolbox``); a call to one of their tools is recorded in the task's
+events and counts as liveness, never as progress.
 """
 
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +30,7 @@ from bot.runtime import prompt
 from bot.runtime.model import AgentModel, Message, ModelTurn, ModelUnavailable, ToolCall, ToolSpec
 from bot.runtime.progress import progress_line
 from bot.runtime.stream import Opener, Said, StepStream, Stream, ThreadStreams
+from bot.runtime.toolbox import ServerCall, ServerFailure, ToolBox
 from bot.session import SESSION_TABLE, SessionStatus, Work
 from bot.status import TERMINAL_STATUSES, TaskStatus, parse_status
 from bot.task import Task, TaskRef
@@ -41,6 +46,10 @@ HEARTBEAT_SECONDS = 15.0
 #: Statuses that clear the claim (``Board.update_task_status``): a step's stream is stored
 #: under the claim, so it ends before the run asks for one of them.
 CLAIM_ENDING = TERMINAL_STATUSES | {TaskStatus.BLOCKED}
+
+
+#: Opens the run's tool servers for as long as the run lasts.
+ServerOpener = Callable[[], AbstractAsyncContextManager[ToolBox]]
 
 
 class RunStopped(Exception):
@@ -113,6 +122,10 @@ class AgentRun:
     _posting: bool = False
     #: A stream of this run ended early, leaving the session at the platform's default.
     session_unknown: bool = False
+    #: Connects the agent's MCP tool servers when the run starts (None: it has none).
+    servers: ServerOpener | None = None
+    #: The connected servers' tools while the run lasts.
+    box: ToolBox | None = None
 
     async def run(self) -> str:
         """Works the task; returns how the run ended."""
@@ -120,7 +133,8 @@ class AgentRun:
         log = logger.bind(**context)
         try:
             with structlog.contextvars.bound_contextvars(**context):
-                return await self._loop()
+                async with self._tool_servers():
+                    return await self._loop()
         except (RunStopped, NotClaimHolder, Superseded):  # await_input's and record_stream's
             log.info("run.stopped")
             return "stopped"
@@ -131,6 +145,20 @@ class AgentRun:
                 "the lease will lapse and the task will be re-dispatched."
             )
             return "model_unavailable"
+
+    @asynccontextmanager
+    async def _tool_servers(self) -> AsyncIterator[None]:
+        """The agent's tool servers, open while the run lasts; those that did not start are
+        reported once in the thread, and the run goes on with the tools it has."""
+        if self.servers is None:
+            yield
+            return
+        async with self.servers() as box:
+            self.box = box
+            self.specs = [*self.specs, *box.specs]
+            if box.failures:
+                await self._say(_failures_text(self.agent, box.failures))
+            yield
 
     async def _loop(self) -> str:
         task = _data_of(await self.tools.get_task(str(self.ref)))
@@ -226,6 +254,8 @@ class AgentRun:
     async def _call(self, call: ToolCall, said: StepStream) -> dict[str, Any]:
         """Carries out one of the model's tool calls: a final status finishes the run, and a
         refusal saying the run no longer holds the task stops it."""
+        if self.box is not None and self.box.owns(call.name):
+            return await self._call_server(call, said)
         if _may_end_claim(call):
             await self._done_saying(said)
         result = await self.tools.call(call.name, call.input)
@@ -239,6 +269,23 @@ class AgentRun:
             if result.data.get("ref") == str(self.ref) and status in FINAL_STATUSES:
                 self.finished = str(status)
         return _tool_result(call, result)
+
+    async def _call_server(self, call: ToolCall, said: StepStream) -> dict[str, Any]:
+        """Passes a call through to its tool server and records it in the task's events: the
+        agent is alive, but nothing is progress, and the lease is not renewed."""
+        assert self.box is not None  # only called for the box's own tools
+        done: ServerCall = await self.box.call(call.name, call.input)
+        if not await self.work.record_tool_call(
+            self.ref, self.agent, self.epoch, done.event_data()
+        ):
+            raise RunStopped("the task moved on")
+        await said.line(done.progress_line())
+        return {
+            "type": "tool_result",
+            "tool_use_id": call.id,
+            "content": done.output.text,
+            "is_error": done.output.is_error,
+        }
 
     async def _assume(self) -> None:
         """Asks the model for its most reasonable assumption, posts it, and goes on."""
@@ -285,3 +332,12 @@ class AgentRun:
             return
         self._last_beat = now
         await self.work.heartbeat(self.ref, self.agent, self.epoch)
+
+
+def _failures_text(agent: str, failures: list[ServerFailure]) -> str:
+    """The one post saying which tool servers did not start, and why."""
+    lines = [f"• `{f.label}`: {f.reason}" for f in failures]
+    return (
+        f":warning: `{agent}` works on without these tool servers, which did not start:\n"
+        + "\n".join(lines)
+    )

@@ -10,13 +10,16 @@ to that run at its next step.
 """
 
 import asyncio
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 from mcp.server.mcpserver import MCPServer
 
 from bot.agent_work import AgentWork
+from bot.agents import Agent
 from bot.clock import Clock
 from bot.errors import DomainError
 from bot.ports import Store
@@ -24,8 +27,9 @@ from bot.registry import AgentRegistry
 from bot.runtime import prompt
 from bot.runtime.model import ToolSpec
 from bot.runtime.models import ModelFactory
-from bot.runtime.run import AgentRun
+from bot.runtime.run import AgentRun, ServerOpener
 from bot.runtime.stream import ThreadStreams
+from bot.runtime.toolbox import ToolBox, ToolBoxSettings, ToolConnector, open_toolbox
 from bot.signal import work_loop
 from bot.supervisor import Supervisor
 from bot.task import Task
@@ -52,6 +56,8 @@ class RunnerSettings:
     max_steps: int = 20
     poll: float = 1.0
     batch: int = 20
+    #: Timeouts and bounds of the agents' MCP tool servers.
+    toolbox: ToolBoxSettings = field(default_factory=ToolBoxSettings)
 
 
 class AgentRunner:
@@ -70,6 +76,7 @@ class AgentRunner:
         worker: str,
         settings: RunnerSettings | None = None,
         streams: ThreadStreams | None = None,
+        tool_servers: ToolConnector | None = None,
     ) -> None:
         self._store = store
         self._work = work
@@ -82,6 +89,7 @@ class AgentRunner:
         self._worker = worker
         self._settings = settings or RunnerSettings()
         self._streams = streams
+        self._connector = tool_servers
         self._runs: dict[int, RunHandle] = {}
         self._specs: list[ToolSpec] = []
         self._wake = asyncio.Event()
@@ -180,6 +188,7 @@ class AgentRunner:
             max_steps=self._settings.max_steps,
             streams=self._streams,
             display_name=agent.display_name,
+            servers=self._servers_for(agent),
         )
         job = self._supervisor.spawn(
             self._supervised(task, run, wakeup.id), name=f"run:{task.ref}:{task.lease_epoch}"
@@ -212,6 +221,22 @@ class AgentRunner:
             # Still held by a live worker: only a takeover after this process ends would
             # start the run again, and the lease is the truth about the task meanwhile.
             log.exception("run.finish_failed", wakeup=wakeup_id)
+
+    def _servers_for(self, agent: Agent) -> ServerOpener | None:
+        """Opens the agent's MCP tool servers for a run: started inside the run (so a slow one
+        holds up no other task), stopped when it ends."""
+        connector = self._connector
+        if connector is None:
+            return None
+
+        @asynccontextmanager
+        async def opened() -> AsyncIterator[ToolBox]:
+            launches = await self._registry.tool_servers.launches(agent.name)
+            spawn, settings = self._supervisor.spawn, self._settings.toolbox
+            async with open_toolbox(connector, launches, spawn, settings) as box:
+                yield box
+
+        return opened
 
     async def _tool_specs(self) -> list[ToolSpec]:
         """The runtime tools' names, descriptions and input schemas, as the tool server lists

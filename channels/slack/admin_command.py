@@ -17,6 +17,8 @@ from channels.slack.parsing import SlashCommand, parse_user_mention, split_args,
 from channels.slack.render import inert_reply
 from channels.slack.replies import ADMIN_USAGE
 from channels.slack.services import SlackServices
+from channels.slack.tools_command import USAGE as TOOLS_USAGE
+from channels.slack.tools_command import tools_command
 
 USAGE = {
     "agent add": "/task-admin agent add <@user | name> [external | claude | openai] [display=<name>] "
@@ -28,6 +30,7 @@ USAGE = {
     "agent disable": "/task-admin agent disable <name>",
     "agent enable": "/task-admin agent enable <name>",
     "agent key": "/task-admin agent key <name>",
+    "agent tools": TOOLS_USAGE,
     "policy": "/task-admin policy [show | ttl <seconds> | attempts <n> | agents-close on|off "
     "| closers anyone|owners]",
     "reconcile": "/task-admin reconcile",
@@ -338,6 +341,7 @@ HANDLERS: dict[str, Handler] = {
     "agent enable": _agent_enable,
     "agent key": _agent_key,
     "agent token": _agent_token,
+    "agent tools": tools_command,
     "policy": _policy,
     "reconcile": _reconcile,
     "stats": _stats,

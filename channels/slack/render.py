@@ -199,10 +199,31 @@ def card_blocks(
                 "elements": [inert_mrkdwn(escape_clipped(task.description, 2000))],
             }
         )
+    tail = task.current_output_tail
+    if tail:
+        blocks.append({"type": "section", "text": inert_mrkdwn(output_tail_text(tail))})
     controls = card_controls(task, agents)
     if controls:
         blocks.append({"type": "actions", "block_id": f"task:{task.ref}", "elements": controls})
     return blocks
+
+
+def output_tail_text(tail: str, limit: int = 2500, heading: str = "*Output* (last lines)") -> str:
+    """A worker's command's last lines as a code block, inert; when they are too long for
+    ``limit`` escaped characters, the newest lines are kept. Backticks become look-alikes, so
+    no line can end the block."""
+    kept: list[str] = []
+    size = 0
+    for line in reversed(tail.replace("`", "\u02cb").splitlines()):
+        escaped = escape(line)
+        if size + len(escaped) + 1 > limit:
+            if not kept:
+                kept.append(escaped[-limit:])
+            break
+        kept.append(escaped)
+        size += len(escaped) + 1
+    body = "\n".join(reversed(kept)) or " "
+    return f"{heading}\n```\n{body}\n```"
 
 
 def inert_mrkdwn(text: str) -> Block:
@@ -310,8 +331,13 @@ def directive_text(
         "saying why; pass this epoch with every write (posts and artifacts too).",
     ]
     if payload.get("redispatch"):
+        why = (
+            "the worker running it handed it back (it was shutting down)"
+            if payload.get("released")
+            else "the lease lapsed"
+        )
         lines.append(
-            f"Handoff: the lease lapsed and the task is re-dispatched. Current status: "
+            f"Handoff: {why} and the task is re-dispatched. Current status: "
             f"`{escape(str(payload['status']))}`. "
             f"Last progress from the assignee: {handoff or '_none recorded_'}"
         )

@@ -20,6 +20,7 @@ from channels.slack.render import (
     escape,
     escape_clipped,
     link,
+    output_tail_text,
     session_label,
     slack_date,
     task_heading,
@@ -54,6 +55,7 @@ ADMIN_USAGE = """*`/task-admin` — for threadwork admins*
 • `/task-admin agent list` · `/task-admin agent remove <name>`
 • `/task-admin agent disable <name>` · `/task-admin agent enable <name>` — stop or resume its work
 • `/task-admin agent key <name>` — opens a form for the agent's API key
+• `/task-admin agent tools <name> add <label> stdio "<command> <args>" | http <url> [header=<Name>:<value> ...] [allow=<tool>,...]` · `... remove <label>` · `... list` — a built-in agent's MCP tool servers
 • `/task-admin policy [show | ttl <seconds> | attempts <n> | agents-close on|off | closers anyone|owners]` — this channel's policy
 • `/task-admin reconcile` — run one reconcile tick now
 • `/task-admin stats` — tasks by status, stale, blocked, outbox backlog
@@ -97,6 +99,10 @@ def show_text(detail: TaskDetail) -> str:
         lines.append(f"Assigned by {user_label(task.assigned_by)}")
     if task.description:
         lines.append(f"> {escape_clipped(task.description, 500)}")
+    tail = task.current_output_tail
+    if tail:
+        heading = f"*Output* (last lines, reported {age(task.alive_at, now)})"
+        lines.append(output_tail_text(tail, 1200, heading))
     if detail.artifacts:
         lines.append("*Artifacts* (latest first)")
         shown_artifacts = detail.artifacts[-MAX_ARTIFACTS_SHOWN:]
@@ -166,6 +172,9 @@ def explain_event(event: TaskEvent, agents: dict[str, Agent]) -> str:
             return f"{who} added artifact {name} ({kind})."
         case EventKind.HEARTBEAT:
             return f"{who} was alive, generating."
+        case EventKind.TOOL_CALLED:
+            outcome = "ok" if data.get("ok") else "an error"
+            return f"{who} called `{_text(data.get('tool'))}`: {outcome}, {_text(data.get('duration_ms'))} ms."
         case EventKind.AWAITING_INPUT:
             return f"{who} asked a question and is waiting for an answer (lease paused)."
         case EventKind.RESUMED:
@@ -180,6 +189,11 @@ def explain_event(event: TaskEvent, agents: dict[str, Agent]) -> str:
             return f"{who} sent its dead {data.get('kind')} again (outbox row {data.get('outbox_id')})."
         case EventKind.OUTBOX_DROPPED:
             return f"{who} dropped its {data.get('kind')} (outbox row {data.get('outbox_id')}); it is never sent."
+        case EventKind.RELEASED:
+            return (
+                f"{who}'s worker handed attempt {_text(data.get('attempt'))} back (it was "
+                f"shutting down); dispatched again at lease epoch {_text(data.get('new_epoch'))}."
+            )
         case EventKind.STATUS_CHANGED:
             note = f" — {_text(data['note'])}" if data.get("note") else ""
             moved = f"from `{_text(data.get('from'))}` to `{_text(data.get('to'))}`"

@@ -125,6 +125,8 @@ async def test_an_agent_lists_the_tools_and_drives_its_task_to_review(world: Mcp
             "post_update",
             "update_task_status",
             "add_artifact",
+            "report_liveness",
+            "release_task",
             "wait_for_work",
         }
         mine = payload(await client.call_tool("list_my_tasks", {}))["tasks"]

@@ -1,0 +1,67 @@
+"""``/task-admin agent tools <name> add|remove|list``: a built-in agent's MCP tool servers.
+
+Header values given with ``header=<Name>:<value>`` are stored encrypted and never shown again,
+not even in a refusal.
+"""
+
+from bot.agents import normalize_agent_name
+from bot.errors import InvalidInput
+from bot.task import Actor
+from bot.tool_servers import (
+    SEPARATOR,
+    ToolServer,
+    ToolServerAdd,
+    ToolServerList,
+    ToolServerRemove,
+    parse_request,
+)
+from channels.slack.parsing import SlashCommand
+from channels.slack.render import escape
+from channels.slack.services import SlackServices
+
+USAGE = (
+    '/task-admin agent tools <name> add <label> stdio "<command> <args>" | http <url> '
+    "[header=<Name>:<value> ...] [allow=<tool>,<tool>] · … remove <label> · … list"
+)
+
+
+async def tools_command(command: SlashCommand, args: list[str], services: SlackServices) -> str:
+    """Adds, removes or lists the agent's tool servers; the desk checks the caller is an admin."""
+    if not args:
+        raise InvalidInput("`agent tools` needs the agent's name, then `add`, `remove` or `list`.")
+    name = normalize_agent_name(args[0])
+    request = parse_request(args[1:])
+    admin = Actor.user(command.user_id)
+    if isinstance(request, ToolServerList):
+        return list_text(name, await services.admin.list_tool_servers(admin, name))
+    if isinstance(request, ToolServerRemove):
+        await services.admin.remove_tool_server(admin, name, request.label)
+        return (
+            f"Tool server `{request.label}` of `{name}` is removed; its next run goes without it."
+        )
+    return await _add(name, request, admin, services)
+
+
+async def _add(name: str, request: ToolServerAdd, admin: Actor, services: SlackServices) -> str:
+    replaced = await services.admin.add_tool_server(admin, name, request)
+    server = request.server
+    verb = "replaced" if replaced else "added"
+    offered = (
+        ", ".join(f"`{server.label}{SEPARATOR}{tool}`" for tool in server.allow)
+        if server.allow is not None
+        else f"every tool it lists, as `{server.label}{SEPARATOR}<tool>`"
+    )
+    secret = " Its header values are stored encrypted and never shown." if request.headers else ""
+    return (
+        f"Tool server `{server.label}` of `{name}` is {verb} ({server.transport.value}). From its "
+        f"next run, the agent is offered {offered}.{secret}"
+    )
+
+
+def list_text(name: str, servers: list[ToolServer]) -> str:
+    """The agent's servers, one line each; header values never appear."""
+    if not servers:
+        return f"`{name}` has no tool servers. Add one with `/task-admin agent tools {name} add`."
+    lines = [f"*Tool servers of `{name}`*"]
+    lines += [f"• `{escape(server.describe())}`" for server in servers]
+    return "\n".join(lines)
