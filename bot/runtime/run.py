@@ -272,8 +272,11 @@ class AgentRun:
 
     async def _call_server(self, call: ToolCall, said: StepStream) -> dict[str, Any]:
         """Passes a call through to its tool server and records it in the task's events: the
-        agent is alive, but nothing is progress, and the lease is not renewed."""
+        agent is alive, but nothing is progress, and the lease is not renewed. The claim is
+        checked first: a call may have side effects (a commit, an HTTP write), and a run that
+        no longer holds the task stops without making it."""
         assert self.box is not None  # only called for the box's own tools
+        await self._still_holding()
         done: ServerCall = await self.box.call(call.name, call.input)
         if not await self.work.record_tool_call(
             self.ref, self.agent, self.epoch, done.event_data()

@@ -6,7 +6,8 @@ and starts the command with the prompt on stdin. While it runs, a liveness heart
 the last lines of output (at most every 15 s; never progress, so a silent or looping command
 is still caught by the lease). At its end: exit 0 with the task still under its lease posts the
 last lines as a summary, attaches the branch and moves the task to in_review; a non-zero exit
-attaches the output tail and blocks the task with the exit code. A task that moved on (a
+attaches the output tail and blocks the task with the exit code (or only posts the tail, when
+the command moved the task out of its leased statuses itself). A task that moved on (a
 refusal, or the worker's check) or a worker shutting down stops the command's whole group; at
 a shutdown the attempt is then released, so the task is dispatched again at once.
 """
@@ -201,10 +202,12 @@ class Attempt:
         if held is None or held.epoch != self.epoch:
             return Ending.LEFT
         logger.info("worker.command_exited", code=code)
+        if held.status not in LEASED_STATUSES:
+            if code != 0:
+                await self._post_tail(code, tail)  # the command's own move stands
+            return Ending.LEFT
         if code != 0:
             return await self._failed(code, tail)
-        if held.status not in LEASED_STATUSES:
-            return Ending.LEFT
         return await self._succeeded(tail, workspace)
 
     async def _succeeded(self, tail: OutputTail, workspace: Workspace) -> Ending:
@@ -224,6 +227,13 @@ class Attempt:
         return self._ending(moved, Ending.REVIEW)
 
     async def _failed(self, code: int, tail: OutputTail) -> Ending:
+        if not await self._post_tail(code, tail) and self._stop.done():
+            return Ending.MOVED_ON
+        return await self._block(f"`{self._command.name}` exited with code {code}")
+
+    async def _post_tail(self, code: int, tail: OutputTail) -> bool:
+        """Attaches the output tail and posts the exit code with the last lines; True when
+        the post went through."""
         lines = tail.last(ARTIFACT_LINES, ARTIFACT_CHARS)
         if lines:
             await self._report("add_artifact", name="output tail", kind="log", content=lines)
@@ -231,9 +241,7 @@ class Attempt:
         last = tail.last(SUMMARY_LINES, SUMMARY_CHARS)
         if last:
             text += f" Its last lines:\n{_code(last)}"
-        if not await self._report("post_update", text=text) and self._stop.done():
-            return Ending.MOVED_ON
-        return await self._block(f"`{self._command.name}` exited with code {code}")
+        return await self._report("post_update", text=text)
 
     async def _block(self, note: str) -> Ending:
         moved = await self._report("update_task_status", status="blocked", note=note[:900])

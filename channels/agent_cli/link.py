@@ -2,12 +2,15 @@
 
 One session is shared by the worker's calls. The SDK's client lives in a task of its own, so a
 transport that fails (the service went away, or restarted and forgot the session) ends that
-task only; the call that saw it waits for a new session, with back-off, and is sent again. The
-worker says once that the service is away, and once that it is back. A token the endpoint
-refuses (401) stops the worker: no retry can fix it.
+task only; the call that saw it waits for a new session and is sent again, after a back-off that
+doubles while the failures go on and starts again once the service answers. The worker says
+once that the service is away, and once that it is back. A token the endpoint refuses (401)
+stops the worker: no retry can fix it.
 
 Tool results become ``bot.tools`` values here: ``Done`` with the structured data, or
-``Refused`` with the refusal its text starts with.
+``Refused`` with the refusal its text starts with. A JSON-RPC error the service answers with
+(any other than the SDK's own for a lost connection or session) is a refusal too: the call
+reached the service, and sending it again would only repeat it.
 """
 
 import asyncio
@@ -22,7 +25,7 @@ import structlog
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
-from mcp_types import CallToolResult, TextContent
+from mcp_types import CONNECTION_CLOSED, INVALID_REQUEST, CallToolResult, TextContent
 
 from bot.tools import Done, Refusal, Refused, ToolResult
 
@@ -36,6 +39,8 @@ CONNECT_TIMEOUT_S = 10.0
 #: A long poll holds its response this long at most (wait_for_work's own cap is 300 s).
 READ_TIMEOUT_S = 330.0
 _REFUSALS = {r.value: r for r in Refusal}
+#: What the SDK's client says when the service forgot the session (a 404 for a session id).
+SESSION_TERMINATED = "Session terminated"
 
 
 class TokenRefused(Exception):
@@ -52,25 +57,42 @@ class _Session:
 class Link:
     """Calls threadwork's tools at ``url`` as the agent ``token`` names."""
 
-    def __init__(self, url: str, token: str) -> None:
+    def __init__(
+        self, url: str, token: str, transport: httpx2.AsyncBaseTransport | None = None
+    ) -> None:
         self._url = url
         self._headers = {"Authorization": f"Bearer {token}"}
+        self._transport = transport
         self._session: _Session | None = None
         self._lock = asyncio.Lock()
         self._away_since: float | None = None
+        self._retry_s = FIRST_RETRY_S
 
     async def call(self, tool: str, arguments: Mapping[str, Any]) -> ToolResult:
-        """Calls ``tool``; a broken session is replaced and the call sent again, until the
-        service answers (or the caller is cancelled)."""
+        """Calls ``tool``; when the transport fails, the session is replaced and the call sent
+        again after the back-off, until the service answers (or the caller is cancelled)."""
         while True:
             session = await self._connected()
             try:
                 result = await session.client.call_tool(tool, dict(arguments))
-            except (MCPError, httpx2.HTTPError, OSError) as exc:
-                logger.debug("worker.call_failed", tool=tool, error=repr(exc))
-                session.broken.set()
-                continue
-            return _result(tool, result)
+            except MCPError as exc:
+                if not _transport_failed(exc):
+                    self._retry_s = FIRST_RETRY_S
+                    return _refused(tool, exc)
+                failure: Exception = exc
+            except (httpx2.TransportError, OSError) as exc:
+                failure = exc
+            else:
+                self._retry_s = FIRST_RETRY_S
+                return _result(tool, result)
+            logger.debug("worker.call_failed", tool=tool, error=repr(failure))
+            session.broken.set()
+            await self._pause()
+
+    async def _pause(self) -> None:
+        """Waits out the back-off, and doubles it (to the cap) for the next failure."""
+        await asyncio.sleep(self._retry_s)  # back-off before reaching the service again
+        self._retry_s = min(self._retry_s * 2, MAX_RETRY_S)
 
     async def close(self) -> None:
         """Ends the session (the service forgets it, and any long poll of it)."""
@@ -85,7 +107,6 @@ class Link:
                 return session
             if session is not None:
                 await _end(session)
-            delay = FIRST_RETRY_S
             while True:
                 try:
                     self._session = await self._open()
@@ -93,8 +114,7 @@ class Link:
                     raise
                 except Exception as exc:  # anything that kept a session from opening
                     self._away(exc)
-                    await asyncio.sleep(delay)  # back-off before trying again
-                    delay = min(delay * 2, MAX_RETRY_S)
+                    await self._pause()
                     continue
                 self._back()
                 return self._session
@@ -119,7 +139,9 @@ class Link:
         timeout = httpx2.Timeout(30.0, read=READ_TIMEOUT_S)
         try:
             async with (
-                httpx2.AsyncClient(headers=self._headers, timeout=timeout) as http,
+                httpx2.AsyncClient(
+                    headers=self._headers, timeout=timeout, transport=self._transport
+                ) as http,
                 Client(streamable_http_client(self._url, http_client=http)) as client,
             ):
                 opened.set_result(client)
@@ -135,7 +157,9 @@ class Link:
         """Raises TokenRefused when the endpoint answers 401 (a session failing to open does
         not say why)."""
         with contextlib.suppress(httpx2.HTTPError, OSError):
-            async with httpx2.AsyncClient(headers=self._headers, timeout=5.0) as http:
+            async with httpx2.AsyncClient(
+                headers=self._headers, timeout=5.0, transport=self._transport
+            ) as http:
                 answer = await http.post(self._url, json={})
                 if answer.status_code == 401:
                     raise TokenRefused(f"{self._url} refused the token (401).")
@@ -168,6 +192,21 @@ def _first(error: BaseException) -> str:
     while isinstance(error, BaseExceptionGroup) and error.exceptions:
         error = error.exceptions[0]
     return repr(error)[:200]
+
+
+def _transport_failed(error: MCPError) -> bool:
+    """Whether the SDK's client raised ``error`` for a lost connection or a session the
+    service forgot, rather than passing on the service's answer."""
+    if error.code == CONNECTION_CLOSED:
+        return True
+    return error.code == INVALID_REQUEST and error.message == SESSION_TERMINATED
+
+
+def _refused(tool: str, error: MCPError) -> Refused:
+    """The service's JSON-RPC error as a refusal: the reason its message starts with, else
+    INVALID (the protocol rejected the call itself)."""
+    text = f"{tool}: {error.message}"
+    return Refused(_REFUSALS.get(error.message.partition(":")[0].strip(), Refusal.INVALID), text)
 
 
 def _result(tool: str, result: CallToolResult) -> ToolResult:

@@ -5,7 +5,8 @@ so this process's pid is the group's id. It asks Linux to send it SIGTERM when t
 (``PR_SET_PDEATHSIG``, checked against ``PARENT_PID`` in case the worker died first) and to
 adopt the command's orphaned descendants (``PR_SET_CHILD_SUBREAPER``), then runs the command in
 its group. On SIGTERM, SIGINT or SIGHUP, and whenever the command exits, it ends the rest of
-the group: SIGTERM, then SIGKILL to whatever is left after ``GRACE_S``. It exits with the
+the group, and every descendant that left it (``setsid``) but whose parents lead back here:
+SIGTERM, then SIGKILL to whatever is left after ``GRACE_S``. It exits with the
 command's status (128 + N when a signal ended it), and no process of the group outlives it.
 
 Standard library only, and run as a file rather than a module, so that it starts in
@@ -61,28 +62,50 @@ def _reap() -> None:
             return
 
 
-def _others(group: int) -> list[int]:
-    """The live processes of ``group`` other than this one, read from /proc."""
-    me, found = os.getpid(), []
+def _processes() -> dict[int, tuple[str, int, int]]:
+    """Every live process's state, parent pid and group, read from /proc."""
+    found = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == me:
+        if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as stat:
                 fields = stat.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+            found[int(entry)] = (fields[0], int(fields[1]), int(fields[2]))
+        except (OSError, IndexError, ValueError):
             continue  # gone meanwhile
-        if int(fields[2]) == group and fields[0] != "Z":
-            found.append(int(entry))
     return found
 
 
+def _others(group: int) -> list[int]:
+    """The live processes of ``group`` other than this one, and those whose parents lead
+    back to this one (a descendant that left the group with setsid is still its to end)."""
+    me, processes = os.getpid(), _processes()
+
+    def descends(pid: int) -> bool:
+        seen = set()
+        while pid not in seen and pid in processes:
+            seen.add(pid)
+            pid = processes[pid][1]
+            if pid == me:
+                return True
+        return False
+
+    return [
+        pid
+        for pid, (state, _parent, pgrp) in processes.items()
+        if pid != me and state != "Z" and (pgrp == group or descends(pid))
+    ]
+
+
 def end_group(grace_s: float) -> None:
-    """SIGTERM to the rest of the group, then SIGKILL to what is left after ``grace_s``."""
+    """SIGTERM to the rest of the group and to this process's descendants outside it, then
+    SIGKILL to what is left after ``grace_s``."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)  # the group's SIGTERM is for the others
     group = os.getpgrp()
     os.killpg(group, signal.SIGTERM)
+    _signal(_others(group), signal.SIGTERM)  # those of the group have it already
     deadline = time.monotonic() + grace_s
     while True:
         _reap()
@@ -93,13 +116,17 @@ def end_group(grace_s: float) -> None:
         if time.monotonic() >= deadline:
             break
         time.sleep(POLL_S)
-    for pid in left:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    _signal(left, signal.SIGKILL)
     while _others(group) and time.monotonic() < deadline + 1.0:
         _reap()
         time.sleep(POLL_S)
     _reap()
+
+
+def _signal(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
 
 
 def wait_for(child: int) -> int:

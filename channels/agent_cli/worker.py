@@ -9,7 +9,8 @@ alone while it is full (so the dispatches wait for another worker of the same ag
 a slot here). A directive or re-dispatch starts an attempt (one for a newer epoch replaces the
 task's running one); a ``stop`` item stops it. Every
 ``check_every_s`` while attempts run, it reads the tasks it holds (``list_my_tasks``) and stops
-the attempts whose task moved on: canceled, reassigned, stopped, superseded. ``shutdown``
+the attempts whose task moved on: canceled, reassigned, stopped, superseded (a check that fails
+is logged, and the next one goes on; a refused token ends the worker). ``shutdown``
 stops every command, releases each task (and those dispatched but not started yet), and ends
 the session.
 """
@@ -17,6 +18,7 @@ the session.
 import asyncio
 import contextlib
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -25,8 +27,8 @@ from bot.task import TaskRef
 from bot.tools import Done
 from bot.work import WakeReason
 from channels.agent_cli.attempt import Attempt, Command, Stop
-from channels.agent_cli.briefs import DISPATCHES, WorkItem, held_tasks, work_items
-from channels.agent_cli.link import Link
+from channels.agent_cli.briefs import DISPATCHES, Held, WorkItem, held_tasks, work_items
+from channels.agent_cli.link import Link, TokenRefused
 from channels.agent_cli.workspaces import Workspaces
 
 logger = structlog.get_logger(__name__)
@@ -76,19 +78,30 @@ class Worker:
         return {ref: r.attempt for ref, r in self._running.items()}
 
     async def run(self) -> None:
-        """Takes and runs work until cancelled (then call ``shutdown``)."""
-        checks = asyncio.create_task(self._check_loop(), name="worker-checks")
+        """Takes and runs work until cancelled (then call ``shutdown``), or until the service
+        refuses the token (TokenRefused)."""
+        loops = {
+            asyncio.create_task(self._poll_loop(), name="worker-polls"),
+            asyncio.create_task(self._check_loop(), name="worker-checks"),
+        }
         try:
-            while True:
-                self._freed.clear()
-                if len(self._running) < self._settings.concurrency:
-                    await self._poll(None)
-                else:
-                    await self._poll_until_freed()
+            done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # a token refused ends the worker
         finally:
-            checks.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await checks
+            for task in loops:
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+
+    async def _poll_loop(self) -> None:
+        while True:
+            self._freed.clear()
+            if len(self._running) < self._settings.concurrency:
+                await self._poll(None)
+            else:
+                await self._poll_until_freed()
 
     async def _poll_until_freed(self) -> None:
         """Waits for stop items only, until one comes or a slot frees (the poll is then
@@ -160,22 +173,30 @@ class Worker:
         self._start_pending()
 
     async def _check_loop(self) -> None:
-        """Stops the attempts whose task moved on, every ``check_every_s`` while any runs."""
+        """Stops the attempts whose task moved on, every ``check_every_s`` while any runs; a
+        check that fails is logged and the next one goes on (a refused token ends it)."""
         while True:
             await asyncio.sleep(self._settings.check_every_s)  # the check's period
-            if self._running:
+            if not self._running:
+                continue
+            try:
                 await self._check()
+            except TokenRefused:
+                raise
+            except Exception:
+                logger.exception("worker.check_failed")
 
     async def _check(self) -> None:
+        """Stops the attempts that ran before the call and whose task moved on by its answer
+        (one started meanwhile is newer than the answer, which cannot speak for it)."""
+        before = dict(self._running)
         result = await self._link.call("list_my_tasks", {})
         if not isinstance(result, Done):
             return
-        mine = held_tasks(result.data)
-        for ref, running in list(self._running.items()):
-            held = mine.get(ref)
-            if held is None or held.epoch != running.attempt.epoch:
-                logger.info("worker.moved_on", task=str(ref), epoch=running.attempt.epoch)
-                running.attempt.stop(Stop.MOVED_ON)
+        still = {ref: r.attempt for ref, r in before.items() if self._running.get(ref) is r}
+        for attempt in moved_on(still, held_tasks(result.data)):
+            logger.info("worker.moved_on", task=str(attempt.ref), epoch=attempt.epoch)
+            attempt.stop(Stop.MOVED_ON)
 
     async def shutdown(self) -> None:
         """Stops every command and releases every task taken, then ends the session. The
@@ -206,3 +227,14 @@ class Worker:
             await self._link.call("release_task", {"task": str(ref), "epoch": item.epoch})
             logger.info("worker.released", task=str(ref), epoch=item.epoch)
             del self._pending[ref]
+
+
+def moved_on(attempts: Mapping[TaskRef, Attempt], mine: Mapping[TaskRef, Held]) -> list[Attempt]:
+    """The ``attempts`` whose task moved on by ``mine`` (a ``list_my_tasks`` answer read after
+    they started): no longer held, or held at a newer epoch. An older epoch held means the
+    answer is older than the attempt, not that the task moved on."""
+    return [
+        attempt
+        for ref, attempt in attempts.items()
+        if (held := mine.get(ref)) is None or held.epoch > attempt.epoch
+    ]

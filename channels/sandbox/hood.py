@@ -3,10 +3,11 @@
 Read from the service's store through the core's read port, each time the panel refreshes:
 every claimed task with when its lease lapses (the reconcile then re-dispatches it, or blocks it
 after the last attempt), the latest task events across tasks, and the outbox rows still to be
-sent. A diagnostic view of a sandbox, so it reads more than a listener ever should.
+sent. A diagnostic view of a sandbox, so it reads more than a listener ever should; but only
+of the tasks in the channels the viewing person sees, so a private channel's tasks stay in it.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -38,14 +39,17 @@ class Hood:
     #: When the reconcile runs next (None: not scheduled).
     next_reconcile: Callable[[], datetime | None]
 
-    async def read(self) -> Json:
+    async def read(self, channel_ids: Collection[str]) -> Json:
+        """The panel for a person who sees ``channel_ids``: only those channels' tasks, their
+        events and their outbox rows (the outbox counts are the whole service's)."""
         async with self.store.read() as reader:
-            tasks = await reader.list_tasks()
+            tasks = [t for t in await reader.list_tasks() if t.channel_id in channel_ids]
             recent = sorted(tasks, key=lambda t: t.updated_at, reverse=True)[:TASKS_READ]
             events = await _events(reader, recent)
             open_rows = await reader.list_open_outbox(OUTBOX_SHOWN)
             counts = await reader.count_outbox()
         refs = {t.id: str(t.ref) for t in tasks}
+        open_rows = [r for r in open_rows if r.task_id in refs]
         return {
             "now": _iso(self.clock()),
             "lease_ttl_s": self.policy.lease_ttl.total_seconds(),

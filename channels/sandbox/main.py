@@ -14,7 +14,7 @@ import base64
 import secrets
 import signal
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager, closing, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -100,7 +100,7 @@ class Sandbox:
                 f"  MCP        {mcp}",
                 f"  Token      {self.mcp_token}   (local-agent's, new at each start)",
                 f"  Try        THREADWORK_MCP_URL={mcp} THREADWORK_MCP_TOKEN={self.mcp_token} \\",
-                "             threadwork worker --preset claude-code",
+                "             threadwork worker --repo . --preset claude-code   # in a git checkout",
                 "",
                 "Stop with Ctrl-C.",
             ]
@@ -147,16 +147,16 @@ async def open_sandbox(options: SandboxOptions, env: Mapping[str, str]) -> Async
             settings = sandbox_settings(options, api, events.secret, key, env)
             overrides = Overrides(port=options.port, routes=page.routes(), scripts={DEMO: demo})
             async with open_service(settings, overrides) as service:
-                events.url = service.url + "/slack/events"
-                page.hood = _hood(service, settings)
-                sandbox = await _ready(service, api, events, demo, db, env)
-                if fresh:
-                    await _seed(events)
-                api.watch(page.changes.bump)
-                service.core.signal.subscribe(page.changes.bump)
-                async with _kept(api, file):
-                    yield sandbox
-                    page.close()
+                with closing(page):  # ends open streams on every way out, before the service
+                    events.url = service.url + "/slack/events"
+                    page.hood = _hood(service, settings)
+                    sandbox = await _ready(service, api, events, demo, db, env)
+                    if fresh:
+                        await _seed(events)
+                    api.watch(page.changes.bump)
+                    service.core.signal.subscribe(page.changes.bump)
+                    async with _kept(api, file):
+                        yield sandbox
         finally:
             await api.close()
 

@@ -113,16 +113,19 @@ class SandboxPage:
                     seen = self.changes.version
                     await _send(response, "workspace", view_for(self.events.api, user))
                 if time.monotonic() >= hood_due:
-                    await _send(response, "hood", await self._hood())
+                    await _send(response, "hood", await self._hood(user))
                     hood_due = time.monotonic() + HOOD_EVERY_S
                 await self.changes.after(seen, max(0.0, hood_due - time.monotonic()))
                 await asyncio.sleep(COALESCE_S)  # a burst of changes (a stream) is sent once
         return response
 
-    async def _hood(self) -> Json:
-        service = await self.hood.read() if self.hood is not None else {}
+    async def _hood(self, user: str) -> Json:
+        """The panel as ``user`` may see it: nothing of a channel they are not in."""
+        seen = {c.id for c in visible_channels(user)}
+        service = await self.hood.read(seen) if self.hood is not None else {}
+        calls = [c for c in self.events.api.calls[-CALLS_SHOWN:] if _in(c, seen)]
         return service | {
-            "calls": [_call(c) for c in reversed(self.events.api.calls[-CALLS_SHOWN:])],
+            "calls": [_call(c) for c in reversed(calls)],
             "requests": [asdict(s) for s in self.events.sent],
             "demo": {"hung": self.demo.hung},
         }
@@ -131,7 +134,7 @@ class SandboxPage:
 
     async def _say(self, request: web.Request) -> web.StreamResponse:
         """A line typed in the composer: a slash command, or a message (in a thread or not)."""
-        body = await request.json()
+        body = await _body(request)
         user, channel = _person(body.get("as")), _channel(body)
         text = _text(body, "text")
         if text.startswith("/"):
@@ -141,7 +144,7 @@ class SandboxPage:
         return web.json_response({"ok": True})
 
     async def _action(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
+        body = await _body(request)
         action = body.get("action")
         if not isinstance(action, dict) or not isinstance(action.get("action_id"), str):
             raise BadRequest("action must be an object with an action_id")
@@ -149,14 +152,14 @@ class SandboxPage:
         return web.json_response({"ok": True})
 
     async def _shortcut(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
+        body = await _body(request)
         user, channel = _person(body.get("as")), _channel(body)
         callback = _text(body, "callback_id")
         await self.events.shortcut(user, channel, _text(body, "ts"), callback)
         return web.json_response({"ok": True})
 
     async def _submit(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
+        body = await _body(request)
         values = body.get("values")
         if not isinstance(values, dict):
             raise BadRequest("values must be an object")
@@ -164,25 +167,25 @@ class SandboxPage:
         return web.json_response({"errors": errors})
 
     async def _dismiss(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
+        body = await _body(request)
         view = self.events.api.views.get(_text(body, "view_id"))
         if view is not None and view.get("user") == _person(body.get("as")):
             self.events.api.close_view(str(view["id"]))
         return web.json_response({"ok": True})
 
     async def _home(self, request: web.Request) -> web.StreamResponse:
-        await self.events.open_home(_person((await request.json()).get("as")))
+        await self.events.open_home(_person((await _body(request)).get("as")))
         return web.json_response({"ok": True})
 
     async def _stop(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
+        body = await _body(request)
         user, channel = _person(body.get("as")), _channel(body)
         await self.events.stop(user, channel, _text(body, "thread_ts"))
         return web.json_response({"ok": True})
 
     async def _demo(self, request: web.Request) -> web.StreamResponse:
         """Hangs the demo agent's model (it stops answering mid-word), or lets it answer."""
-        if (await request.json()).get("hung"):
+        if (await _body(request)).get("hung"):
             self.demo.hang()
         else:
             self.demo.answer()
@@ -223,6 +226,14 @@ def _json_only(handler: Handler) -> Handler:
     return guarded
 
 
+async def _body(request: web.Request) -> dict[str, Any]:
+    """The posted JSON, which must be an object (``[]`` or ``"x"`` is refused)."""
+    body = await request.json()
+    if not isinstance(body, dict):
+        raise BadRequest("send a JSON object")
+    return body
+
+
 async def _send(response: web.StreamResponse, event: str, data: Any) -> None:
     await response.write(f"event: {event}\ndata: {json.dumps(data)}\n\n".encode())
 
@@ -249,6 +260,12 @@ def _text(body: dict[str, Any], key: str) -> str:
 
 def _optional(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def _in(call: Call, channel_ids: set[str]) -> bool:
+    """Whether ``call`` is about no channel, or about one of ``channel_ids``."""
+    channel = call.args.get("channel") or call.args.get("channel_id")
+    return not channel or channel in channel_ids
 
 
 def _call(call: Call) -> Json:

@@ -1,8 +1,11 @@
 """``/task-admin agent tools <name> add|remove|list``: a built-in agent's MCP tool servers.
 
 Header values given with ``header=<Name>:<value>`` are stored encrypted and never shown again,
-not even in a refusal.
+not even in a refusal. Slack sends the command text escaped (``should_escape``): a URL it
+detected arrives as ``<url>`` or ``<url|as typed>``, and is unwrapped here before parsing.
 """
+
+import re
 
 from bot.agents import normalize_agent_name
 from bot.errors import InvalidInput
@@ -24,13 +27,21 @@ USAGE = (
     "[header=<Name>:<value> ...] [allow=<tool>,<tool>] · … remove <label> · … list"
 )
 
+#: A link as Slack writes it into escaped command text: the URL, then what was typed, if other.
+_SLACK_LINK = re.compile(r"<(?P<url>https?://[^\s|>]+)(?:\|[^>]*)?>")
+
+
+def unwrap_links(words: list[str]) -> list[str]:
+    """The words with each Slack link (``<url>``, ``<url|label>``) turned back into its URL."""
+    return [_SLACK_LINK.sub(r"\g<url>", word) for word in words]
+
 
 async def tools_command(command: SlashCommand, args: list[str], services: SlackServices) -> str:
     """Adds, removes or lists the agent's tool servers; the desk checks the caller is an admin."""
     if not args:
         raise InvalidInput("`agent tools` needs the agent's name, then `add`, `remove` or `list`.")
     name = normalize_agent_name(args[0])
-    request = parse_request(args[1:])
+    request = parse_request(unwrap_links(args[1:]))
     admin = Actor.user(command.user_id)
     if isinstance(request, ToolServerList):
         return list_text(name, await services.admin.list_tool_servers(admin, name))

@@ -8,6 +8,7 @@ object a line, to ``$FAKE_CLI_RECORDS/<channel>-<number>.jsonl``.
 Scenarios:
 - ``work``: posts, moves the task to in_progress, commits a file, prints, exits 0.
 - ``fail``: prints a few lines and exits 3.
+- ``review_then_fail``: moves the task to in_progress, then in_review, prints, and exits 4.
 - ``hang``: starts a child (``sleep``), then waits; on SIGTERM it makes one late tool call
   (``post_update`` at its epoch), records the answer, and exits.
 - ``together``: waits until two tasks' commands run at once (or 30 s), then exits 0.
@@ -113,6 +114,16 @@ def fail() -> int:
     return 3
 
 
+def review_then_fail() -> int:
+    moved = call(
+        ("update_task_status", {"status": "in_progress"}),
+        ("update_task_status", {"status": "in_review", "note": "fake-cli: ready"}),
+    )
+    record(event="reviewed", moved=moved)
+    print("handed over, then crashed")
+    return 4
+
+
 def hang() -> int:
     terminated: list[int] = []
     signal.signal(signal.SIGTERM, lambda signum, _frame: terminated.append(signum))
@@ -152,6 +163,7 @@ def resume() -> int:
 SCENARIOS: dict[str, Callable[[], int]] = {
     "work": work,
     "fail": fail,
+    "review_then_fail": review_then_fail,
     "hang": hang,
     "together": together,
     "resume": resume,

@@ -111,3 +111,19 @@ async def test_when_the_worker_dies_its_command_group_dies_too(tmp_path: Path) -
         while group_alive(pgid):  # noqa: ASYNC110 - the kernel tears the group down: nothing to await
             await asyncio.sleep(0.02)
     assert not alive(child)
+
+
+async def test_a_descendant_that_left_the_group_with_setsid_is_gone_after_the_group_ends(
+    tmp_path: Path,
+) -> None:
+    escape = (
+        "import os, signal; os.setsid(); print('escaped', os.getpid(), flush=True); signal.pause()"
+    )
+    process = await started(f'{sys.executable} -c "{escape}" & wait', tmp_path)
+    escaped = int((await line(process, "escaped ")).split()[1])
+    assert os.getpgid(escaped) != process.pgid
+
+    await process.stop()
+
+    assert not group_alive(process.pgid)
+    assert not alive(escaped)

@@ -31,6 +31,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 AGENTS = [
     "coder-work",
     "coder-fail",
+    "coder-late",
     "coder-hang",
     "coder-move",
     "coder-new",
@@ -40,7 +41,7 @@ AGENTS = [
     "coder-kill",
     "coder-term",
 ]
-CHANNELS = ["CWORK", "CFAIL", "CHANG", "CMOVE", "CSTOP", "CTWO", "CUP", "CKILL", "CTERM"]
+CHANNELS = ["CWORK", "CFAIL", "CLATE", "CHANG", "CMOVE", "CSTOP", "CTWO", "CUP", "CKILL", "CTERM"]
 #: The kill -9 test's channel lets a lease lapse after 3 s without progress.
 KILL_TTL_S = 3.0
 TIMEOUT_S = 30.0
@@ -85,6 +86,16 @@ def thread_texts(rig: Rig, channel: str) -> list[str]:
     return [str(m.get("text", "")) for m in rig.slack.posts(channel)]
 
 
+async def post_in(rig: Rig, channel: str, contains: str) -> str:
+    """The first post in ``channel`` containing ``contains``, once Slack has it: the outbox
+    delivers after the task's state is committed, so a post can trail the status."""
+
+    async def found() -> str | None:
+        return next((t for t in thread_texts(rig, channel) if contains in t), None)
+
+    return await rig.wait_for(found, TIMEOUT_S, f"a post saying {contains!r} in {channel}")
+
+
 async def kinds(rig: Rig, ref: str) -> list[EventKind]:
     return [e.kind for e in (await rig.detail(ref)).events]
 
@@ -113,11 +124,12 @@ async def test_a_dispatched_task_runs_in_its_worktree_and_ends_in_review_with_th
     assert git(rig.repo, "status", "--porcelain") == ""  # the checkout itself is untouched
     moves = [(e.data["to"], str(e.actor)) for e in detail.events if e.kind == "status_changed"]
     assert moves == [("in_progress", "agent:coder-work"), ("in_review", "agent:coder-work")]
+    summary = await post_in(rig, "CWORK", "finished (exit 0)")
     texts = thread_texts(rig, "CWORK")
     program = Path(fake_cli("work")[0]).name  # python or python3, as the venv names it
     assert any(f"Started `{program}`" in t and "threadwork/CWORK-1" in t for t in texts)
     assert any("fake-cli: on it" in t for t in texts)
-    [summary] = [t for t in texts if "finished (exit 0)" in t]
+    assert [t for t in texts if "finished (exit 0)" in t] == [summary]
     assert "step 3 of 3" in summary
     assert "all done" in summary
     assert rig.tokens["coder-work"] not in worker.output()  # the token is never printed
@@ -158,9 +170,27 @@ async def test_a_failing_command_blocks_the_task_with_its_exit_code_and_output_t
     [artifact] = detail.artifacts
     assert (artifact.name, artifact.kind) == ("output tail", "log")
     assert artifact.content == "compiling\nerror: the flux capacitor is missing"
-    [failure] = [t for t in thread_texts(rig, "CFAIL") if t.startswith(":x:")]
+    failure = await post_in(rig, "CFAIL", ":x:")
+    assert failure.startswith(":x:")
     assert "exited with code 3" in failure
     assert "error: the flux capacitor is missing" in failure
+
+
+async def test_a_command_that_moved_its_task_to_review_then_failed_leaves_it_in_review(
+    rig: Rig,
+) -> None:
+    worker = await rig.worker("coder-late", fake_cli("review_then_fail"))
+    ref = await rig.assigned("CLATE", "coder-late")
+    reviewed = await recorded(rig, worker, ref, "reviewed")
+    assert reviewed["moved"] == ["ok", "ok"]
+
+    posted = await post_in(rig, "CLATE", ":x:")
+
+    assert "exited with code 4" in posted
+    assert "handed over, then crashed" in posted
+    detail = await rig.detail(ref)
+    assert detail.task.status == TaskStatus.IN_REVIEW
+    assert not [e for e in detail.events if e.kind == EventKind.BLOCKED]
 
 
 async def test_a_hanging_command_shows_its_output_tail_and_its_group_is_gone_within_5s_of_cancel(

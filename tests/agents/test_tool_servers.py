@@ -185,6 +185,23 @@ async def test_a_cancelled_run_closes_its_tool_servers_and_leaves_no_process(
     assert (await rt.task(task)).status == TaskStatus.CANCELED
 
 
+async def test_a_tool_call_made_after_the_run_lost_the_task_never_reaches_the_server(
+    runtime: Runtime, repository: Path
+) -> None:
+    rt = runtime
+    await add_server(rt, "git", "stdio", quoted(git_server(repository)))
+    task = await assigned(rt)
+    branch = {"repo_path": str(repository), "branch_name": "late-branch"}
+    rt.anthropic.script(  # blocking ends the run's claim; the call after it comes too late
+        Reply([status(task, "blocked", "stuck"), ToolUse("git__git_create_branch", branch)])
+    )
+    await settle(rt)
+    assert not (repository / ".git" / "refs" / "heads" / "late-branch").exists()
+    assert await events(rt, task, EventKind.TOOL_CALLED) == []
+    assert (await rt.task(task)).status == TaskStatus.BLOCKED
+    assert len(rt.anthropic.requests) == 1
+
+
 async def test_tool_definitions_head_the_cached_prefix_so_later_steps_read_them_from_cache(
     runtime: Runtime, repository: Path
 ) -> None:

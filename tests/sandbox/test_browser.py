@@ -1,8 +1,11 @@
 """The sandbox in a real browser: a person's afternoon with it, in order, on one sandbox process.
 
-Every action goes through the page as a person would do it (the composer, the card's menu, the
-session's Stop button, the kill switch, the person switcher, a reload); every expectation is a
-bounded wait on what the page shows. Each test ends with no console error on the page.
+The tests share one sandbox process and one page (module-scoped fixtures) and run in the order
+written: each starts where the one before left the page, and later ones rely on the tasks
+earlier ones made, so they are not meant to run alone or reordered. Every action goes through
+the page as a person would do it (the composer, the card's menu, the session's Stop button, the
+kill switch, the person switcher, a reload); every expectation is a bounded wait on what the
+page shows. Each test ends with no console error on the page from its own steps.
 """
 
 import os

@@ -18,7 +18,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from channels.sandbox.main import Sandbox, SandboxOptions, open_sandbox
 from channels.sandbox.slack_api import Json
-from channels.sandbox.workspace import ADMIN, GENERAL, MEMBER
+from channels.sandbox.workspace import ADMIN, GENERAL, MEMBER, PRIVATE_OPS
 
 WAIT_S = 20.0
 POLL_S = 0.02
@@ -208,3 +208,65 @@ async def test_the_page_and_its_scripts_are_served_from_the_package(sandbox: San
         ):
             async with http.get(f"{sandbox.url}/sandbox/static/{name}") as asset:
                 assert asset.status == 200, name
+
+
+ACTIONS = ("say", "action", "shortcut", "submit", "dismiss", "home", "stop", "demo")
+
+
+@pytest.mark.parametrize("body", [[], "x"], ids=["array", "string"])
+async def test_every_action_refuses_json_that_is_not_an_object(
+    sandbox: Sandbox, body: object
+) -> None:
+    await settled(sandbox)  # the seed's cards are posted, so that any change is the posts'
+    before = (len(sandbox.api.messages), len(sandbox.api.calls), len(sandbox.events.sent))
+    async with aiohttp.ClientSession() as http:
+        for name in ACTIONS:
+            async with http.post(f"{sandbox.url}/sandbox/{name}", json=body) as refused:
+                assert refused.status == 400, name
+                assert await refused.json() == {"error": "send a JSON object"}, name
+    after = (len(sandbox.api.messages), len(sandbox.api.calls), len(sandbox.events.sent))
+    assert after == before
+    assert not sandbox.demo.hung
+
+
+async def hood_for(sandbox: Sandbox, user: str) -> str:
+    """The first "Under the hood" panel the page's stream sends ``user``, as sent."""
+    url = f"{sandbox.url}/sandbox/stream?as={user}"
+    async with aiohttp.ClientSession() as http, http.get(url) as stream:
+        async with asyncio.timeout(WAIT_S):
+            event = ""
+            async for raw in stream.content:
+                line = raw.decode().rstrip("\n")
+                if line.startswith("event: "):
+                    event = line.removeprefix("event: ")
+                elif line.startswith("data: ") and event == "hood":
+                    return line.removeprefix("data: ")
+    raise AssertionError("the stream ended before sending the panel")
+
+
+async def claimed(sandbox: Sandbox, title: str) -> None:
+    """Waits for the task titled ``title`` to be claimed by an agent (the store is polled)."""
+    async with asyncio.timeout(WAIT_S):
+        while True:
+            async with sandbox.service.core.store.read() as reader:
+                tasks = await reader.list_tasks()
+            if any(t.title == title and t.claimed_by for t in tasks):
+                return
+            await asyncio.sleep(POLL_S)
+
+
+async def test_the_panel_shows_a_private_channel_s_tasks_only_to_its_members(
+    sandbox: Sandbox,
+) -> None:
+    private = "Rotate the on-call pager keys"  # seeded in #private-ops, which Ada is in
+    await until(sandbox, lambda: card(sandbox, private))
+    sandbox.demo.hang()  # so that its lease, events and outbox rows are in the panel
+    try:
+        await sandbox.events.command(ADMIN, PRIVATE_OPS, "/task assign 1 demo")
+        await claimed(sandbox, private)
+        admin, member = await hood_for(sandbox, ADMIN), await hood_for(sandbox, MEMBER)
+    finally:
+        sandbox.demo.answer()
+    assert private in admin
+    assert PRIVATE_OPS not in member
+    assert private not in member

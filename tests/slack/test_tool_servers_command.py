@@ -60,6 +60,26 @@ async def test_an_admin_adds_lists_and_removes_tool_servers(harness: Harness) ->
 
 
 @pytest.mark.parametrize(
+    ("escaped", "url"),
+    [
+        ("<https://tools.example/mcp>", "https://tools.example/mcp"),
+        ("<https://tools.example/mcp|tools.example/mcp>", "https://tools.example/mcp"),
+        (
+            "<https://tools.example/mcp?team=a&amp;v=2|https://tools.example/mcp?team=a&amp;v=2>",
+            "https://tools.example/mcp?team=a&v=2",
+        ),
+    ],
+)
+async def test_a_url_slack_sent_as_a_link_is_added_as_the_plain_url(
+    harness: Harness, escaped: str, url: str
+) -> None:
+    reply = await admin(harness, f"agent tools claude-1 add web http {escaped}")
+    assert reply.startswith("Tool server `web` of `claude-1` is added (http).")
+    [server] = await harness.core.registry.tool_servers.list_tool_servers("claude-1")
+    assert server.url == url
+
+
+@pytest.mark.parametrize(
     ("text", "fragment"),
     [
         ("agent tools", "`agent tools` needs the agent's name"),
