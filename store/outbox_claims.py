@@ -266,7 +266,7 @@ CLAIM_CANDIDATES = _claim_candidates()
 _CLAIM = _claim()
 _LATER_UPDATES = _later_updates()
 _NEXT_IN_THREAD = _next_in_thread()
-_OLDER_WAITING = {updates: _older_waiting(updates) for updates in (False, True)}
+_OLDER_WAITING = {False: _older_waiting(False)}
 
 
 async def _coalesce(db: AsyncConnection, row: OutboxRow, now: datetime) -> OutboxRow:
@@ -296,7 +296,7 @@ async def claim_next(
     ``per_lane`` of ``held`` (which no longer counts row ``after``). A claimed card update
     settles the later ones of its card, as in ``claim_outbox``.
 
-    The row is left to the next claim, which takes the oldest first, when an older row of
+    A post is left to the next claim, which takes the oldest first, when an older post of
     another thread waits in the same lane: otherwise a busy thread would keep its lane to
     itself, and rows handed back by a dead worker could wait behind newer ones for minutes.
     """
@@ -307,7 +307,9 @@ async def claim_next(
     if held.get((found.channel_id, updates), 0) >= per_lane:
         return None
     lane = {"channel": found.channel_id, "row": found.id, "of_task": task_id, "now": now}
-    if (await db.execute(_OLDER_WAITING[updates], lane)).first() is not None:
+    # Posts only: a card update claimed at once settles the later ones of its card, and paced
+    # for the whole workspace it is better sent as soon as its turn comes than claimed early.
+    if not updates and (await db.execute(_OLDER_WAITING[False], lane)).first() is not None:
         return None
     taken = [
         outbox_from_row(row)
