@@ -380,6 +380,17 @@ class Database:
         [(count,)] = await self._all(query)
         return int(count)
 
+    async def coalesced_updates(self) -> int:
+        """How many card updates were settled into a later claim of their card, never sent."""
+        query = select(outbox.c.result).where(
+            outbox.c.kind == OutboxKind.CARD_UPDATE.value,
+            outbox.c.state == OutboxState.DELIVERED.value,
+        )
+        results = [result for (result,) in await self._all(query)]
+        return sum(
+            1 for result in results if isinstance(result, dict) and "coalesced_into" in result
+        )
+
     async def held_wakeups(self) -> list[tuple[int, str]]:
         """(wake-up id, worker) of every agent wake-up held for a run."""
         query = select(agent_wakeups.c.id, agent_wakeups.c.claimed_by).where(text(HELD_WAKEUP_SQL))
