@@ -295,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join([".venv/bin/python", "-m", "bench.tool_servers", *argv])
     machine = Machine.read()
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    # The operator permits the interpreter that runs mcp-server-git, as the service's
+    # environment would; the rig's settings read it from there.
+    os.environ["THREADWORK_TOOL_SERVER_COMMANDS"] = sys.executable
     with tempfile.TemporaryDirectory(prefix="threadwork_bench_tools_") as workdir:
         configs = asyncio.run(measure(args, Path(workdir)))
     load = " ".join(f"{n:.2f}" for n in os.getloadavg())

@@ -17,7 +17,7 @@ from bot.errors import ConfigurationError, Conflict, IllegalTransition, InvalidI
 from bot.metrics import Metrics, NoMetrics
 from bot.outbox import OutboxKind, OutboxMessage
 from bot.policy import load_policy_book
-from bot.ports import Store, Unit
+from bot.ports import RecordedRequest, Store, Unit
 from bot.session import SessionStatus, session_status
 from bot.signal import Notify, ignore
 from bot.task import (
@@ -30,6 +30,7 @@ from bot.task import (
     ThreadMessage,
     storable,
 )
+from bot.tool_requests import ToolRequest, prune, record_result, recorded_before, tool_request
 from bot.work import Artifact, Usage, WakeReason
 
 #: Heartbeat events are recorded at most this often per task.
@@ -102,23 +103,47 @@ class AgentWork:
         self, ref: TaskRef, agent: str, epoch: int | None
     ) -> AsyncIterator[tuple[Unit, Task]]:
         """A transaction on a task ``agent`` holds the claim for (at ``epoch``, when given)."""
+        async with self._keyed(ref, agent, epoch, None) as (unit, task, _first):
+            yield unit, task
+
+    @asynccontextmanager
+    async def _keyed(
+        self, ref: TaskRef, agent: str, epoch: int | None, request: ToolRequest | None
+    ) -> AsyncIterator[tuple[Unit, Task, RecordedRequest | None]]:
+        """As ``_held``, for a call that may be keyed by ``request``. When its key was used
+        before, the first call is yielded too and the claim is not checked: the caller returns
+        that call's outcome and writes nothing (the call was made; its answer was lost)."""
         async with self._store.transaction() as unit:
             task = await require_task(unit, ref)
-            check_claim(task, agent, epoch)
-            yield unit, task
+            first = await recorded_before(unit, agent, request, task.id, self._clock())
+            if first is None:
+                check_claim(task, agent, epoch)
+            yield unit, task, first
         self._notify(frozenset(unit.queued))
 
     async def post_update(
-        self, ref: TaskRef, agent: str, text: str, epoch: int | None = None
+        self,
+        ref: TaskRef,
+        agent: str,
+        text: str,
+        epoch: int | None = None,
+        idempotency_key: str | None = None,
     ) -> Task:
-        """Posts ``text`` in the thread under the agent's name; counts as progress."""
+        """Posts ``text`` in the thread under the agent's name; counts as progress. Sent again
+        with its ``idempotency_key``, it posts nothing and returns the task."""
         text = storable(text).strip()
         if not text:
             raise InvalidInput("An update needs some text.")
-        async with self._held(ref, agent, epoch) as (unit, task):
+        request = tool_request(
+            idempotency_key, "post_update", task=str(ref), text=text, epoch=epoch
+        )
+        async with self._keyed(ref, agent, epoch, request) as (unit, task, first):
+            if first is not None:
+                return task
             now = self._clock()
             renewed = await self._progress(unit, task, now)
             await unit.enqueue([self._post(task, agent, text[:MAX_POST_CHARS])], now)
+            await record_result(unit, agent, request, {"epoch": renewed.lease_epoch})
             return renewed
 
     async def add_artifact(
@@ -130,13 +155,27 @@ class AgentWork:
         uri: str | None = None,
         content: str | None = None,
         epoch: int | None = None,
+        idempotency_key: str | None = None,
     ) -> Artifact:
-        """Records an artifact (a link or content), announces it in the thread; progress."""
+        """Records an artifact (a link or content), announces it in the thread; progress. Sent
+        again with its ``idempotency_key``, it returns the artifact first recorded."""
         name, kind = storable(name), storable(kind)
         uri = storable(uri) if uri is not None else None
         content = storable(content) if content is not None else None
         check_artifact(name, kind, uri, content)
-        async with self._held(ref, agent, epoch) as (unit, task):
+        request = tool_request(
+            idempotency_key,
+            "add_artifact",
+            task=str(ref),
+            name=name,
+            kind=kind,
+            uri=uri,
+            content=content,
+            epoch=epoch,
+        )
+        async with self._keyed(ref, agent, epoch, request) as (unit, task, first):
+            if first is not None:
+                return await _first_artifact(unit, first)
             if await unit.count_artifacts(task.id) >= MAX_ARTIFACTS_PER_TASK:
                 raise InvalidInput(
                     f"{ref} already has {MAX_ARTIFACTS_PER_TASK} artifacts, the most a task keeps."
@@ -161,6 +200,7 @@ class AgentWork:
             # is linked only if safe; ``note`` is what the thread stores.
             notice = data | {"content_chars": None if content is None else len(content)}
             await unit.enqueue([self._post(task, agent, note, artifact=notice)], now)
+            await record_result(unit, agent, request, {"artifact_id": artifact.id})
             return artifact
 
     async def heartbeat(self, ref: TaskRef, agent: str, epoch: int) -> bool:
@@ -216,15 +256,20 @@ class AgentWork:
             await unit.enqueue([outbox.card_update(alive, self._new_key())], now)
         return True
 
-    async def release_task(self, ref: TaskRef, agent: str, epoch: int) -> Task:
+    async def release_task(
+        self, ref: TaskRef, agent: str, epoch: int, idempotency_key: str | None = None
+    ) -> Task:
         """Hands back an attempt the agent's worker cannot finish (it is shutting down): the
         task is dispatched to the agent again at once, at a new epoch and without counting an
         attempt, so another worker takes it now rather than when the lease lapses. Whatever
         the old attempt still sends is refused as superseded. Only a task under a lease can be
-        released."""
+        released; sent again with its ``idempotency_key``, it releases nothing more."""
         if self._policy is None:
             raise ConfigurationError("releasing a task needs the lease policy")
-        async with self._held(ref, agent, epoch) as (unit, task):
+        request = tool_request(idempotency_key, "release_task", task=str(ref), epoch=epoch)
+        async with self._keyed(ref, agent, epoch, request) as (unit, task, first):
+            if first is not None:
+                return task
             if not task.leased:
                 raise IllegalTransition(
                     f"{ref} is {task.status}; only a task under a lease can be released."
@@ -248,6 +293,7 @@ class AgentWork:
                 released, policy, self._new_key(), redispatch=True, released=True
             )
             await unit.enqueue([again, outbox.card_update(released, self._new_key())], now)
+            await record_result(unit, agent, request, {"epoch": fresh})
             return released
 
     async def await_input(self, ref: TaskRef, agent: str, epoch: int, question: str) -> Task:
@@ -332,6 +378,11 @@ class AgentWork:
             self._metrics.model_tokens(kind, count)
         return task.claimed_by == agent and task.lease_epoch == epoch
 
+    async def prune_tool_requests(self) -> int:
+        """Forgets agents' idempotency keys older than a day; returns how many."""
+        async with self._store.transaction() as unit:
+            return await prune(unit, self._clock())
+
     async def _progress(self, unit: Unit, task: Task, now: datetime) -> Task:
         """Renews the lease (the claim was checked in this transaction)."""
         renewed = await unit.compare_and_set(
@@ -351,3 +402,12 @@ class AgentWork:
         if artifact is not None:
             payload["artifact"] = artifact
         return OutboxMessage(self._new_key(), task.id, OutboxKind.AGENT_POST, payload)
+
+
+async def _first_artifact(unit: Unit, first: RecordedRequest) -> Artifact:
+    """The artifact the first call with a key recorded."""
+    artifact_id = (first.result or {}).get("artifact_id")
+    artifact = await unit.get_artifact(artifact_id) if isinstance(artifact_id, int) else None
+    if artifact is None:
+        raise Conflict("The artifact this idempotency_key added cannot be read; try again.")
+    return artifact

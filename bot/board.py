@@ -47,6 +47,7 @@ from bot.task import (
     ThreadMessage,
     storable,
 )
+from bot.tool_requests import record_result, recorded_before, tool_request
 from bot.work import WakeReason
 
 MAX_TITLE_LENGTH = 200
@@ -251,22 +252,31 @@ class Board:
         epoch: int | None = None,
         note: str | None = None,
         in_channel: str | None = None,
+        idempotency_key: str | None = None,
     ) -> Task:
         """Moves ``ref`` to ``status`` if the table allows it and ``actor`` may act.
 
         A person must be a member of the task's channel, and have closing rights to cancel it
         or mark it done. An agent must hold the claim and, when it passes ``epoch``, the
-        current one. The change counts as progress. Moving a blocked task with an assignee back
-        to work re-dispatches it.
+        current one; sent again with its ``idempotency_key``, its move returns the task and
+        changes nothing. The change counts as progress. Moving a blocked task with an assignee
+        back to work re-dispatches it.
         """
         note = storable(note) if note is not None else None
         if note is not None and len(note) > MAX_NOTE_LENGTH:
             raise InvalidInput(f"A note can be at most {MAX_NOTE_LENGTH:,} characters.")
+        key = idempotency_key if actor.kind == "agent" else None  # only agents' calls are keyed
+        request = tool_request(
+            key, "update_task_status", task=str(ref), status=status.value, note=note, epoch=epoch
+        )
         closing = status in (TaskStatus.DONE, TaskStatus.CANCELED)
         checked = await self._may_change(ref, actor, in_channel, closes=lambda _task: closing)
         async with self._transaction() as unit:
             task = _as_checked(await require_task(unit, ref), checked)
             if actor.kind == "agent":
+                first = await recorded_before(unit, actor.id, request, task.id, self._clock())
+                if first is not None:
+                    return task  # sent again: the first call's move was made
                 check_claim(task, actor.id, epoch)
                 book = await load_policy_book(unit, self._policy)
                 check_agent_may_set(status, note, book.agents_may_close(task.channel_id))
@@ -289,7 +299,11 @@ class Board:
             change = Change(
                 fields, [(kind, data)], dispatch=redispatch, progress=True, escalate=escalate
             )
-            return await self._apply(unit, task, change, actor)
+            updated = await self._apply(unit, task, change, actor)
+            await record_result(
+                unit, actor.id, request, {"status": status.value, "epoch": updated.lease_epoch}
+            )
+            return updated
 
     async def stop_task(
         self,

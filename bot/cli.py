@@ -273,7 +273,8 @@ def agents_tools(
 ) -> None:
     """A built-in agent's MCP tool servers: `add LABEL stdio "COMMAND ARGS"` or `add LABEL
     http URL header=Name:value ...`, either with an optional `allow=tool1,tool2`; `remove
-    LABEL`; `list`. Header values are stored encrypted and never printed."""
+    LABEL`; `list`. Only what the operator permits is added (THREADWORK_TOOL_SERVER_COMMANDS,
+    THREADWORK_TOOL_SERVER_HOSTS). Header values are stored encrypted and never printed."""
     from bot.tool_servers import ALL_USAGE, ToolServerAdd, ToolServerRemove, parse_request
 
     try:
@@ -292,7 +293,10 @@ def agents_tools(
             await core.admin.remove_tool_server(OPERATOR, name, request.label)
             return f"tool server {request.label} removed from {name}"
         servers = await core.admin.list_tool_servers(OPERATOR, name)
-        return "\n".join(s.describe() for s in servers) or f"{name} has no tool servers"
+        lines = [
+            s.describe() + (f" · not started: {s.denied}" if s.denied else "") for s in servers
+        ]
+        return "\n".join(lines) or f"{name} has no tool servers"
 
     typer.echo(run_with_core(work))
 

@@ -170,6 +170,8 @@ class WorkReads(Protocol):
 
     async def count_artifacts(self, task_id: int) -> int: ...
 
+    async def get_artifact(self, artifact_id: int) -> Artifact | None: ...
+
     async def get_cursor(self, agent: str, task_id: int) -> str | None: ...
 
     async def get_usage(self, task_id: int) -> TaskUsage | None: ...
@@ -438,6 +440,42 @@ class WorkWrites(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class RecordedRequest:
+    """An agent's keyed tool call as its transaction recorded it (``bot.tool_requests``)."""
+
+    tool: str
+    #: The digest of the call's arguments.
+    digest: str
+    task_id: int
+    #: What the call produced (the artifact it added, the epoch it left), once it was made.
+    result: Mapping[str, object] | None
+    at: datetime
+
+
+class ToolRequestWrites(Protocol):
+    """Agents' keyed tool calls, each recorded in the transaction of its effect, once per
+    (agent, idempotency key)."""
+
+    async def record_tool_request(
+        self, agent: str, key: str, tool: str, digest: str, task_id: int, at: datetime
+    ) -> bool:
+        """Records the call under (agent, key); False when a call was recorded under it before.
+        A concurrent transaction that recorded the key and has not ended is waited for: False
+        once it commits, True if it rolls back."""
+        ...
+
+    async def get_tool_request(self, agent: str, key: str) -> RecordedRequest | None: ...
+
+    async def record_tool_result(self, agent: str, key: str, result: Mapping[str, object]) -> None:
+        """Stores what the call holding (agent, key) produced, in the same transaction."""
+        ...
+
+    async def prune_tool_requests(self, before: datetime) -> int:
+        """Forgets the calls recorded before ``before``; returns how many."""
+        ...
+
+
 class Unit(
     Reader,
     TaskWrites,
@@ -449,6 +487,7 @@ class Unit(
     WakeupWrites,
     WorkWrites,
     WorkerWrites,
+    ToolRequestWrites,
     Protocol,
 ):
     """One write transaction. Every method that changes a task is a compare-and-set."""

@@ -17,6 +17,7 @@ from bot.secrets import SecretBox
 from bot.signal import Notify, Queued, ignore
 from bot.task import Task
 from bot.tool_server_book import DEFAULT_MAX_TOOL_SERVERS, ToolServerBook
+from bot.tool_server_policy import ToolServerPolicy
 
 API_KEY = "api_key"
 
@@ -75,6 +76,7 @@ class AgentRegistry:
         model_hosts: ModelHosts | None = None,
         notify: Notify = ignore,
         max_tool_servers: int = DEFAULT_MAX_TOOL_SERVERS,
+        tool_server_policy: ToolServerPolicy | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -82,7 +84,9 @@ class AgentRegistry:
         self._new_token = new_token
         self._hosts = model_hosts or ModelHosts()
         self._notify = notify
-        self._tool_servers = ToolServerBook(store, clock, secrets, max_tool_servers)
+        self._tool_servers = ToolServerBook(
+            store, clock, secrets, max_tool_servers, tool_server_policy
+        )
 
     @property
     def tool_servers(self) -> ToolServerBook:

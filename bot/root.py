@@ -61,6 +61,7 @@ from bot.secrets import SecretBox
 from bot.settings import Settings
 from bot.signal import ChangeSignal, Queued
 from bot.supervisor import Supervisor
+from bot.tool_server_policy import ToolServerPolicy
 from bot.tools import POLL_S, TaskTools, ToolsFor, build_tool_server, make_caller_factory
 from bot.workers import FencedDeliverer, Liveness
 from channels.health import Check, database_check, health_routes
@@ -217,6 +218,9 @@ def build_core(
         model_hosts=ModelHosts(frozenset(settings.model_hosts)),
         notify=signal.notify,
         max_tool_servers=settings.agent_tool_servers,
+        tool_server_policy=ToolServerPolicy(
+            frozenset(settings.tool_server_commands), frozenset(settings.tool_server_hosts)
+        ),
     )
     access = _access(settings, overrides, client, registry)
     board = Board(store, clock, policy, overrides.new_key, notify=signal.notify, access=access)
@@ -404,6 +408,7 @@ async def open_service(
             settings.reconcile_interval,
             slack.gateway.prune_inbound_event_ids if slack else None,
             metrics=core.metrics,
+            prune_tool_requests=core.work.prune_tool_requests,
         )
         mcp_app = build_mcp_app(
             build_mcp_server(

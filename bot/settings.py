@@ -1,5 +1,6 @@
 """Configuration from the environment, validated once at start."""
 
+import posixpath
 import re
 from datetime import timedelta
 from typing import Annotated
@@ -56,6 +57,14 @@ class Settings(BaseSettings):
     agent_max_steps: int = Field(20, alias="THREADWORK_AGENT_MAX_STEPS", ge=1, le=1000)
     #: The most MCP tool servers one built-in agent may have (``/task-admin agent tools``).
     agent_tool_servers: int = Field(8, alias="THREADWORK_AGENT_TOOL_SERVERS", ge=1, le=64)
+    #: The executables a stdio tool server may run, by name or absolute path; empty: stdio off.
+    tool_server_commands: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), alias="THREADWORK_TOOL_SERVER_COMMANDS"
+    )
+    #: The hosts an http tool server may be at; empty: any https host, plain http on loopback.
+    tool_server_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), alias="THREADWORK_TOOL_SERVER_HOSTS"
+    )
     #: Tool calls an external agent's token may make per minute.
     agent_calls_per_minute: int = Field(
         120, alias="THREADWORK_AGENT_CALLS_PER_MINUTE", ge=1, le=100_000
@@ -141,6 +150,36 @@ class Settings(BaseSettings):
             if not _MODEL_HOST.match(host):
                 raise ValueError(
                     "must be host names (api.anthropic.com or 127.0.0.1:11434), comma-separated, "
+                    "not URLs"
+                )
+        return hosts
+
+    @field_validator("tool_server_commands", mode="before")
+    @classmethod
+    def _split_tool_server_commands(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        commands = tuple(part.strip() for part in value.split(",") if part.strip())
+        for command in commands:
+            named = "/" not in command and not any(ch.isspace() for ch in command)
+            absolute = command.startswith("/") and posixpath.normpath(command) == command
+            if not (named or absolute):
+                raise ValueError(
+                    "must be executables by name (mcp-server-git) or absolute path "
+                    "(/usr/local/bin/mcp-server-git), comma-separated"
+                )
+        return commands
+
+    @field_validator("tool_server_hosts", mode="before")
+    @classmethod
+    def _split_tool_server_hosts(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        hosts = tuple(part.strip().lower() for part in value.split(",") if part.strip())
+        for host in hosts:
+            if not _MODEL_HOST.match(host):  # the same form as THREADWORK_MODEL_HOSTS
+                raise ValueError(
+                    "must be host names (tools.example.com or 127.0.0.1:8931), comma-separated, "
                     "not URLs"
                 )
         return hosts

@@ -64,6 +64,9 @@ class ToolServer:
     allow: tuple[str, ...] | None = None
     #: The names of the headers stored (encrypted) with it; their values are never shown.
     header_names: tuple[str, ...] = ()
+    #: Set in a listing when the operator no longer permits it (see ``bot.tool_server_policy``):
+    #: why, in a short line. Such a server is kept, but not started.
+    denied: str | None = None
 
     @property
     def target(self) -> str:
@@ -229,6 +232,11 @@ def _command(text: str) -> tuple[str, ...]:
         raise InvalidInput("A quote in the command is not closed.") from None
     if not argv:
         raise InvalidInput('The command is empty; give it in quotes: `stdio "<command> <args>"`.')
+    if "/" in argv[0] and not argv[0].startswith("/"):
+        raise InvalidInput(
+            f"`{argv[0][:100]}` is a relative path, which depends on threadwork's working "
+            "directory: give the command by name (found on its PATH) or by absolute path."
+        )
     return argv
 
 
@@ -236,6 +244,12 @@ def _url(text: str) -> str:
     url = urlsplit(text)
     if url.scheme not in ("http", "https") or not url.hostname or len(text) > MAX_URL_CHARS:
         raise InvalidInput("An http tool server needs an http(s) URL, like https://host/mcp.")
+    try:
+        port = url.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise InvalidInput("The URL's port must be a number from 1 to 65535.")
     if url.username or url.password:
         raise InvalidInput(
             "The URL must not carry credentials; pass them as `header=Authorization:<value>`."

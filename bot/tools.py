@@ -15,11 +15,11 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, ParamSpec, Protocol
+from typing import Annotated, Any, ParamSpec, Protocol
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from pydantic import ValidationError, validate_call
+from pydantic import Field, ValidationError, validate_call
 
 from bot.agent_work import AgentWork
 from bot.board import Board, check_claim, require_task
@@ -39,6 +39,7 @@ from bot.ports import Store
 from bot.signal import ChangeSignal
 from bot.status import parse_status
 from bot.task import Actor, Task, TaskRef
+from bot.tool_requests import KEPT_FOR, MAX_KEY_CHARS
 from bot.views import task_view
 from bot.work import WakeReason
 
@@ -48,6 +49,20 @@ MAX_WAIT_S = 300.0
 #: How often ``wait_for_work`` looks again when no commit in this process woke it.
 POLL_S = 1.0
 MESSAGES_PER_READ = 50
+
+#: The argument of every tool that changes things, as its schema shows it to clients.
+IdempotencyKey = Annotated[
+    str | None,
+    Field(
+        description=(
+            f"Optional. A fresh string of your choosing (at most {MAX_KEY_CHARS} characters; a "
+            "UUID will do) naming this one call. Send the call again with the same key when its "
+            "answer did not come (a dropped connection): the repeat returns the first call's "
+            "result and changes nothing. Use a new key for every other call; a key is "
+            f"remembered for {KEPT_FOR.total_seconds() / 3600:.0f} h."
+        )
+    ),
+]
 
 INSTRUCTIONS = """threadwork gives you tasks that live as Slack threads. Call list_my_tasks or
 wait_for_work to find work, get_task to read a task and its new thread messages, post_update to
@@ -227,18 +242,34 @@ class TaskTools:
         }
 
     @_tool
-    async def post_update(self, task: str, text: str, epoch: int | None = None) -> dict[str, Any]:
+    async def post_update(
+        self,
+        task: str,
+        text: str,
+        epoch: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
         ref, fence = self._ref(task), self._epoch(epoch)
-        updated = await self.work.post_update(ref, self.agent, text, fence)
+        updated = await self.work.post_update(ref, self.agent, text, fence, idempotency_key)
         return {"ok": True, "task": str(updated.ref), "lease_renewed_at": _iso(updated)}
 
     @_tool
     async def update_task_status(
-        self, task: str, status: str, note: str | None = None, epoch: int | None = None
+        self,
+        task: str,
+        status: str,
+        note: str | None = None,
+        epoch: int | None = None,
+        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
         ref, fence = self._ref(task), self._epoch(epoch)
         updated = await self.board.update_task_status(
-            ref, parse_status(status), Actor.agent(self.agent), epoch=fence, note=note
+            ref,
+            parse_status(status),
+            Actor.agent(self.agent),
+            epoch=fence,
+            note=note,
+            idempotency_key=idempotency_key,
         )
         return _summary(updated)
 
@@ -251,6 +282,7 @@ class TaskTools:
         uri: str | None = None,
         content: str | None = None,
         epoch: int | None = None,
+        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
         artifact = await self.work.add_artifact(
             self._ref(task),
@@ -260,6 +292,7 @@ class TaskTools:
             uri=uri,
             content=content,
             epoch=self._epoch(epoch),
+            idempotency_key=idempotency_key,
         )
         return {"ok": True, "artifact_id": artifact.id, "name": artifact.name}
 
@@ -273,10 +306,12 @@ class TaskTools:
         return {"ok": True, "recorded": recorded}
 
     @_tool
-    async def release_task(self, task: str, epoch: int | None = None) -> dict[str, Any]:
+    async def release_task(
+        self, task: str, epoch: int | None = None, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
         """Hands the attempt back, so the task is dispatched again at once."""
         ref, fence = self._ref(task), self._epoch(epoch)
-        return _summary(await self.work.release_task(ref, self.agent, fence))
+        return _summary(await self.work.release_task(ref, self.agent, fence, idempotency_key))
 
     @_tool
     async def wait_for_work(
@@ -408,20 +443,33 @@ def build_tool_server(resolve: Resolver) -> MCPServer:
 
     @server.tool()
     async def post_update(
-        task: str, text: str, ctx: Context, epoch: int | None = None
+        task: str,
+        text: str,
+        ctx: Context,
+        epoch: int | None = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> dict[str, Any]:
         """Posts a progress message in the task's Slack thread under your name; renews your lease.
-        Pass the epoch from your directive (required over MCP)."""
-        return await render((await caller(ctx)).post_update(task, text, epoch))
+        Pass the epoch from your directive (required over MCP). Safe to send again with the same
+        idempotency_key."""
+        tools = await caller(ctx)
+        return await render(tools.post_update(task, text, epoch, idempotency_key))
 
     @server.tool()
     async def update_task_status(
-        task: str, status: str, ctx: Context, note: str | None = None, epoch: int | None = None
+        task: str,
+        status: str,
+        ctx: Context,
+        note: str | None = None,
+        epoch: int | None = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> dict[str, Any]:
         """Moves a task you hold: todo, in_progress, in_review, or blocked (with a note saying why).
         done needs a person unless the channel lets agents close. Pass the epoch from your
-        directive (required over MCP); a call from a superseded run is refused as superseded."""
-        return await render((await caller(ctx)).update_task_status(task, status, note, epoch))
+        directive (required over MCP); a call from a superseded run is refused as superseded.
+        Safe to send again with the same idempotency_key."""
+        tools = await caller(ctx)
+        return await render(tools.update_task_status(task, status, note, epoch, idempotency_key))
 
     @server.tool()
     async def add_artifact(
@@ -432,12 +480,15 @@ def build_tool_server(resolve: Resolver) -> MCPServer:
         uri: str | None = None,
         content: str | None = None,
         epoch: int | None = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> dict[str, Any]:
         """Attaches a result to a task you hold: a link (uri) or text content, with a name and a
         kind such as pull_request, file, report or log. Counts as progress. Pass the epoch from
-        your directive (required over MCP)."""
+        your directive (required over MCP). Safe to send again with the same idempotency_key."""
         tools = await caller(ctx)
-        return await render(tools.add_artifact(task, name, kind, uri, content, epoch))
+        return await render(
+            tools.add_artifact(task, name, kind, uri, content, epoch, idempotency_key)
+        )
 
     @server.tool()
     async def report_liveness(
@@ -450,12 +501,15 @@ def build_tool_server(resolve: Resolver) -> MCPServer:
         return await render((await caller(ctx)).report_liveness(task, output_tail, epoch))
 
     @server.tool()
-    async def release_task(task: str, ctx: Context, epoch: int | None = None) -> dict[str, Any]:
+    async def release_task(
+        task: str, ctx: Context, epoch: int | None = None, idempotency_key: IdempotencyKey = None
+    ) -> dict[str, Any]:
         """Hands back a task you hold but cannot finish now (you are shutting down): it is
         dispatched to you again at once at a new epoch, without counting an attempt, for
         whichever of your workers waits for work. Only a task in todo or in_progress. Pass the
-        epoch from your directive; calls at the old epoch are refused afterwards."""
-        return await render((await caller(ctx)).release_task(task, epoch))
+        epoch from your directive; calls at the old epoch are refused afterwards. Safe to send
+        again with the same idempotency_key."""
+        return await render((await caller(ctx)).release_task(task, epoch, idempotency_key))
 
     @server.tool()
     async def wait_for_work(

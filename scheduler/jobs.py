@@ -1,4 +1,5 @@
-"""APScheduler set-up: the reconcile every interval, one run at a time, missed runs coalesced."""
+"""APScheduler set-up: the reconcile every interval, one run at a time, missed runs coalesced;
+hourly pruning of what is remembered for a day (inbound event ids, agents' idempotency keys)."""
 
 import time
 from collections.abc import Awaitable, Callable
@@ -14,6 +15,7 @@ logger = structlog.get_logger(__name__)
 
 RECONCILE_JOB_ID = "reconcile"
 PRUNE_JOB_ID = "prune_inbound_event_ids"
+PRUNE_TOOL_REQUESTS_JOB_ID = "prune_tool_requests"
 PRUNE_INTERVAL_S = 3600.0
 
 
@@ -46,12 +48,22 @@ def reconcile_actions(report: ReconcileReport) -> dict[str, int]:
 
 async def prune_inbound_event_ids_job(prune: Callable[[], Awaitable[int]]) -> None:
     """Forgets old inbound event ids; a failure waits for the next run."""
+    await _prune(PRUNE_JOB_ID, prune)
+
+
+async def prune_tool_requests_job(prune: Callable[[], Awaitable[int]]) -> None:
+    """Forgets agents' old idempotency keys; a failure waits for the next run."""
+    await _prune(PRUNE_TOOL_REQUESTS_JOB_ID, prune)
+
+
+async def _prune(name: str, prune: Callable[[], Awaitable[int]]) -> None:
+    """Runs ``prune``, logged as ``<name>.done`` or ``<name>.failed``, never raising."""
     try:
         forgotten = await prune()
     except Exception:
-        logger.exception("prune_inbound_event_ids.failed")
+        logger.exception(f"{name}.failed")
         return
-    logger.info("prune_inbound_event_ids.done", forgotten=forgotten)
+    logger.info(f"{name}.done", forgotten=forgotten)
 
 
 def build_scheduler(
@@ -59,9 +71,10 @@ def build_scheduler(
     interval_s: float,
     prune: Callable[[], Awaitable[int]] | None = None,
     metrics: Metrics | None = None,
+    prune_tool_requests: Callable[[], Awaitable[int]] | None = None,
 ) -> AsyncIOScheduler:
     """Returns an unstarted scheduler: the reconcile every ``interval_s`` s (timed and counted
-    in ``metrics``), pruning hourly."""
+    in ``metrics``); ``prune`` (inbound event ids) and ``prune_tool_requests`` hourly."""
     scheduler = AsyncIOScheduler(timezone=UTC)
     scheduler.add_job(
         reconcile_job,
@@ -74,14 +87,19 @@ def build_scheduler(
         coalesce=True,
         misfire_grace_time=max(1, int(interval_s)),
     )
-    if prune is not None:
-        scheduler.add_job(
-            prune_inbound_event_ids_job,
-            "interval",
-            seconds=PRUNE_INTERVAL_S,
-            args=[prune],
-            id=PRUNE_JOB_ID,
-            max_instances=1,
-            coalesce=True,
-        )
+    pruning = {
+        PRUNE_JOB_ID: (prune_inbound_event_ids_job, prune),
+        PRUNE_TOOL_REQUESTS_JOB_ID: (prune_tool_requests_job, prune_tool_requests),
+    }
+    for job_id, (job, pruner) in pruning.items():
+        if pruner is not None:
+            scheduler.add_job(
+                job,
+                "interval",
+                seconds=PRUNE_INTERVAL_S,
+                args=[pruner],
+                id=job_id,
+                max_instances=1,
+                coalesce=True,
+            )
     return scheduler

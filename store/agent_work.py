@@ -68,6 +68,12 @@ class AgentWorkReads:
         query = select(artifacts).where(artifacts.c.task_id == task_id).order_by(artifacts.c.id)
         return [_artifact(row) for row in await self._db.execute(query)]
 
+    async def get_artifact(self, artifact_id: int) -> Artifact | None:
+        row = (
+            await self._db.execute(select(artifacts).where(artifacts.c.id == artifact_id))
+        ).first()
+        return _artifact(row) if row else None
+
     async def count_artifacts(self, task_id: int) -> int:
         query = select(func.count()).select_from(artifacts).where(artifacts.c.task_id == task_id)
         return int((await self._db.execute(query)).scalar_one())

@@ -331,3 +331,20 @@ task_usage = Table(
     Column("cache_creation_tokens", BigInteger, nullable=False, server_default="0"),
     Column("updated_at", UTCDateTime(), nullable=False),
 )
+
+#: Agents' keyed tool calls (``bot.tool_requests``): one row per agent and idempotency key,
+#: written in the transaction of the call's effect, so a call sent again is not made twice.
+#: Kept a day, then pruned.
+tool_requests = Table(
+    "tool_requests",
+    metadata,
+    Column("agent", String(64), primary_key=True),
+    Column("key", String(200), primary_key=True),
+    Column("tool", String(32), nullable=False),
+    #: SHA-256 of the call's arguments, in hex.
+    Column("digest", String(64), nullable=False),
+    Column("task_id", Id, ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False),
+    #: What the call produced; written before its transaction commits.
+    Column("result", Json),
+    Column("created_at", UTCDateTime(), nullable=False, index=True),
+)

@@ -45,9 +45,12 @@ class ToolServerWrites:
     _db: AsyncConnection
 
     async def upsert_tool_server(self, agent: str, server: ToolServer, at: datetime) -> bool:
-        agent_id = (
-            await self._db.execute(select(agents.c.id).where(agents.c.name == agent))
-        ).scalar_one_or_none()
+        """Stores ``server``, first locking the agent's row until the transaction ends
+        (``FOR UPDATE`` on PostgreSQL; on SQLite the writer's ``BEGIN IMMEDIATE`` already made
+        the transaction the only writer): adds to one agent take turns, so the book's count
+        after the add includes every add committed before it."""
+        locked = select(agents.c.id).where(agents.c.name == agent).with_for_update()
+        agent_id = (await self._db.execute(locked)).scalar_one_or_none()
         if agent_id is None:
             return False
         values: dict[str, Any] = {

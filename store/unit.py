@@ -31,6 +31,7 @@ from store.schema import (
     task_messages,
     tasks,
 )
+from store.tool_requests import ToolRequestWrites
 from store.tool_servers import ToolServerWrites
 from store.workers import WorkerWrites
 
@@ -42,7 +43,14 @@ def _column_values(fields: TaskFields) -> dict[str, Any]:
     }
 
 
-class SqlUnit(SqlReader, AgentWorkWrites, OutboxReviewWrites, WorkerWrites, ToolServerWrites):
+class SqlUnit(
+    SqlReader,
+    AgentWorkWrites,
+    OutboxReviewWrites,
+    WorkerWrites,
+    ToolServerWrites,
+    ToolRequestWrites,
+):
     """Implements ``bot.ports.Unit`` over a connection inside a write transaction."""
 
     def __init__(self, connection: AsyncConnection) -> None:

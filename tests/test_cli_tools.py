@@ -20,7 +20,10 @@ async def env(tmp_path: Path, database_url: str, clock: FakeClock) -> dict[str, 
     settings = Settings(DATABASE_URL=database_url, THREADWORK_SECRET_KEY=SECRET_KEY)
     async with open_core(settings, Overrides(clock=clock)) as core:
         await core.registry.add_agent("claude-1", AgentKind.CLAUDE)
-    return clean_env(tmp_path, database_url) | {"THREADWORK_SECRET_KEY": SECRET_KEY}
+    return clean_env(tmp_path, database_url) | {
+        "THREADWORK_SECRET_KEY": SECRET_KEY,
+        "THREADWORK_TOOL_SERVER_COMMANDS": "mcp-server-git",
+    }
 
 
 async def tools(env: dict[str, str], *words: str) -> Result:
@@ -86,3 +89,40 @@ async def test_a_bad_server_limit_stops_the_command_with_one_line_naming_it(
 ) -> None:
     result = await tools(env | {"THREADWORK_AGENT_TOOL_SERVERS": "0"}, "claude-1", "list")
     assert_one_error_line(result, 2, "THREADWORK_AGENT_TOOL_SERVERS")
+
+
+async def test_a_server_outside_the_operators_lists_is_one_error_line_naming_the_setting(
+    env: dict[str, str],
+) -> None:
+    stdio_off = {k: v for k, v in env.items() if k != "THREADWORK_TOOL_SERVER_COMMANDS"}
+    off = await tools(stdio_off, "claude-1", "add", "git", "stdio", "mcp-server-git")
+    assert_one_error_line(
+        off, 1, "Stdio tool servers are off", "set THREADWORK_TOOL_SERVER_COMMANDS=mcp-server-git"
+    )
+    elsewhere = env | {"THREADWORK_TOOL_SERVER_HOSTS": "tools.example.com"}
+    host = await tools(elsewhere, "claude-1", "add", "web", "http", "https://other.example/mcp")
+    assert_one_error_line(host, 1, "`other.example` is not a host", "THREADWORK_TOOL_SERVER_HOSTS")
+    assert (await tools(env, "claude-1", "list")).stdout == "claude-1 has no tool servers\n"
+
+
+async def test_the_list_marks_a_server_the_operator_no_longer_permits_as_not_started(
+    env: dict[str, str],
+) -> None:
+    assert (await tools(env, "claude-1", "add", "git", "stdio", "mcp-server-git")).code == 0
+    narrowed = env | {"THREADWORK_TOOL_SERVER_COMMANDS": "/usr/local/bin/mcp-server-git"}
+    assert_printed(
+        await tools(narrowed, "claude-1", "list"),
+        "git · stdio · mcp-server-git · not started: mcp-server-git is not in "
+        "THREADWORK_TOOL_SERVER_COMMANDS\n",
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("THREADWORK_TOOL_SERVER_COMMANDS", "bin/server"), ("THREADWORK_TOOL_SERVER_HOSTS", "a b")],
+)
+async def test_a_bad_list_stops_the_command_with_one_line_naming_it(
+    env: dict[str, str], variable: str, value: str
+) -> None:
+    result = await tools(env | {variable: value}, "claude-1", "list")
+    assert_one_error_line(result, 2, f"{variable}: ")

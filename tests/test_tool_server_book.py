@@ -1,7 +1,9 @@
 """Built-in agents' tool servers: the admin grammar, and the book on SQLite and PostgreSQL
 (header values encrypted like API keys, the per-agent limit, only admins, nothing half-done)."""
 
+import asyncio
 import logging
+from collections.abc import AsyncIterator
 
 import pytest
 import structlog
@@ -12,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot.agents import AgentKind
 from bot.errors import InvalidInput, NotAllowed, NotFound
 from bot.root import Core, Overrides, open_core
-from bot.settings import SettingsError, load_settings
+from bot.settings import Settings, SettingsError, load_settings
 from bot.task import Actor
 from bot.tool_servers import (
     ToolServer,
@@ -23,7 +25,7 @@ from bot.tool_servers import (
     parse_request,
 )
 from store.schema import agent_secrets, agent_tool_servers
-from tests.conftest import FakeClock, core_settings
+from tests.conftest import TEST_SECRET_KEY, FakeClock, core_settings
 
 TOKEN = "ghp_header-secret-value-5f1e"
 OTHER_SECRET_KEY = "yO_fwUWa3K-UzPnQ4IrMwIAWVo911YB7Qe_OyFYQif4="
@@ -99,6 +101,25 @@ def test_a_header_mistake_never_repeats_the_value() -> None:
 
 # -- the book ---------------------------------------------------------------------------------
 
+#: THREADWORK_TOOL_SERVER_COMMANDS for these tests: the commands their stdio servers run.
+COMMANDS = "mcp-server-git,server,other-server"
+
+
+def book_settings(database_url: str, **variables: str) -> Settings:
+    """The core tests' settings, with the stdio commands these tests add permitted."""
+    return Settings(
+        DATABASE_URL=database_url,
+        THREADWORK_SECRET_KEY=TEST_SECRET_KEY,
+        THREADWORK_TOOL_SERVER_COMMANDS=COMMANDS,
+        **variables,
+    )
+
+
+@pytest.fixture
+async def core(database_url: str, clock: FakeClock) -> AsyncIterator[Core]:
+    async with open_core(book_settings(database_url), Overrides(clock=clock)) as core:
+        yield core
+
 
 @pytest.fixture
 async def claude(core: Core) -> Core:
@@ -165,7 +186,7 @@ async def test_headers_under_another_key_make_the_server_fail_to_start_not_the_r
     database_url: str, claude: Core, clock: FakeClock
 ) -> None:
     await claude.admin.add_tool_server(OPERATOR, "claude-1", adding(WEB))
-    other = core_settings(database_url).model_copy(
+    other = book_settings(database_url).model_copy(
         update={"secret_key": SecretStr(OTHER_SECRET_KEY)}
     )
     async with open_core(other, Overrides(clock=clock)) as wrong:
@@ -197,7 +218,7 @@ async def test_rotation_re_encrypts_header_values_with_the_api_keys(
 async def test_an_agent_has_at_most_the_configured_number_of_servers(
     database_url: str, clock: FakeClock
 ) -> None:
-    settings = core_settings(database_url).model_copy(update={"agent_tool_servers": 2})
+    settings = book_settings(database_url, THREADWORK_AGENT_TOOL_SERVERS="2")
     async with open_core(settings, Overrides(clock=clock)) as core:
         await core.registry.add_agent("claude-1", AgentKind.CLAUDE)
         for label in ("one", "two"):
@@ -213,6 +234,32 @@ async def test_an_agent_has_at_most_the_configured_number_of_servers(
         ("one", ("server",)),
         ("two", ("other-server",)),
     ]
+
+
+async def test_the_limit_holds_for_adds_made_at_once_from_two_processes(
+    database_url: str, clock: FakeClock
+) -> None:
+    settings = book_settings(database_url, THREADWORK_AGENT_TOOL_SERVERS="3")
+    async with (
+        open_core(settings, Overrides(clock=clock)) as one,
+        open_core(settings, Overrides(clock=clock)) as two,
+    ):
+        await one.registry.add_agent("claude-1", AgentKind.CLAUDE)
+        adds = [
+            (one, two)[n % 2].admin.add_tool_server(
+                OPERATOR, "claude-1", adding(["add", f"s{n}", "stdio", "server"])
+            )
+            for n in range(8)
+        ]
+        results = await asyncio.gather(*adds, return_exceptions=True)
+        listed = await one.admin.list_tool_servers(OPERATOR, "claude-1")
+    assert sum(result is False for result in results) == 3
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert len(refused) == 5
+    for refusal in refused:
+        assert isinstance(refusal, InvalidInput)
+        assert refusal.message.startswith("`claude-1` already has 3 tool servers, and 3 is the")
+    assert len(listed) == 3
 
 
 async def test_external_agents_unknown_agents_and_non_admins_are_refused(

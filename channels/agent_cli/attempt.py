@@ -26,7 +26,7 @@ from bot.status import LEASED_STATUSES
 from bot.task import TaskRef
 from bot.tools import Done, Refusal, Refused, ToolResult
 from channels.agent_cli.briefs import Held, TaskBrief, brief, held_tasks, prompt
-from channels.agent_cli.link import Link
+from channels.agent_cli.link import Link, keyed
 from channels.agent_cli.process import CommandProcess, OutputTail
 from channels.agent_cli.workspaces import Workspace, WorkspaceError, Workspaces
 
@@ -279,7 +279,8 @@ class Attempt:
 
     async def _call(self, tool: str, arguments: dict[str, Any]) -> ToolResult:
         """The call, tried again after a pause when it was refused as a conflict or as too
-        many calls."""
+        many calls: one call, under one idempotency key however often it is sent."""
+        arguments = keyed(tool, arguments)
         result: ToolResult = Refused(Refusal.CONFLICT, "not called")
         for _ in range(RETRIES):
             result = await self._link.call(tool, arguments)

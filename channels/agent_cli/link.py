@@ -7,6 +7,11 @@ doubles while the failures go on and starts again once the service answers. The 
 once that the service is away, and once that it is back. A token the endpoint refuses (401)
 stops the worker: no retry can fix it.
 
+A call of a tool that changes things carries an ``idempotency_key``, made once per call before
+its first sending and sent with every retry: when the connection broke after the service made
+the call, the retry gets the first call's answer instead of posting (or attaching, or moving the
+task) a second time.
+
 Tool results become ``bot.tools`` values here: ``Done`` with the structured data, or
 ``Refused`` with the refusal its text starts with. A JSON-RPC error the service answers with
 (any other than the SDK's own for a lost connection or session) is a refusal too: the call
@@ -16,6 +21,7 @@ reached the service, and sending it again would only repeat it.
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +33,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED, INVALID_REQUEST, CallToolResult, TextContent
 
+from bot.tool_requests import KEYED_TOOLS
 from bot.tools import Done, Refusal, Refused, ToolResult
 
 logger = structlog.get_logger(__name__)
@@ -41,6 +48,14 @@ READ_TIMEOUT_S = 330.0
 _REFUSALS = {r.value: r for r in Refusal}
 #: What the SDK's client says when the service forgot the session (a 404 for a session id).
 SESSION_TERMINATED = "Session terminated"
+
+
+def keyed(tool: str, arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """``arguments`` with a fresh idempotency key when ``tool`` changes things and they carry
+    none yet (a retry of the call keeps the key it was first sent with)."""
+    if tool not in KEYED_TOOLS or "idempotency_key" in arguments:
+        return dict(arguments)
+    return dict(arguments) | {"idempotency_key": str(uuid.uuid4())}
 
 
 class TokenRefused(Exception):
@@ -70,11 +85,13 @@ class Link:
 
     async def call(self, tool: str, arguments: Mapping[str, Any]) -> ToolResult:
         """Calls ``tool``; when the transport fails, the session is replaced and the call sent
-        again after the back-off, until the service answers (or the caller is cancelled)."""
+        again after the back-off, with the same idempotency key, until the service answers (or
+        the caller is cancelled)."""
+        arguments = keyed(tool, arguments)
         while True:
             session = await self._connected()
             try:
-                result = await session.client.call_tool(tool, dict(arguments))
+                result = await session.client.call_tool(tool, arguments)
             except MCPError as exc:
                 if not _transport_failed(exc):
                     self._retry_s = FIRST_RETRY_S

@@ -70,9 +70,17 @@ async def _add(name: str, request: ToolServerAdd, admin: Actor, services: SlackS
 
 
 def list_text(name: str, servers: list[ToolServer]) -> str:
-    """The agent's servers, one line each; header values never appear."""
+    """The agent's servers, one line each, those the operator no longer permits marked as not
+    started; header values never appear."""
     if not servers:
         return f"`{name}` has no tool servers. Add one with `/task-admin agent tools {name} add`."
     lines = [f"*Tool servers of `{name}`*"]
-    lines += [f"• `{escape(server.describe())}`" for server in servers]
+    lines += [_server_line(server) for server in servers]
     return "\n".join(lines)
+
+
+def _server_line(server: ToolServer) -> str:
+    line = f"• `{escape(server.describe())}`"
+    if server.denied is not None:
+        line += f" · :no_entry: not started: {escape(server.denied)}"
+    return line

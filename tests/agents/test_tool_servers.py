@@ -3,6 +3,7 @@ temporary repository, the real anthropic SDK against the stand-in, the runtime a
 composition root builds it."""
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -10,10 +11,11 @@ from typing import Any
 import pytest
 
 from bot.agents import AgentKind, AgentSettings
+from bot.root import Overrides, open_service
 from bot.status import TaskStatus
 from bot.task import Actor, EventKind, Task, TaskEvent
 from bot.tool_servers import ToolServerAdd, parse_request
-from tests.agents.conftest import ALICE, Runtime, open_runtime
+from tests.agents.conftest import ALICE, Runtime, runtime_settings
 from tests.agents.standins import AnthropicStandIn, Hang, Reply, Text, ToolUse
 from tests.agents.test_runtime import posts, status, tool_results
 from tests.agents.tool_servers import (
@@ -28,6 +30,9 @@ from tests.conftest import FakeClock
 
 AGENT = "claude-git"
 WAIT_S = 60
+#: THREADWORK_TOOL_SERVER_COMMANDS for these runs: the interpreter that runs mcp-server-git, the
+#: shell that writes a server's pid first, and a name found on no PATH.
+COMMANDS = (sys.executable, "/bin/sh", "no-such-mcp-server")
 
 
 @pytest.fixture
@@ -36,9 +41,18 @@ def repository(tmp_path: Path) -> Path:
 
 
 async def open_with_agent(
-    database_url: str, anthropic: AnthropicStandIn, clock: FakeClock
+    database_url: str,
+    anthropic: AnthropicStandIn,
+    clock: FakeClock,
+    commands: tuple[str, ...] = COMMANDS,
 ) -> AsyncIterator[Runtime]:
-    async for rt in open_runtime(database_url, anthropic, clock):
+    """The runtime with AGENT registered, the operator permitting ``commands``."""
+    settings = runtime_settings(database_url, anthropic.url).model_copy(
+        update={"tool_server_commands": commands}
+    )
+    overrides = Overrides(clock=clock, port=0, worker="test-runner", run_loops=False)
+    async with open_service(settings, overrides) as service:
+        rt = Runtime(service, anthropic)
         await rt.core.registry.add_agent(
             AGENT, AgentKind.CLAUDE, settings=AgentSettings(model="claude-standin-1")
         )
@@ -139,10 +153,10 @@ async def test_allow_hides_the_servers_other_tools_from_the_model(
 
 
 async def test_a_tool_server_that_does_not_start_is_reported_once_and_the_run_goes_on(
-    runtime: Runtime, repository: Path, tmp_path: Path
+    runtime: Runtime, repository: Path
 ) -> None:
     rt = runtime
-    await add_server(rt, "broken", "stdio", quoted([str(tmp_path / "no-such-server")]))
+    await add_server(rt, "broken", "stdio", "no-such-mcp-server")
     await add_server(rt, "git", "stdio", quoted(git_server(repository)))
     task = await assigned(rt)
     rt.anthropic.script(
@@ -161,6 +175,33 @@ async def test_a_tool_server_that_does_not_start_is_reported_once_and_the_run_go
     assert COMMITS[-1] in result["content"]
     assert not any(name.startswith("broken__") for name in offered(rt.anthropic.requests[0].body))
     assert (await rt.task(task)).status == TaskStatus.IN_REVIEW
+
+
+async def test_a_server_the_operator_no_longer_permits_is_not_started_and_reported_so(
+    agents_db: str, anthropic: AnthropicStandIn, clock: FakeClock, repository: Path, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "git.pid"
+    async for before in open_with_agent(agents_db, anthropic, clock):
+        await add_server(before, "wrapped", "stdio", quoted(with_pidfile(["true"], pidfile)))
+        await add_server(before, "git", "stdio", quoted(git_server(repository)))
+    async for rt in open_with_agent(agents_db, anthropic, clock, commands=(sys.executable,)):
+        task = await assigned(rt)
+        rt.anthropic.script(
+            Reply([ToolUse("git__git_log", {"repo_path": str(repository), "max_count": 1})]),
+            Reply([status(task, "in_review", "done")]),
+        )
+        await settle(rt)
+        [note] = await posts(rt, task)
+        assert note == (
+            f":warning: `{AGENT}` works on without these tool servers, which did not start:\n"
+            "• `wrapped`: the operator does not permit it: /bin/sh is not in "
+            "THREADWORK_TOOL_SERVER_COMMANDS"
+        )
+        assert not pidfile.exists()  # its command never ran
+        assert not any(t.startswith("wrapped__") for t in offered(rt.anthropic.requests[0].body))
+        [result] = tool_results(rt.anthropic.requests[1])
+        assert COMMITS[-1] in result["content"]
+        assert (await rt.task(task)).status == TaskStatus.IN_REVIEW
 
 
 async def test_a_cancelled_run_closes_its_tool_servers_and_leaves_no_process(

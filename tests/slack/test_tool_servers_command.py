@@ -15,13 +15,23 @@ TOKEN = "ghp_slack-header-secret-93c2"
 USAGE = "Usage: `/task-admin agent tools <name> add <label> stdio"
 
 
+async def started(
+    database_url: str, standin: SlackStandIn, clock: FakeClock, **settings: object
+) -> AsyncIterator[Harness]:
+    async for harness in start_service(database_url, standin, clock, **settings):
+        await harness.core.registry.add_agent("claude-1", AgentKind.CLAUDE)
+        await harness.core.registry.add_agent("coder", slack_user_id="UCODER01")
+        yield harness
+
+
 @pytest.fixture
 async def harness(
     database_url: str, standin: SlackStandIn, clock: FakeClock
 ) -> AsyncIterator[Harness]:
-    async for harness in start_service(database_url, standin, clock):
-        await harness.core.registry.add_agent("claude-1", AgentKind.CLAUDE)
-        await harness.core.registry.add_agent("coder", slack_user_id="UCODER01")
+    """The service with the operator permitting ``mcp-server-git`` (and, by default, https)."""
+    async for harness in started(
+        database_url, standin, clock, tool_server_commands=("mcp-server-git",)
+    ):
         yield harness
 
 
@@ -118,3 +128,58 @@ async def test_someone_who_is_not_an_admin_is_refused_and_nothing_changes(
 
 async def test_the_admin_help_names_the_tools_commands(harness: Harness) -> None:
     assert "/task-admin agent tools <name> add <label> stdio" in await admin(harness, "help")
+
+
+async def test_by_default_a_stdio_server_is_refused_saying_which_setting_turns_it_on(
+    database_url: str, standin: SlackStandIn, clock: FakeClock
+) -> None:
+    async for harness in started(database_url, standin, clock):
+        reply = await admin(harness, 'agent tools claude-1 add git stdio "mcp-server-git"')
+        assert await harness.core.registry.tool_servers.list_tool_servers("claude-1") == []
+    assert reply.splitlines()[0] == (
+        ":warning: Stdio tool servers are off: each runs a command on threadwork's host, so the "
+        "operator lists the commands they may run in THREADWORK_TOOL_SERVER_COMMANDS. To allow "
+        "this one, set THREADWORK_TOOL_SERVER_COMMANDS=mcp-server-git in threadwork's environment "
+        "(commas between commands, each a name or an absolute path) and restart it."
+    )
+
+
+async def test_a_command_or_host_outside_the_operators_lists_is_refused_and_nothing_changes(
+    database_url: str, standin: SlackStandIn, clock: FakeClock
+) -> None:
+    lists = {"tool_server_commands": ("mcp-server-git",), "tool_server_hosts": ("tools.example",)}
+    async for harness in started(database_url, standin, clock, **lists):
+        command = await admin(harness, 'agent tools claude-1 add sh stdio "/bin/sh -c id"')
+        host = await admin(
+            harness,
+            f"agent tools claude-1 add web http <https://elsewhere.example/mcp> "
+            f"header=Authorization:{TOKEN}",
+        )
+        assert await harness.core.registry.tool_servers.list_tool_servers("claude-1") == []
+    assert command.startswith(
+        ":warning: `/bin/sh` is not a command tool servers may run here: "
+        "THREADWORK_TOOL_SERVER_COMMANDS lists only `mcp-server-git`."
+    )
+    assert host.startswith(
+        ":warning: `elsewhere.example` is not a host tool servers may be at here: "
+        "THREADWORK_TOOL_SERVER_HOSTS lists only `tools.example`."
+    )
+    assert TOKEN not in host
+
+
+async def test_the_list_marks_a_server_the_operator_no_longer_permits_as_not_started(
+    database_url: str, standin: SlackStandIn, clock: FakeClock
+) -> None:
+    wide = {"tool_server_commands": ("mcp-server-git", "/opt/mcp/bin/fs")}
+    async for harness in started(database_url, standin, clock, **wide):
+        await admin(harness, 'agent tools claude-1 add fs stdio "/opt/mcp/bin/fs --root /srv"')
+        await admin(harness, 'agent tools claude-1 add git stdio "mcp-server-git"')
+    narrowed = {"tool_server_commands": ("mcp-server-git",)}
+    async for harness in started(database_url, standin, clock, **narrowed):
+        listed = await admin(harness, "agent tools claude-1 list")
+    assert listed.splitlines() == [
+        "*Tool servers of `claude-1`*",
+        "• `fs · stdio · /opt/mcp/bin/fs --root /srv` · :no_entry: not started: /opt/mcp/bin/fs "
+        "is not in THREADWORK_TOOL_SERVER_COMMANDS",
+        "• `git · stdio · mcp-server-git`",
+    ]
