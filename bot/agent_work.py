@@ -33,6 +33,8 @@ from bot.task import (
 from bot.tool_requests import ToolRequest, prune, record_result, recorded_before, tool_request
 from bot.work import Artifact, Usage, WakeReason
 
+#: Releases of one attempt that dispatch the task again at once; later ones wait for the lapse.
+MAX_RELEASES_PER_ATTEMPT = 3
 #: Heartbeat events are recorded at most this often per task.
 HEARTBEAT_EVERY = timedelta(seconds=15)
 MAX_POST_CHARS = 3500
@@ -263,7 +265,12 @@ class AgentWork:
         task is dispatched to the agent again at once, at a new epoch and without counting an
         attempt, so another worker takes it now rather than when the lease lapses. Whatever
         the old attempt still sends is refused as superseded. Only a task under a lease can be
-        released; sent again with its ``idempotency_key``, it releases nothing more."""
+        released; sent again with its ``idempotency_key``, it releases nothing more.
+
+        An attempt is released at once ``MAX_RELEASES_PER_ATTEMPT`` times; a release after
+        those wakes no one and leaves the lease running from the last progress, so workers that
+        always hand a task back cannot keep it circling: its lapse counts the attempt, and the
+        last one blocks the task."""
         if self._policy is None:
             raise ConfigurationError("releasing a task needs the lease policy")
         request = tool_request(idempotency_key, "release_task", task=str(ref), epoch=epoch)
@@ -275,24 +282,38 @@ class AgentWork:
                     f"{ref} is {task.status}; only a task under a lease can be released."
                 )
             now = self._clock()
+            # Past its free releases, an attempt is handed to the lease: no one is woken, and
+            # the lapse re-dispatches it as a counted attempt (or blocks it after the last).
+            at_lapse = await _releases(unit, task) >= MAX_RELEASES_PER_ATTEMPT
             [fresh] = await unit.next_epochs(1)
+            renewed = (task.last_progress_at or now) if at_lapse else now
             released = await unit.compare_and_set(
                 task.id,
                 {"status": task.status, "lease_epoch": epoch, "claimed_by": agent},
-                {"lease_epoch": fresh, "last_progress_at": now, "awaiting_input_since": None},
+                {"lease_epoch": fresh, "last_progress_at": renewed, "awaiting_input_since": None},
                 now,
             )
             if released is None:
                 raise Conflict(f"{ref} changed while it was being released; try again.")
-            data = {"agent": agent, "attempt": task.attempts, "epoch": epoch, "new_epoch": fresh}
+            data: dict[str, object] = {
+                "agent": agent,
+                "attempt": task.attempts,
+                "epoch": epoch,
+                "new_epoch": fresh,
+            }
+            if at_lapse:
+                data["at_lapse"] = True
             event = NewEvent(task.id, EventKind.RELEASED, Actor.agent(agent), now, data)
             await unit.append_events([event])
-            await unit.enqueue_wakeups([(task.id, agent, WakeReason.REDISPATCH, fresh)], now)
-            policy = (await load_policy_book(unit, self._policy)).for_channel(task.channel_id)
-            again = outbox.directive(
-                released, policy, self._new_key(), redispatch=True, released=True
-            )
-            await unit.enqueue([again, outbox.card_update(released, self._new_key())], now)
+            effects = [outbox.card_update(released, self._new_key())]
+            if not at_lapse:
+                await unit.enqueue_wakeups([(task.id, agent, WakeReason.REDISPATCH, fresh)], now)
+                policy = (await load_policy_book(unit, self._policy)).for_channel(task.channel_id)
+                again = outbox.directive(
+                    released, policy, self._new_key(), redispatch=True, released=True
+                )
+                effects.insert(0, again)
+            await unit.enqueue(effects, now)
             await record_result(unit, agent, request, {"epoch": fresh})
             return released
 
@@ -411,3 +432,12 @@ async def _first_artifact(unit: Unit, first: RecordedRequest) -> Artifact:
     if artifact is None:
         raise Conflict("The artifact this idempotency_key added cannot be read; try again.")
     return artifact
+
+
+async def _releases(unit: Unit, task: Task) -> int:
+    """How many times the task's current attempt was released."""
+    return sum(
+        1
+        for event in await unit.list_events(task.id)
+        if event.kind == EventKind.RELEASED and event.data.get("attempt") == task.attempts
+    )

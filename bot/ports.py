@@ -348,7 +348,8 @@ class ToolServerWrites(Protocol):
 
     async def upsert_tool_server(self, agent: str, server: ToolServer, at: datetime) -> bool:
         """Stores ``server`` under its label (replacing one of the same label); False when
-        there is no agent ``agent``."""
+        there is no agent ``agent``. Locks the agent until the transaction ends, so adds to one
+        agent take turns and the book's count after the add holds its limit."""
         ...
 
     async def delete_tool_server(self, agent: str, label: str) -> bool:

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from bot.agent_work import MAX_RELEASES_PER_ATTEMPT
 from bot.outbox import OutboxKind
 from bot.root import Core
 from bot.status import TaskStatus
@@ -13,6 +14,7 @@ from bot.task import Actor, EventKind, Task
 from bot.tools import Done, Refusal, Refused, TaskTools, ToolResult
 from bot.views import task_view
 from bot.work import WakeReason
+from channels.slack.replies import explain_event
 from tests.conftest import FakeClock
 
 ALICE = "U_ALICE"
@@ -167,6 +169,64 @@ async def test_releasing_dispatches_the_task_again_at_once_at_a_new_epoch(
     payload = directive.payload
     assert (payload["redispatch"], payload["released"]) == (True, True)
     assert (payload["epoch"], payload["attempt"]) == (released.lease_epoch, 1)
+
+
+async def release_n(core: Core, task: Task, times: int) -> Task:
+    """Releases the task's attempt ``times`` times, each at the epoch the last one left."""
+    for _ in range(times):
+        done(await tools(core).release_task(str(task.ref), (await current(core, task)).lease_epoch))
+    return await current(core, task)
+
+
+async def test_releases_past_the_free_ones_leave_the_attempt_to_its_lapse_which_counts_it(
+    core: Core, task: Task, clock: FakeClock
+) -> None:
+    """Workers that always hand a task back cannot keep it circling: after
+    MAX_RELEASES_PER_ATTEMPT releases of one attempt, a release wakes no one and posts no
+    directive, the lease keeps running from the last release, and its lapse re-dispatches the
+    task as a counted attempt (whose releases are free again); the last attempt's lapse blocks
+    it, assignee kept."""
+    async with core.store.transaction() as unit:
+        await unit.consume_wakeups("coder", clock.now)
+    await release_n(core, task, MAX_RELEASES_PER_ATTEMPT)
+    async with core.store.transaction() as unit:
+        assert len(await unit.consume_wakeups("coder", clock.now)) == MAX_RELEASES_PER_ATTEMPT
+    directives = (await outbox_kinds(core, task)).count(OutboxKind.DIRECTIVE)
+    last_released = (await current(core, task)).last_progress_at
+    clock.advance(60)
+
+    held_back = await release_n(core, task, 1)
+
+    assert (held_back.claimed_by, held_back.attempts) == ("coder", 1)
+    assert held_back.last_progress_at == last_released  # the lease was not renewed
+    async with core.store.transaction() as unit:
+        assert await unit.consume_wakeups("coder", clock.now) == []
+    assert (await outbox_kinds(core, task)).count(OutboxKind.DIRECTIVE) == directives
+    async with core.store.read() as reader:
+        releases = [e for e in await reader.list_events(task.id) if e.kind == EventKind.RELEASED]
+    assert [e.data.get("at_lapse", False) for e in releases] == [False] * 3 + [True]
+    said = [explain_event(e, {}) for e in releases[-2:]]
+    assert "dispatched again at lease epoch" in said[0]
+    assert "dispatched again only when its lease lapses" in said[1]
+
+    clock.advance(600)  # the lease lapses: a re-dispatch, counted
+    report = await core.reconciler.reconcile_stale_tasks()
+    assert report.redispatched == [task.ref]
+    again = await current(core, task)
+    assert (again.attempts, again.claimed_by) == (2, "coder")
+    second = await release_n(core, task, 1)  # a new attempt's releases are free again
+    assert second.last_progress_at == clock.now
+
+    await release_n(core, task, MAX_RELEASES_PER_ATTEMPT)  # the last attempt circles too
+    clock.advance(601)
+    report = await core.reconciler.reconcile_stale_tasks()
+    assert report.blocked == [task.ref]
+    blocked = await current(core, task)
+    assert (blocked.status, blocked.claimed_by, blocked.assignee) == (
+        TaskStatus.BLOCKED,
+        None,
+        "coder",
+    )
 
 
 async def test_after_a_release_the_old_attempts_calls_are_refused_as_superseded(
