@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.machine import Machine
+from bench.sections import write_section
 from bot.logging import configure_logging
 from bot.task import EventKind, TaskRef
 from channels.agent_cli.process import group_alive
@@ -187,16 +188,6 @@ def section(run: Run) -> str:
     return "\n".join([START, "", *lines, "", END])
 
 
-def write_section(path: Path, run: Run) -> None:
-    """Replaces the text between the markers in ``path``, or appends the section at its end."""
-    text = path.read_text()
-    before, found, rest = text.partition(START)
-    if not found:
-        path.write_text(text.rstrip("\n") + f"\n\n{TITLE}\n\n{section(run)}\n")
-        return
-    path.write_text(before + section(run) + rest.partition(END)[2])
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.agent_cli",
@@ -226,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     run.load_after = " ".join(f"{n:.2f}" for n in os.getloadavg())
     text = section(run)
     if args.write is not None:
-        write_section(args.write, run)
+        write_section(args.write, TITLE, START, END, text)
     print(f"\n{text}")
     gone = [t.gone_s for t in run.trials]
     return 0 if percentile(gone, 99) < GONE_TARGET_S else 1

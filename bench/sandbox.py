@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.machine import Machine
+from bench.sections import write_section
 from tests.sandbox.process import SandboxProcess
 
 TITLE = "## The sandbox: start-up, and assign -> in review in the page (issue 13)"
@@ -162,16 +163,6 @@ def section(run: Run) -> str:
     return "\n".join([START, "", *lines, "", END])
 
 
-def write_section(path: Path, run: Run) -> None:
-    """Replaces the text between the markers in ``path``, or appends the section at its end."""
-    text = path.read_text()
-    before, found, rest = text.partition(START)
-    if not found:
-        path.write_text(text.rstrip("\n") + f"\n\n{TITLE}\n\n{section(run)}\n")
-        return
-    path.write_text(before + section(run) + rest.partition(END)[2])
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.sandbox",
@@ -192,9 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     time_reviews(run.paced, args.trials, "0.04")
     time_reviews(run.unpaced, args.trials, "0")
     run.load_after = " ".join(f"{n:.2f}" for n in os.getloadavg())
+    text = section(run)
     if args.write is not None:
-        write_section(args.write, run)
-    print(section(run))
+        write_section(args.write, TITLE, START, END, text)
+    print(text)
     return 0 if max(run.fresh + run.restart) < START_TARGET_S else 1
 
 

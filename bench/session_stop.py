@@ -47,6 +47,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from bench.machine import Machine
+from bench.sections import write_section
 from bench.session_rig import (
     BUILT_IN,
     EXTERNAL,
@@ -267,16 +268,6 @@ def section(run: Run) -> str:
     return "\n".join([START, "", *lines, "", END])
 
 
-def write_section(path: Path, run: Run) -> None:
-    """Replaces the text between the markers in ``path``, or appends the section at its end."""
-    text = path.read_text()
-    before, found, rest = text.partition(START)
-    if not found:
-        path.write_text(text.rstrip("\n") + f"\n\n{TITLE}\n\n{section(run)}\n")
-        return
-    path.write_text(before + section(run) + rest.partition(END)[2])
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.session_stop",
@@ -313,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(text)
     if args.write is not None:
-        write_section(args.write, run)
+        write_section(args.write, TITLE, START, END, section(run))
     print(f"\n{text}\nwrote {args.results}" + (f" and {args.write}" if args.write else ""))
     passed = all(met(run, key) for key in TARGETS) and all(life.passed for life in run.lives)
     return 0 if passed else 1

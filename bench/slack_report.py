@@ -10,6 +10,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from bench.machine import Machine
+from bench.sections import write_section
 from bench.slack_load import SLACK_ACK_DEADLINE, LoadResult, percentile
 
 #: threadwork's posts stored per second under sustained load, at least this share of the
@@ -116,16 +117,11 @@ class Run:
 
 
 def write(path: Path, run: Run) -> str:
-    """Replaces the generated part of ``path`` (creating the file if need be); returns it all."""
+    """Replaces the generated part of ``path`` (creating the file if need be); returns that
+    part."""
     generated = "\n\n".join([START, render(run), END])
-    text = path.read_text() if path.exists() else f"{TITLE}\n\n{START}\n{END}\n"
-    before, found, rest = text.partition(START)
-    if not found:
-        before, rest = text.rstrip("\n") + "\n\n", END + "\n"
-    after = rest.partition(END)[2]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(before + generated + after)
-    return path.read_text()
+    write_section(path, TITLE, START, END, generated)
+    return generated
 
 
 def render(run: Run) -> str:

@@ -41,6 +41,7 @@ from typing import Any
 from bench.agents_rig import AGENT, CHANNEL, MODEL, PERSON, Rig, open_rig
 from bench.agents_turns import steps_done, task_ref
 from bench.machine import Machine
+from bench.sections import write_section
 from bot.agents import AgentKind, AgentSettings
 from bot.logging import configure_logging
 from bot.task import Actor
@@ -265,16 +266,6 @@ def _median_share(config: Config) -> str:
     return pct(statistics.median(config.read_shares))
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replaces the text between the markers in ``path``, or appends the section at its end."""
-    current = path.read_text()
-    before, found, rest = current.partition(START)
-    if not found:
-        path.write_text(current.rstrip("\n") + f"\n\n{TITLE}\n\n{text}\n")
-        return
-    path.write_text(before + text + rest.partition(END)[2])
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.tool_servers",
@@ -303,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     load = " ".join(f"{n:.2f}" for n in os.getloadavg())
     text = section(configs, machine, command, date, load)
     if args.write is not None:
-        write_section(args.write, text)
+        write_section(args.write, TITLE, START, END, text)
     print(text)
     return 0
 

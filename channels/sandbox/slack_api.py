@@ -246,16 +246,12 @@ class SlackWebApi(StreamingMethods):
     def _chat_postMessage(self, args: Json) -> Json:
         if self._too_long(args):
             return {"ok": False, "error": "msg_too_long"}
-        message = {
-            "type": "message",
-            "channel": args["channel"],
-            "ts": self.next_ts(),
-            "user": BOT_USER,
-            "bot_id": BOT_ID,
-            "text": args.get("text", ""),
-            "blocks": args.get("blocks"),
-            "metadata": args.get("metadata"),
-        }
+        message = self._bot_message(
+            args["channel"],
+            text=args.get("text", ""),
+            blocks=args.get("blocks"),
+            metadata=args.get("metadata"),
+        )
         if args.get("thread_ts"):
             message["thread_ts"] = args["thread_ts"]
         if args.get("username"):  # chat:write.customize: an agent's post under its own name

@@ -24,6 +24,17 @@ class StreamingMethods:
     def next_ts(self) -> str:
         raise NotImplementedError  # the workspace's clock (SlackWebApi.next_ts)
 
+    def _bot_message(self, channel: str, **fields: Any) -> Json:
+        """A new message by the app in ``channel``, stamped with the next ts."""
+        return {
+            "type": "message",
+            "channel": channel,
+            "ts": self.next_ts(),
+            "user": BOT_USER,
+            "bot_id": BOT_ID,
+            **fields,
+        }
+
     def session_statuses(self, channel: str, thread_ts: str) -> list[str]:
         """Every status one thread's session showed, in order: set by agents.sessions.setStatus,
         or by chat.stopStream (its ``session_status``, else Slack's default, active)."""
@@ -64,17 +75,13 @@ class StreamingMethods:
         if not args.get("recipient_user_id") or not args.get("recipient_team_id"):
             missing = "user" if not args.get("recipient_user_id") else "team"
             return {"ok": False, "error": f"missing_recipient_{missing}_id"}
-        message = {
-            "type": "message",
-            "channel": args["channel"],
-            "ts": self.next_ts(),
-            "user": BOT_USER,
-            "bot_id": BOT_ID,
-            "thread_ts": args["thread_ts"],
-            "text": streamed(args),
-            "streaming": True,
-            "username": args.get("username"),
-        }
+        message = self._bot_message(
+            args["channel"],
+            thread_ts=args["thread_ts"],
+            text=streamed(args),
+            streaming=True,
+            username=args.get("username"),
+        )
         self.messages.append(message)
         return {"ok": True, "channel": args["channel"], "ts": message["ts"]}
 
