@@ -12,6 +12,10 @@ its first sending and sent with every retry: when the connection broke after the
 the call, the retry gets the first call's answer instead of posting (or attaching, or moving the
 task) a second time.
 
+A gateway in front of the service (a load balancer, a reverse proxy) that answers 502, 503 or
+504 with a page of its own, not the service's JSON-RPC, is taken for the service being away, as
+a dropped connection is: the call is sent again, with its key, once the service is back.
+
 Tool results become ``bot.tools`` values here: ``Done`` with the structured data, or
 ``Refused`` with the refusal its text starts with. A JSON-RPC error the service answers with
 (any other than the SDK's own for a lost connection or session) is a refusal too: the call
@@ -46,6 +50,8 @@ CONNECT_TIMEOUT_S = 10.0
 #: A long poll holds its response this long at most (wait_for_work's own cap is 300 s).
 READ_TIMEOUT_S = 330.0
 _REFUSALS = {r.value: r for r in Refusal}
+#: What a gateway answers for a service it cannot reach (one that is restarting, say).
+GATEWAY_AWAY = frozenset({502, 503, 504})
 #: What the SDK's client says when the service forgot the session (a 404 for a session id).
 SESSION_TERMINATED = "Session terminated"
 
@@ -56,6 +62,32 @@ def keyed(tool: str, arguments: Mapping[str, Any]) -> dict[str, Any]:
     if tool not in KEYED_TOOLS or "idempotency_key" in arguments:
         return dict(arguments)
     return dict(arguments) | {"idempotency_key": str(uuid.uuid4())}
+
+
+class ServiceAway(httpx2.TransportError):
+    """A gateway answered for the service: it is away, as if the connection had dropped."""
+
+
+class _GatewayAware(httpx2.AsyncBaseTransport):
+    """The network, where a gateway's answer that the service is away (``GATEWAY_AWAY``, with a
+    body that is not JSON) fails the request like a broken connection, so the call is sent again
+    rather than taken for the service's refusal. Closes the network only if it opened it."""
+
+    def __init__(self, network: httpx2.AsyncBaseTransport | None) -> None:
+        self._owned = network is None
+        self._network = network or httpx2.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        response = await self._network.handle_async_request(request)
+        kind = response.headers.get("content-type", "").lower()
+        if response.status_code in GATEWAY_AWAY and not kind.startswith("application/json"):
+            await response.aclose()
+            raise ServiceAway(f"a gateway answered {response.status_code}", request=request)
+        return response
+
+    async def aclose(self) -> None:
+        if self._owned:
+            await self._network.aclose()
 
 
 class TokenRefused(Exception):
@@ -157,7 +189,7 @@ class Link:
         try:
             async with (
                 httpx2.AsyncClient(
-                    headers=self._headers, timeout=timeout, transport=self._transport
+                    headers=self._headers, timeout=timeout, transport=_GatewayAware(self._transport)
                 ) as http,
                 Client(streamable_http_client(self._url, http_client=http)) as client,
             ):
