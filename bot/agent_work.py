@@ -237,6 +237,32 @@ class AgentWork:
             await unit.append_events([event])
         return True
 
+    async def report_unavailable_tools(
+        self, ref: TaskRef, agent: str, epoch: int, failures: dict[str, str], text: str
+    ) -> bool:
+        """Posts ``text`` in the thread, saying which of the agent's tool servers did not start
+        (``failures``: label -> why), once per task: a later run whose servers fail the same way
+        says nothing again. A notice, not progress (the lease is not renewed). False when it was
+        said before, or the run no longer holds the task."""
+        async with self._store.transaction() as unit:
+            task = await require_task(unit, ref)
+            if task.claimed_by != agent or task.lease_epoch != epoch:
+                return False
+            told = [
+                e
+                for e in await unit.list_events(task.id)
+                if e.kind == EventKind.TOOLS_UNAVAILABLE and e.data.get("failures") == failures
+            ]
+            if told:
+                return False
+            now = self._clock()
+            data = {"failures": failures, "epoch": epoch}
+            event = NewEvent(task.id, EventKind.TOOLS_UNAVAILABLE, Actor.agent(agent), now, data)
+            await unit.append_events([event])
+            await unit.enqueue([self._post(task, agent, storable(text)[:MAX_POST_CHARS])], now)
+        self._notify(frozenset(unit.queued))
+        return True
+
     async def report_liveness(self, ref: TaskRef, agent: str, epoch: int, output_tail: str) -> bool:
         """Marks the agent's attempt alive with the last lines its command printed (the card's
         output tail): at most one event and card update per 15 s per attempt, never progress

@@ -177,6 +177,8 @@ class EventKind(StrEnum):
     RELEASED = "released"
     #: A built-in agent called a tool of one of its MCP tool servers; liveness, not progress.
     TOOL_CALLED = "tool_called"
+    #: Some of a built-in agent's tool servers did not start for a run; said once per task.
+    TOOLS_UNAVAILABLE = "tools_unavailable"
 
 
 @dataclass(frozen=True)

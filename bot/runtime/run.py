@@ -149,7 +149,8 @@ class AgentRun:
     @asynccontextmanager
     async def _tool_servers(self) -> AsyncIterator[None]:
         """The agent's tool servers, open while the run lasts; those that did not start are
-        reported once in the thread, and the run goes on with the tools it has."""
+        reported in the thread (once per task for the same failures), and the run goes on with
+        the tools it has."""
         if self.servers is None:
             yield
             return
@@ -157,7 +158,11 @@ class AgentRun:
             self.box = box
             self.specs = [*self.specs, *box.specs]
             if box.failures:
-                await self._say(_failures_text(self.agent, box.failures))
+                failures = {f.label: f.reason for f in box.failures}
+                text = _failures_text(self.agent, box.failures)
+                await self.work.report_unavailable_tools(
+                    self.ref, self.agent, self.epoch, failures, text
+                )
             yield
 
     async def _loop(self) -> str:

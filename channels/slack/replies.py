@@ -189,6 +189,9 @@ def explain_event(event: TaskEvent, agents: dict[str, Agent]) -> str:
             return f"{who} sent its dead {data.get('kind')} again (outbox row {data.get('outbox_id')})."
         case EventKind.OUTBOX_DROPPED:
             return f"{who} dropped its {data.get('kind')} (outbox row {data.get('outbox_id')}); it is never sent."
+        case EventKind.TOOLS_UNAVAILABLE:
+            labels = ", ".join(f"`{_text(label)}`" for label in data.get("failures") or {})
+            return f"{who} worked on without tool servers that did not start: {labels}."
         case EventKind.RELEASED if data.get("at_lapse"):
             return (
                 f"{who}'s worker handed attempt {_text(data.get('attempt'))} back again; "

@@ -177,6 +177,36 @@ async def test_a_tool_server_that_does_not_start_is_reported_once_and_the_run_go
     assert (await rt.task(task)).status == TaskStatus.IN_REVIEW
 
 
+async def test_a_server_failing_at_every_run_is_reported_once_per_task_and_renews_nothing(
+    runtime: Runtime, repository: Path, clock: FakeClock
+) -> None:
+    """The first run says the server did not start, without renewing the lease; the run after
+    the lapse's re-dispatch, with the server failing the same way, says nothing again."""
+    rt = runtime
+    await add_server(rt, "broken", "stdio", "no-such-mcp-server")
+    task = await assigned(rt)
+    rt.anthropic.script(Hang())
+    await rt.runner.run_once()
+    async with asyncio.timeout(WAIT_S):
+        await rt.anthropic.until_hung(1)
+    [warning] = await posts(rt, task)
+    assert "• `broken`:" in warning
+    assert (await rt.task(task)).last_progress_at == task.last_progress_at  # not progress
+    [told] = await events(rt, task, EventKind.TOOLS_UNAVAILABLE)
+    assert list(told.data["failures"]) == ["broken"]
+
+    clock.advance(601)
+    report = await rt.core.reconciler.reconcile_stale_tasks()
+    assert [str(r) for r in report.redispatched] == [str(task.ref)]
+    rt.anthropic.script(Reply([Text("Done without it."), status(task, "in_review", "done")]))
+    await settle(rt)
+
+    assert await posts(rt, task) == [warning, "Done without it."]
+    assert len(await events(rt, task, EventKind.TOOLS_UNAVAILABLE)) == 1
+    final = await rt.task(task)
+    assert (final.status, final.attempts) == (TaskStatus.IN_REVIEW, 2)
+
+
 async def test_a_server_the_operator_no_longer_permits_is_not_started_and_reported_so(
     agents_db: str, anthropic: AnthropicStandIn, clock: FakeClock, repository: Path, tmp_path: Path
 ) -> None:
