@@ -18,8 +18,9 @@ from bench.agents_rig import AGENT, Rig, open_rig
 from bench.agents_standin_process import standin_process
 from bot.runtime.model import AgentModel, ToolSpec
 from bot.task import Task
-from bot.tools import RUNTIME_TOOLS, Done, TaskTools, build_tool_server
+from bot.tools import RUNTIME_TOOLS, Done, TaskTools
 from bot.work import Usage
+from channels.mcp.task_server import build_tool_server
 
 Call = Callable[[int], Awaitable[object]]
 

@@ -162,4 +162,4 @@ async def write_person_messages(rig: Rig, task_id: int, count: int, start: int) 
         )
         ts = f"{1767600000 + 10 * task_id + n / 10_000:.6f}"  # unique per channel
         message = ThreadMessage(task_id, CHANNEL, ts, PERSON, text, utc_now())
-        await rig.core.board.record_thread_message(message, agent=None)
+        await rig.core.thread_posts.record_thread_message(message, agent=None)

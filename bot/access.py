@@ -5,7 +5,7 @@ cannot see is answered exactly like a task that does not exist. Changing a task 
 membership; closing it (cancel, done, reassigning it away from its agent) is for the task's
 creator, its assigner and threadwork admins, unless the channel's policy opens it to every
 member. Agents are not people: their calls are gated by the task's claim and epoch instead
-(``bot.board.check_claim``). The service itself and the operator's CLI act as the system.
+(``bot.guards.check_claim``). The service itself and the operator's CLI act as the system.
 """
 
 from collections.abc import Collection

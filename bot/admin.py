@@ -7,7 +7,7 @@ decided here, in the core, once. The operator's CLI acts as the system, which is
 
 from bot.access import Access, Closers
 from bot.agents import Agent, AgentKind, AgentSettings
-from bot.board import Board
+from bot.channel_policies import ChannelPolicies
 from bot.dead_letters import DeadLetters, OutboxReview
 from bot.errors import NotAllowed
 from bot.outbox import OutboxRow
@@ -31,14 +31,14 @@ class AdminDesk:
         self,
         access: Access,
         registry: AgentRegistry,
-        board: Board,
+        channel_policies: ChannelPolicies,
         reconciler: Reconciler,
         queries: TaskQueries,
         dead_letters: DeadLetters,
     ) -> None:
         self._access = access
         self._registry = registry
-        self._board = board
+        self._channel_policies = channel_policies
         self._reconciler = reconciler
         self._queries = queries
         self._dead_letters = dead_letters
@@ -115,13 +115,13 @@ class AdminDesk:
     ) -> PolicyBook:
         """Changes ``channel_id``'s policy; None leaves a value as it is."""
         await self.require_admin(by)
-        return await self._board.set_channel_policy(
+        return await self._channel_policies.set_channel_policy(
             channel_id, by.id, lease_ttl_s, max_attempts, agents_may_close, closers
         )
 
     async def policies(self, by: Actor) -> PolicyBook:
         await self.require_admin(by)
-        return await self._board.policies()
+        return await self._channel_policies.policies()
 
     async def reconcile(self, by: Actor) -> ReconcileReport:
         """One reconcile tick now, as the scheduler would run it."""

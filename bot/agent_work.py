@@ -11,13 +11,14 @@ from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
 from bot import outbox
-from bot.board import check_claim, new_key, require_task
 from bot.clock import Clock
 from bot.errors import ConfigurationError, Conflict, IllegalTransition, InvalidInput
+from bot.guards import check_claim, require_task
 from bot.metrics import Metrics, NoMetrics
 from bot.outbox import OutboxKind, OutboxMessage
 from bot.policy import load_policy_book
-from bot.ports import RecordedRequest, Store, Unit
+from bot.ports import Store, Unit
+from bot.ports.tool_requests import RecordedRequest
 from bot.session import SessionStatus, session_status
 from bot.signal import Notify, ignore
 from bot.task import (
@@ -86,7 +87,7 @@ class AgentWork:
         self,
         store: Store,
         clock: Clock,
-        new_key: Callable[[], str] = new_key,
+        new_key: Callable[[], str] = outbox.new_key,
         notify: Notify = ignore,
         metrics: Metrics | None = None,
         *,

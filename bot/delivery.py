@@ -1,9 +1,9 @@
 """Outbox delivery: claims rows, paces them, delivers, settles, retries or parks.
 
 Platform-neutral: a Deliverer performs one row and raises DeliveryFailed to say whether and how
-to retry. Rows are claimed head-of-thread only, so a thread's side effects land in the order
-written; a row the platform refuses for good is parked as dead, and the rest of its thread goes
-on without it.
+to retry (``bot.outbox_retries`` retries or parks the row). Rows are claimed head-of-thread
+only, so a thread's side effects land in the order written; a row the platform refuses for good
+is parked as dead, and the rest of its thread goes on without it.
 
 Pacing follows the platform's limits (Slack's): a channel's new posts about one a second, and
 the workspace's card updates about fifty a minute, each a token bucket that allows short bursts
@@ -16,8 +16,6 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
-from enum import StrEnum
 from typing import NamedTuple, Protocol
 
 import structlog
@@ -26,11 +24,12 @@ from bot.budget import Rate
 from bot.clock import Clock
 from bot.metrics import Metrics, NoMetrics
 from bot.outbox import OutboxKind, OutboxRow
+from bot.outbox_retries import DeliveryFailed, Log, OutboxRetries
 from bot.pacing import Pace, SharedPace
-from bot.ports import OutboxQueue
+from bot.ports.outbox import OutboxQueue
 from bot.session import SessionStatus
 from bot.signal import work_loop
-from bot.task import Actor, EventKind, NewEvent, TaskRef
+from bot.task import TaskRef
 
 logger = structlog.get_logger(__name__)
 
@@ -50,10 +49,6 @@ POSTING_KINDS = frozenset(
 CHANNEL_POSTS = Rate(per_minute=60, burst=3)
 #: Slack's chat.update limit (Tier 3, per workspace): about 50 a minute, short bursts allowed.
 WORKSPACE_UPDATES = Rate(per_minute=50, burst=10)
-#: Who parks a row as dead, in its task's history.
-OUTBOX_ACTOR = Actor.system("outbox")
-
-Log = structlog.typing.FilteringBoundLogger
 
 
 @dataclass(frozen=True)
@@ -66,39 +61,6 @@ class Delivered:
     skipped: bool = False
     #: The status the task's agent session was set to along the way, if any.
     session: SessionStatus | None = None
-
-
-class Retry(StrEnum):
-    """Whether a failed row is worth another attempt, and what kind."""
-
-    #: Later, after Retry-After or a back-off: a rate limit, server trouble, a lost answer.
-    LATER = "later"
-    #: At once, with a shortened text: the message was too long. A second refusal is final.
-    SHORTENED = "shortened"
-    #: Never: the platform refuses this row for good (archived channel, invalid blocks ...).
-    NEVER = "never"
-
-
-class DeliveryFailed(Exception):
-    """A delivery that did not happen (or may have): whether and when to retry, and whether it
-    is unsure."""
-
-    def __init__(
-        self,
-        reason: str,
-        retry_after: float | None = None,
-        uncertain: bool = False,
-        retry: Retry = Retry.LATER,
-        rate_limited: bool = False,
-    ):
-        super().__init__(reason)
-        self.reason = reason
-        self.retry_after = retry_after
-        self.uncertain = uncertain
-        self.retry = retry
-        #: The platform's rate limit refused the call: the row's whole lane waits
-        #: ``retry_after``, not only the row.
-        self.rate_limited = rate_limited
 
 
 class Deliverer(Protocol):
@@ -176,7 +138,7 @@ class OutboxDelivery:
         self._clock = clock
         self._worker = worker
         self._settings = settings or DeliverySettings()
-        self._rand = rand
+        self._retries = _retries(queue, clock, worker, self._settings, rand)
         self._sleep = sleep
         self._monotonic = monotonic
         self._metrics = metrics or NoMetrics()
@@ -361,10 +323,10 @@ class OutboxDelivery:
             if failure.rate_limited and failure.retry_after is not None and pace is not None:
                 pace.pause(failure.retry_after)
                 log.warning("outbox.lane_paused", seconds=failure.retry_after)
-            await self._settle_failure(row, failure, log)
+            await self._retries.settle_failure(row, failure, log)
         except Exception as exc:
             log.exception("outbox.delivery_error")
-            await self._unexplained(row, exc, log)
+            await self._retries.settle_unexplained(row, exc, log)
         else:
             followed = await self._record(row, lane, delivered, log)
         self._unsettled.discard(row.id)
@@ -402,65 +364,27 @@ class OutboxDelivery:
                 self._count_coalesced(recorded.next_row)
         return recorded.settled
 
-    async def _unexplained(self, row: OutboxRow, error: Exception, log: Log) -> None:
-        """An unexpected error is a bug, not weather: retried (as possibly half done) a few
-        times, then parked, so it stops holding up its thread."""
-        failure = DeliveryFailed(f"error: {type(error).__name__}", uncertain=True)
-        if row.attempts >= self._settings.max_unexplained_attempts:
-            await self._park(row, failure, log)
-        else:
-            await self._retry(row, failure, log)
-
-    async def _settle_failure(self, row: OutboxRow, failure: DeliveryFailed, log: Log) -> None:
-        """Retries later, retries at once shortened (the first time a row is too long), or
-        parks the row as dead."""
-        if failure.retry == Retry.LATER:
-            await self._retry(row, failure, log)
-        elif failure.retry == Retry.SHORTENED and not row.shortened:
-            await self._retry(row, failure, log, delay=0.0, shortened=True)
-        else:
-            await self._park(row, failure, log)
-
-    async def _retry(
-        self,
-        row: OutboxRow,
-        failure: DeliveryFailed,
-        log: Log,
-        delay: float | None = None,
-        shortened: bool = False,
-    ) -> None:
-        if delay is None:
-            delay = failure.retry_after
-        if delay is None:
-            delay = self._backoff(row.attempts)
-        at = self._clock() + timedelta(seconds=delay)
-        await self._queue.release_for_retry(
-            row.id, self._worker, at, failure.reason, failure.uncertain, shortened
-        )
-        log.warning(
-            "outbox.retry",
-            reason=failure.reason,
-            delay_s=round(delay, 3),
-            attempt=row.attempts,
-            shortened=shortened or row.shortened,
-        )
-
-    async def _park(self, row: OutboxRow, failure: DeliveryFailed, log: Log) -> None:
-        """Parks ``row`` as dead with the platform's error, recorded in its task's history."""
-        data = {"outbox_id": row.id, "kind": row.kind.value, "error": failure.reason[:200]}
-        event = NewEvent(row.task_id, EventKind.OUTBOX_DEAD, OUTBOX_ACTOR, self._clock(), data)
-        if await self._queue.mark_dead(row.id, self._worker, failure.reason, event):
-            log.error("outbox.dead", reason=failure.reason, attempt=row.attempts)
-        else:
-            log.warning("outbox.claim_lost", reason=failure.reason)
-
-    def _backoff(self, attempts: int) -> float:
-        """Exponential back-off with jitter: base * 2^(n-1), capped, times 0.5 to 1.5."""
-        raw = self._settings.backoff_base * float(2 ** max(0, attempts - 1))
-        return min(self._settings.backoff_cap, raw) * (0.5 + self._rand())
-
 
 def _bucket(lane: Lane) -> str:
     """The shared bucket a lane's calls take from: its channel's posts, or the workspace's
     card updates."""
     return "slack_updates" if lane.updates else f"slack_posts:{lane.channel_id}"
+
+
+def _retries(
+    queue: OutboxQueue,
+    clock: Clock,
+    worker: str,
+    settings: DeliverySettings,
+    rand: Callable[[], float],
+) -> OutboxRetries:
+    """The retries and parking of ``worker``'s failed rows, with the back-off ``settings``."""
+    return OutboxRetries(
+        queue,
+        clock,
+        worker,
+        backoff_base=settings.backoff_base,
+        backoff_cap=settings.backoff_cap,
+        max_unexplained_attempts=settings.max_unexplained_attempts,
+        rand=rand,
+    )

@@ -12,7 +12,7 @@ from enum import StrEnum
 from bot.clock import Clock
 from bot.outbox import OutboxKind, OutboxState
 from bot.policy import load_policy_book
-from bot.ports import GaugeReader, GaugeStore
+from bot.ports.gauges import GaugeReader, GaugeStore
 from bot.task import LeasePolicy
 
 

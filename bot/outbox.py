@@ -1,5 +1,7 @@
 """Outbox messages: the chat side effects of a state change, written in the same transaction."""
 
+import secrets
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -110,6 +112,12 @@ class OutboxMessage:
     task_id: int
     kind: OutboxKind
     payload: dict[str, Any] = field(default_factory=dict)
+
+
+def new_key() -> str:
+    """A fresh outbox key: time-ordered (new keys land at the end of the unique index, not on
+    a random page of it) then 64 random bits; 32 hex digits."""
+    return f"{time.time_ns():016x}{secrets.randbits(64):016x}"
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ from datetime import datetime, timedelta
 
 from bot.access import Access
 from bot.agents import Agent
-from bot.board import require_task
 from bot.clock import Clock
+from bot.guards import require_task
 from bot.outbox import OutboxKind, OutboxRow
 from bot.policy import PolicyBook, load_policy_book
 from bot.ports import Reader, Store

@@ -17,10 +17,10 @@ from typing import Protocol
 import structlog
 
 from bot import outbox
-from bot.board import new_key
 from bot.clock import Clock
 from bot.policy import PolicyBook, load_policy_book
-from bot.ports import Store, TickLock, Unit
+from bot.ports import Store, Unit
+from bot.ports.tick_lock import TickLock
 from bot.signal import EVERYTHING, Notify, ignore
 from bot.task import Actor, EventKind, LeasePolicy, NewEvent, Task, TaskRef, is_stale
 from bot.work import WakeReason
@@ -87,7 +87,7 @@ class Reconciler:
         store: Store,
         clock: Clock,
         policy: LeasePolicy,
-        new_key: Callable[[], str] = new_key,
+        new_key: Callable[[], str] = outbox.new_key,
         probe: ProgressProbe | None = None,
         batch_size: int = 1000,
         max_per_tick: int = 100_000,

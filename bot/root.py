@@ -38,8 +38,9 @@ from starlette.types import ASGIApp
 from bot.access import Access, AdminList, ConfiguredAdmins, EveryoneIsMember, Membership
 from bot.admin import AdminDesk
 from bot.agent_work import AgentWork
-from bot.board import Board, new_key
+from bot.board import Board
 from bot.budget import SLACK_HISTORY, Budget, Rate, SharedBudget
+from bot.channel_policies import ChannelPolicies
 from bot.clock import Clock, utc_now
 from bot.dead_letters import DeadLetters
 from bot.delivery import Deliverer, DeliverySettings, OutboxDelivery
@@ -49,8 +50,9 @@ from bot.inbox import ReplyInbox
 from bot.limits import CallBudget
 from bot.metrics import Metrics, NoMetrics
 from bot.model_hosts import ModelHosts
+from bot.outbox import new_key
 from bot.pacing import SharedPace
-from bot.ports import TickLock
+from bot.ports.tick_lock import TickLock
 from bot.queries import TaskQueries
 from bot.reconcile import ProgressProbe, Reconciler
 from bot.registry import AgentRegistry
@@ -61,8 +63,9 @@ from bot.secrets import SecretBox
 from bot.settings import Settings
 from bot.signal import ChangeSignal, Queued
 from bot.supervisor import Supervisor
+from bot.thread_posts import ThreadPosts
 from bot.tool_server_policy import ToolServerPolicy
-from bot.tools import POLL_S, TaskTools, ToolsFor, build_tool_server, make_caller_factory
+from bot.tools import POLL_S, TaskTools, ToolsFor, make_caller_factory
 from bot.workers import FencedDeliverer, Liveness
 from channels.health import Check, database_check, health_routes
 from channels.mcp.asgi import AsgiMount
@@ -74,6 +77,7 @@ from channels.mcp.server import (
     build_mcp_server,
     transport_security,
 )
+from channels.mcp.task_server import build_tool_server
 from channels.mcp.tool_client import McpToolConnector
 from channels.metrics import PrometheusMetrics, metrics_routes
 from channels.slack.adapter_http import slack_routes
@@ -155,6 +159,8 @@ class Core:
     clock: Clock
     signal: ChangeSignal
     board: Board
+    thread_posts: ThreadPosts
+    channel_policies: ChannelPolicies
     registry: AgentRegistry
     work: AgentWork
     queries: TaskQueries
@@ -224,9 +230,13 @@ def build_core(
     )
     access = _access(settings, overrides, client, registry)
     board = Board(store, clock, policy, overrides.new_key, notify=signal.notify, access=access)
+    thread_posts = ThreadPosts(store, clock, overrides.new_key, notify=signal.notify)
+    channel_policies = ChannelPolicies(store, clock, policy, notify=signal.notify)
     history_rate = Rate.per_minute_bursting(settings.slack_history_per_minute)
     history_budget = SharedBudget(store, SLACK_HISTORY, history_rate, clock)
-    probe = SlackThreadProbe(client, registry, board, clock, history_budget) if client else None
+    probe = (
+        SlackThreadProbe(client, registry, thread_posts, clock, history_budget) if client else None
+    )
     queries = TaskQueries(store, clock, policy, access)
     signal.subscribe(queries.forget_directory, to=Queued.DIRECTORY)
     reconciler = build_reconciler(store, settings, signal, overrides, probe)
@@ -238,6 +248,8 @@ def build_core(
         clock=clock,
         signal=signal,
         board=board,
+        thread_posts=thread_posts,
+        channel_policies=channel_policies,
         registry=registry,
         work=AgentWork(
             store, clock, overrides.new_key, notify=signal.notify, metrics=metrics, policy=policy
@@ -245,7 +257,7 @@ def build_core(
         queries=queries,
         reconciler=reconciler,
         dead_letters=dead_letters,
-        admin=AdminDesk(access, registry, board, reconciler, queries, dead_letters),
+        admin=AdminDesk(access, registry, channel_policies, reconciler, queries, dead_letters),
         history_budget=history_budget,
         metrics=metrics,
         poll_s=overrides.poll_s,
@@ -578,7 +590,7 @@ def _wire_slack(
     """Outbox delivery, the inbox, the Bolt app and its gateway, around the core."""
     settings = core.settings
     deliverer: Deliverer = SlackDeliverer(
-        client, core.queries, core.board, core.clock, budget=core.history_budget
+        client, core.queries, core.thread_posts, core.clock, budget=core.history_budget
     )
     if overrides.run_loops:  # tests that drive delivery by hand also drive the heartbeat
         deliverer = FencedDeliverer(deliverer, liveness)
@@ -593,7 +605,9 @@ def _wire_slack(
     )
     core.signal.subscribe(delivery.wake, to=Queued.OUTBOX)
 
-    inbox = ReplyInbox(partial(store_replies, core.board), supervisor, is_transient=is_transient)
+    inbox = ReplyInbox(
+        partial(store_replies, core.thread_posts), supervisor, is_transient=is_transient
+    )
     services = SlackServices(
         board=core.board,
         registry=core.registry,

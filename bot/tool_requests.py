@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from bot.errors import Conflict, InvalidInput
-from bot.ports import RecordedRequest, ToolRequestWrites
+from bot.ports.tool_requests import RecordedRequest, ToolRequestWrites
 
 #: The agent tools that change things, which take an ``idempotency_key``.
 KEYED_TOOLS = frozenset({"post_update", "add_artifact", "update_task_status", "release_task"})

@@ -21,8 +21,9 @@ import structlog
 
 from bot.claims import Released
 from bot.clock import Clock
-from bot.delivery import Delivered, Deliverer, DeliveryFailed
+from bot.delivery import Delivered, Deliverer
 from bot.outbox import OutboxRow
+from bot.outbox_retries import DeliveryFailed
 from bot.ports import Store
 from bot.signal import Notify, ignore
 

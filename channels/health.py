@@ -5,7 +5,7 @@ from collections.abc import Awaitable, Callable, Mapping
 import structlog
 from aiohttp import web
 
-from bot.ports import Health
+from bot.ports.health import Health
 
 logger = structlog.get_logger(__name__)
 

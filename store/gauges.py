@@ -8,7 +8,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.outbox import OutboxKind
-from bot.ports import LeaseCounts, OutboxBacklog
+from bot.ports.gauges import LeaseCounts, OutboxBacklog
 from store.database import read_transaction
 from store.reader import SqlReader
 from store.schema import LEASED_SQL, OPEN_OUTBOX_SQL, outbox, tasks, workers
@@ -29,7 +29,7 @@ LEASES = (
 
 
 class SqlGaugeReader(SqlReader):
-    """Implements ``bot.ports.GaugeReader`` over one open connection."""
+    """Implements ``bot.ports.gauges.GaugeReader`` over one open connection."""
 
     async def list_outbox_backlog(self) -> list[OutboxBacklog]:
         return [
@@ -47,7 +47,7 @@ class SqlGaugeReader(SqlReader):
 
 
 class SqlGauges:
-    """Implements ``bot.ports.GaugeStore`` on an engine it does not own."""
+    """Implements ``bot.ports.gauges.GaugeStore`` on an engine it does not own."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine

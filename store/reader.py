@@ -9,7 +9,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from bot.agents import Agent
 from bot.outbox import OPEN_STATES, OutboxState
 from bot.policy import ChannelPolicy
-from bot.ports import BoardStats, StoredSecret
+from bot.ports.agents import StoredSecret
+from bot.ports.tasks import BoardStats
 from bot.status import TERMINAL_STATUSES, TaskStatus
 from bot.task import Actor, EventKind, Task, TaskEvent, TaskRef, ThreadMessage
 from store.agent_work import AgentWorkReads

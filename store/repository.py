@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.budget import Rate
 from bot.outbox import OutboxRow
-from bot.ports import Recorded
+from bot.ports.outbox import Recorded
 from bot.session import SessionStatus
 from bot.signal import Queued
 from bot.task import NewEvent
@@ -21,7 +21,8 @@ from store.unit import SqlUnit
 
 
 class SqlStore:
-    """Implements ``bot.ports.Store`` and ``bot.ports.OutboxQueue``. It does not own the engine."""
+    """Implements ``bot.ports.Store`` and ``bot.ports.outbox.OutboxQueue``. It does not own the
+    engine."""
 
     def __init__(self, engine: AsyncEngine, sender: str = "") -> None:
         self.engine = engine

@@ -16,8 +16,8 @@ RECONCILE_LOCK_KEY = int.from_bytes(b"tw:recon", "big")
 
 
 class AdvisoryLock:
-    """Implements ``bot.ports.TickLock`` with ``pg_try_advisory_lock`` on a connection of the
-    engine's checked out for the tick.
+    """Implements ``bot.ports.tick_lock.TickLock`` with ``pg_try_advisory_lock`` on a connection
+    of the engine's checked out for the tick.
 
     The lock is the session's, so it would outlive the tick on a pooled connection: it is
     released with ``pg_advisory_unlock`` when the tick ends, and a connection whose unlock

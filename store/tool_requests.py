@@ -6,13 +6,13 @@ from datetime import datetime
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bot.ports import RecordedRequest
+from bot.ports.tool_requests import RecordedRequest
 from store.dialect import dialect_insert
 from store.schema import tool_requests
 
 
 class ToolRequestWrites:
-    """Implements ``bot.ports.ToolRequestWrites``; mixed into the unit."""
+    """Implements ``bot.ports.tool_requests.ToolRequestWrites``; mixed into the unit."""
 
     _db: AsyncConnection
 

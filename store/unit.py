@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from bot.agents import Agent, AgentKind, AgentSettings
 from bot.outbox import OutboxMessage, OutboxState
 from bot.policy import ChannelPolicy
-from bot.ports import NewTask, TaskFields
+from bot.ports.tasks import NewTask, TaskFields
 from bot.signal import Queued
 from bot.status import TaskStatus
 from bot.task import NewEvent, Task, ThreadMessage

@@ -20,11 +20,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.board import Board
+from bot.channel_policies import ChannelPolicies
 from bot.reconcile import ProgressProbe, Reconciler
 from bot.registry import AgentRegistry
 from bot.root import Core, Overrides, build_reconciler, open_core
 from bot.settings import Settings
 from bot.task import LeasePolicy
+from bot.thread_posts import ThreadPosts
 from store.database import create_engine
 from store.migrate import upgrade
 from store.repository import SqlStore
@@ -195,6 +197,16 @@ def policy() -> LeasePolicy:
 @pytest.fixture
 def board(core: Core) -> Board:
     return core.board
+
+
+@pytest.fixture
+def thread_posts(core: Core) -> ThreadPosts:
+    return core.thread_posts
+
+
+@pytest.fixture
+def channel_policies(core: Core) -> ChannelPolicies:
+    return core.channel_policies
 
 
 @pytest.fixture

@@ -324,7 +324,7 @@ async def write_backlog(
         await core.registry.add_agent(AGENT, slack_user_id=AGENT_USER)
         for backlog in backlogs:
             if backlog.lease_ttl_s is not None:
-                await core.board.set_channel_policy(
+                await core.channel_policies.set_channel_policy(
                     backlog.channel, ALICE, lease_ttl_s=backlog.lease_ttl_s, max_attempts=None
                 )
             refs = []

@@ -39,7 +39,7 @@ async def test_an_admin_use_case_refuses_a_person_who_is_not_an_admin_and_change
         await CALLS[name](core.admin, PERSON)
     agents = await core.registry.list_agents()
     assert [(a.name, a.enabled) for a in agents] == [("coder", True)]
-    assert (await core.board.policies()).channels == {}
+    assert (await core.channel_policies.policies()).channels == {}
 
 
 async def test_the_operator_is_an_admin(core: Core) -> None:

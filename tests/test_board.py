@@ -26,6 +26,7 @@ from bot.task import (
     TaskRef,
     ThreadMessage,
 )
+from bot.thread_posts import ThreadPosts
 from bot.work import WakeReason
 from store.repository import SqlStore
 from tests.conftest import FakeClock
@@ -141,16 +142,16 @@ async def test_assigning_to_an_unknown_or_disabled_agent_changes_nothing(
 
 
 async def test_only_the_claim_holders_post_renews_the_lease(
-    board: Board, store: SqlStore, task: Task, clock: FakeClock
+    board: Board, thread_posts: ThreadPosts, store: SqlStore, task: Task, clock: FakeClock
 ) -> None:
     assigned = await board.assign_task(task.ref, "coder", ALICE)
     clock.advance(120)
-    assert await board.renew_lease(task.id, "reviewer") is False
+    assert await thread_posts.renew_lease(task.id, "reviewer") is False
     async with store.read() as reader:
         unchanged = await reader.get_task_by_id(task.id)
     assert unchanged is not None
     assert unchanged.last_progress_at == assigned.last_progress_at
-    assert await board.renew_lease(task.id, "coder") is True
+    assert await thread_posts.renew_lease(task.id, "coder") is True
     async with store.read() as reader:
         renewed = await reader.get_task_by_id(task.id)
     assert renewed is not None
@@ -158,18 +159,18 @@ async def test_only_the_claim_holders_post_renews_the_lease(
 
 
 async def test_a_thread_message_is_stored_once_and_renews_only_for_the_assignee(
-    board: Board, store: SqlStore, task: Task, clock: FakeClock
+    board: Board, thread_posts: ThreadPosts, store: SqlStore, task: Task, clock: FakeClock
 ) -> None:
     await board.assign_task(task.ref, "coder", ALICE)
     clock.advance(60)
     human = ThreadMessage(task.id, "C1", "100.1", "U_BOB", "how is it going?", clock.now)
-    assert await board.record_thread_message(human, agent=None) is True
+    assert await thread_posts.record_thread_message(human, agent=None) is True
     clock.advance(60)
     agent_post = ThreadMessage(task.id, "C1", "100.2", "U_CODER", "halfway there", clock.now)
-    assert await board.record_thread_message(agent_post, agent="coder") is True
+    assert await thread_posts.record_thread_message(agent_post, agent="coder") is True
     renewed_at = clock.now
     clock.advance(60)
-    assert await board.record_thread_message(agent_post, agent="coder") is False
+    assert await thread_posts.record_thread_message(agent_post, agent="coder") is False
     async with store.read() as reader:
         current = await reader.get_task_by_id(task.id)
         messages = await reader.list_messages(task.id)
@@ -306,19 +307,19 @@ def reply(ts: str, user: str, text: str = "", thread: str = "100.0") -> Incoming
 
 
 async def test_a_thread_reply_is_stored_once_and_renews_only_for_the_claim_holder(
-    board: Board, store: SqlStore, task: Task, clock: FakeClock
+    board: Board, thread_posts: ThreadPosts, store: SqlStore, task: Task, clock: FakeClock
 ) -> None:
     await board.assign_task(task.ref, "coder", ALICE)
     async with store.transaction() as unit:
         await unit.record_card(task.id, "100.0")
-    assert await board.record_thread_replies([reply("1.1", "U_CODER", thread="999.0")]) == []
+    assert await thread_posts.record_thread_replies([reply("1.1", "U_CODER", thread="999.0")]) == []
     clock.advance(30)
-    person = await board.record_thread_replies([reply("101.0", "U_BOB", "status?")])
+    person = await thread_posts.record_thread_replies([reply("101.0", "U_BOB", "status?")])
     assert [(r.task_id, r.renewed) for r in person] == [(task.id, False)]
     clock.advance(30)
-    agent = await board.record_thread_replies([reply("102.0", "U_CODER", "on it")])
+    agent = await thread_posts.record_thread_replies([reply("102.0", "U_CODER", "on it")])
     assert [(r.task_id, r.renewed) for r in agent] == [(task.id, True)]
-    assert await board.record_thread_replies([reply("102.0", "U_CODER", "on it")]) == []
+    assert await thread_posts.record_thread_replies([reply("102.0", "U_CODER", "on it")]) == []
     async with store.read() as reader:
         current = await reader.get_task_by_id(task.id)
         messages = await reader.list_messages(task.id)
@@ -328,7 +329,12 @@ async def test_a_thread_reply_is_stored_once_and_renews_only_for_the_claim_holde
 
 
 async def test_one_batch_of_replies_over_several_threads_is_judged_per_task(
-    board: Board, registry: AgentRegistry, store: SqlStore, task: Task, clock: FakeClock
+    board: Board,
+    thread_posts: ThreadPosts,
+    registry: AgentRegistry,
+    store: SqlStore,
+    task: Task,
+    clock: FakeClock,
 ) -> None:
     other = await board.create_task("C1", "Second", Actor.user(ALICE))
     await board.assign_task(task.ref, "coder", ALICE)
@@ -339,10 +345,10 @@ async def test_one_batch_of_replies_over_several_threads_is_judged_per_task(
         await unit.record_card(other.id, "200.0")
         await unit.consume_wakeups("coder", clock.now)
         await unit.consume_wakeups("reviewer", clock.now)
-    await board.record_thread_replies([reply("101.0", "U_CODER", "seen before")])
+    await thread_posts.record_thread_replies([reply("101.0", "U_CODER", "seen before")])
     before = await current(store, other)
     clock.advance(60)
-    stored = await board.record_thread_replies(
+    stored = await thread_posts.record_thread_replies(
         [
             reply("101.0", "U_CODER", "seen before"),  # a redelivery: already stored
             reply("102.0", "U_CODER", "progress"),  # the holder: renews task
@@ -375,7 +381,12 @@ async def current(store: SqlStore, task: Task) -> Task:
 
 
 async def test_only_a_commit_that_queued_work_tells_outbox_delivery_and_the_runner(
-    core: Core, store: SqlStore, board: Board, registry: AgentRegistry, clock: FakeClock
+    core: Core,
+    store: SqlStore,
+    board: Board,
+    thread_posts: ThreadPosts,
+    registry: AgentRegistry,
+    clock: FakeClock,
 ) -> None:
     told: list[set[Queued]] = []
     pending: set[Queued] = set()
@@ -398,9 +409,9 @@ async def test_only_a_commit_that_queued_work_tells_outbox_delivery_and_the_runn
     async with store.transaction() as unit:
         await unit.record_card(task.id, "100.0")
     clock.advance(10)
-    await board.record_thread_replies([reply("101.0", "U_CODER", "working")])
+    await thread_posts.record_thread_replies([reply("101.0", "U_CODER", "working")])
     assert len(told) == 3  # a renewed lease is nobody's work
-    await board.record_thread_replies([reply("102.0", "U_BOB", "how is it going?")])
+    await thread_posts.record_thread_replies([reply("102.0", "U_BOB", "how is it going?")])
     assert told[3:] == [{wakeups}]  # the holder has a wake-up; outbox delivery has nothing
 
 
@@ -435,7 +446,12 @@ async def test_stale_tasks_are_counted_by_each_channels_own_cutoff(
 
 
 async def test_a_post_renews_when_either_its_user_or_its_bot_is_the_claim_holder(
-    board: Board, registry: AgentRegistry, store: SqlStore, task: Task, clock: FakeClock
+    board: Board,
+    thread_posts: ThreadPosts,
+    registry: AgentRegistry,
+    store: SqlStore,
+    task: Task,
+    clock: FakeClock,
 ) -> None:
     await registry.add_agent("helper", slack_user_id="U_HELPER")
     await registry.add_agent("botty", slack_bot_id="B_BOTTY")
@@ -445,7 +461,7 @@ async def test_a_post_renews_when_either_its_user_or_its_bot_is_the_claim_holder
     clock.advance(60)
     # Posted by a bot user that is also registered as another agent: its bot id holds the claim.
     post = IncomingReply("C1", "100.0", "101.0", "U_HELPER", "B_BOTTY", "progress")
-    [stored] = await board.record_thread_replies([post])
+    [stored] = await thread_posts.record_thread_replies([post])
     assert stored.renewed is True
     assert (await current(store, task)).last_progress_at == clock.now
 

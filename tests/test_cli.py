@@ -25,6 +25,7 @@ from bot.registry import AgentRegistry
 from bot.root import Overrides, open_core
 from bot.settings import Settings
 from bot.task import Actor, Task, ThreadMessage
+from bot.thread_posts import ThreadPosts
 from store.database import create_engine
 from store.migrate import alembic_config, current_revision
 from tests.conftest import FakeClock
@@ -96,6 +97,7 @@ class Domain:
     """The use cases over the database the CLI reads, driven by a fake clock."""
 
     board: Board
+    thread_posts: ThreadPosts
     registry: AgentRegistry
     clock: FakeClock
 
@@ -104,7 +106,7 @@ class Domain:
 async def domain(env: dict[str, str], clock: FakeClock) -> AsyncIterator[Domain]:
     settings = Settings(DATABASE_URL=env["DATABASE_URL"], THREADWORK_SECRET_KEY=SECRET_KEY)
     async with open_core(settings, Overrides(clock=clock)) as core:
-        yield Domain(board=core.board, registry=core.registry, clock=clock)
+        yield Domain(core.board, core.thread_posts, core.registry, clock)
 
 
 async def seed_worked_task(domain: Domain) -> Task:
@@ -124,7 +126,7 @@ async def seed_worked_task(domain: Domain) -> Task:
         text="Starting on the notes now.",
         at=domain.clock(),
     )
-    assert await domain.board.record_thread_message(message, agent="claude-1")
+    assert await domain.thread_posts.record_thread_message(message, agent="claude-1")
     return task
 
 

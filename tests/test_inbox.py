@@ -11,6 +11,7 @@ from bot.inbox import MAX_PENDING, ReplyInbox
 from bot.registry import AgentRegistry
 from bot.supervisor import Supervisor
 from bot.task import Actor, IncomingReply, Task
+from bot.thread_posts import ThreadPosts
 from store.database import is_transient
 from store.repository import SqlStore
 from tests.conftest import FakeClock
@@ -29,16 +30,16 @@ async def task(board: Board, registry: AgentRegistry, store: SqlStore) -> Task:
     return await board.assign_task(created.ref, "coder", "U_ALICE")
 
 
-class CountingBoard:
-    """The real board's batch use case, with each call's batch size noted."""
+class CountingWrites:
+    """The real batch use case, with each call's batch size noted."""
 
-    def __init__(self, board: Board) -> None:
-        self.board = board
+    def __init__(self, thread_posts: ThreadPosts) -> None:
+        self.thread_posts = thread_posts
         self.batches: list[int] = []
 
     async def __call__(self, replies: Sequence[IncomingReply]) -> None:
         self.batches.append(len(replies))
-        await self.board.record_thread_replies(replies)
+        await self.thread_posts.record_thread_replies(replies)
 
 
 async def stored_ts(store: SqlStore, task: Task) -> list[str]:
@@ -47,10 +48,10 @@ async def stored_ts(store: SqlStore, task: Task) -> list[str]:
 
 
 async def test_posts_put_while_a_write_runs_are_stored_together_by_the_next(
-    board: Board, store: SqlStore, task: Task, clock: FakeClock
+    thread_posts: ThreadPosts, store: SqlStore, task: Task, clock: FakeClock
 ) -> None:
     supervisor = Supervisor()
-    counting = CountingBoard(board)
+    counting = CountingWrites(thread_posts)
     inbox = ReplyInbox(counting, supervisor, max_batch=50)
     clock.advance(90)
     for n in range(120):
@@ -67,10 +68,10 @@ async def test_posts_put_while_a_write_runs_are_stored_together_by_the_next(
 
 
 class SlowFirstWrite:
-    """The board's batch use case, the first call held until released; notes batch sizes."""
+    """The batch use case, the first call held until released; notes batch sizes."""
 
-    def __init__(self, board: Board) -> None:
-        self.board = board
+    def __init__(self, thread_posts: ThreadPosts) -> None:
+        self.thread_posts = thread_posts
         self.batches: list[int] = []
         self.release = asyncio.Event()
         self.written = asyncio.Event()
@@ -78,17 +79,17 @@ class SlowFirstWrite:
     async def __call__(self, replies: Sequence[IncomingReply]) -> None:
         self.batches.append(len(replies))
         await self.release.wait()
-        await self.board.record_thread_replies(replies)
+        await self.thread_posts.record_thread_replies(replies)
         self.written.set()
 
 
 async def test_every_post_that_waited_through_a_long_write_is_stored_by_the_next_one(
-    board: Board, store: SqlStore, task: Task
+    thread_posts: ThreadPosts, store: SqlStore, task: Task
 ) -> None:
     # Under load a transaction lasts as long as many requests (each of its statements waits
     # for the event loop): the next one must take all that arrived meanwhile, or the posts
     # would outgrow the writer and the acks would end up waiting for room.
-    store_replies = SlowFirstWrite(board)
+    store_replies = SlowFirstWrite(thread_posts)
     supervisor = Supervisor()
     inbox = ReplyInbox(store_replies, supervisor)
     await inbox.put(post(0))
@@ -102,9 +103,11 @@ async def test_every_post_that_waited_through_a_long_write_is_stored_by_the_next
     assert len(await stored_ts(store, task)) == MAX_PENDING
 
 
-async def test_a_post_alone_is_written_at_once(board: Board, store: SqlStore, task: Task) -> None:
+async def test_a_post_alone_is_written_at_once(
+    thread_posts: ThreadPosts, store: SqlStore, task: Task
+) -> None:
     supervisor = Supervisor()
-    counting = CountingBoard(board)
+    counting = CountingWrites(thread_posts)
     inbox = ReplyInbox(counting, supervisor)
     for n in range(3):
         await inbox.put(post(n))
@@ -114,7 +117,7 @@ async def test_a_post_alone_is_written_at_once(board: Board, store: SqlStore, ta
 
 
 async def test_a_full_inbox_makes_put_wait_until_a_batch_is_taken(
-    board: Board, store: SqlStore, task: Task
+    thread_posts: ThreadPosts, store: SqlStore, task: Task
 ) -> None:
     release = asyncio.Event()
     written: list[int] = []
@@ -122,7 +125,7 @@ async def test_a_full_inbox_makes_put_wait_until_a_batch_is_taken(
     async def slow(replies: Sequence[IncomingReply]) -> None:
         await release.wait()
         written.append(len(replies))
-        await board.record_thread_replies(replies)
+        await thread_posts.record_thread_replies(replies)
 
     supervisor = Supervisor()
     inbox = ReplyInbox(slow, supervisor, max_batch=2, max_pending=2)
@@ -143,7 +146,7 @@ async def test_a_full_inbox_makes_put_wait_until_a_batch_is_taken(
 
 
 async def test_a_failing_batch_is_retried_post_by_post_and_only_the_bad_post_is_dropped(
-    board: Board, store: SqlStore, task: Task
+    thread_posts: ThreadPosts, store: SqlStore, task: Task
 ) -> None:
     attempts: list[list[str]] = []
 
@@ -151,7 +154,7 @@ async def test_a_failing_batch_is_retried_post_by_post_and_only_the_bad_post_is_
         attempts.append([r.ts for r in replies])
         if any(r.text == "poison" for r in replies):
             raise RuntimeError("this post cannot be stored")
-        await board.record_thread_replies(replies)
+        await thread_posts.record_thread_replies(replies)
 
     supervisor = Supervisor()
     inbox = ReplyInbox(rejects_one, supervisor)
@@ -169,7 +172,7 @@ async def test_a_failing_batch_is_retried_post_by_post_and_only_the_bad_post_is_
 
 
 async def test_while_the_database_is_unavailable_the_batch_is_retried_whole_with_growing_waits(
-    board: Board, store: SqlStore, task: Task
+    thread_posts: ThreadPosts, store: SqlStore, task: Task
 ) -> None:
     outages = 3
     waits: list[float] = []
@@ -179,7 +182,7 @@ async def test_while_the_database_is_unavailable_the_batch_is_retried_whole_with
         if outages:
             outages -= 1
             raise ConnectionRefusedError("the database is restarting")
-        await board.record_thread_replies(replies)
+        await thread_posts.record_thread_replies(replies)
 
     async def no_sleep(seconds: float) -> None:
         waits.append(seconds)

@@ -10,16 +10,10 @@ from structlog.testing import capture_logs
 
 from bot.board import Board
 from bot.budget import Rate
-from bot.delivery import (
-    Delivered,
-    Deliverer,
-    DeliveryFailed,
-    DeliverySettings,
-    OutboxDelivery,
-    Retry,
-)
+from bot.delivery import Delivered, Deliverer, DeliverySettings, OutboxDelivery
 from bot.metrics import Metrics, NoMetrics
 from bot.outbox import OutboxKind, OutboxRow, OutboxState
+from bot.outbox_retries import DeliveryFailed, Retry
 from bot.pacing import SharedPace
 from bot.registry import AgentRegistry
 from bot.root import Core

@@ -150,6 +150,8 @@ class World:
         self.store = core.store
         self.clock = clock
         self.board = core.board
+        self.thread_posts = core.thread_posts
+        self.channel_policies = core.channel_policies
         self.reconciler = core.reconciler
         self.registry = core.registry
         self.checks = checks
@@ -159,7 +161,7 @@ class World:
     async def set_up(self) -> None:
         c2 = POLICIES["C2"]
         ttl_s = c2.lease_ttl.total_seconds()
-        await self.board.set_channel_policy("C2", HUMAN, ttl_s, c2.max_dispatch_attempts)
+        await self.channel_policies.set_channel_policy("C2", HUMAN, ttl_s, c2.max_dispatch_attempts)
         for name in AGENTS:
             await self.registry.add_agent(name)
         for ref in TASKS:
@@ -189,7 +191,7 @@ class World:
             case Assign(_, agent):
                 await self.board.assign_task(task.ref, agent, HUMAN)
             case Renew(_, author):
-                return await self.board.renew_lease(task.id, author)
+                return await self.thread_posts.renew_lease(task.id, author)
             case SetStatus(_, status, agent, offset, note):
                 actor = Actor.user(HUMAN) if agent is None else Actor.agent(agent)
                 epoch = None if offset is None else task.lease_epoch + offset

@@ -7,6 +7,7 @@ from datetime import datetime
 import pytest
 
 from bot.board import Board
+from bot.channel_policies import ChannelPolicies
 from bot.errors import Superseded
 from bot.outbox import OutboxKind
 from bot.reconcile import FoundProgress, Reconciler, SoleReplica
@@ -14,6 +15,7 @@ from bot.registry import AgentRegistry
 from bot.root import Core, Overrides, open_core
 from bot.status import TaskStatus
 from bot.task import Actor, EventKind, LeasePolicy, Task, TaskRef
+from bot.thread_posts import ThreadPosts
 from store.repository import SqlStore
 from tests.conftest import FakeClock, SequentialKeys, core_settings, reconciler_with
 
@@ -90,14 +92,18 @@ async def test_a_stale_lease_is_redispatched_then_blocked_on_the_last_attempt(
 
 
 async def test_the_assignees_post_keeps_the_lease_but_anyone_elses_does_not(
-    board: Board, reconciler: Reconciler, store: SqlStore, assigned: Task, clock: FakeClock
+    thread_posts: ThreadPosts,
+    reconciler: Reconciler,
+    store: SqlStore,
+    assigned: Task,
+    clock: FakeClock,
 ) -> None:
     clock.advance(TTL_S - 1)
-    assert await board.renew_lease(assigned.id, "coder")
+    assert await thread_posts.renew_lease(assigned.id, "coder")
     clock.advance(TTL_S - 1)
     assert (await reconciler.reconcile_stale_tasks()).acted == 0
 
-    assert not await board.renew_lease(assigned.id, "someone-else")
+    assert not await thread_posts.renew_lease(assigned.id, "someone-else")
     clock.advance(2)
     assert (await reconciler.reconcile_stale_tasks()).redispatched == [assigned.ref]
 
@@ -209,10 +215,15 @@ async def test_two_replicas_reconciling_at_once_act_exactly_once_per_task(
 
 
 async def test_a_channels_own_ttl_and_attempts_override_the_global_policy(
-    board: Board, registry: AgentRegistry, reconciler: Reconciler, store: SqlStore, clock: FakeClock
+    board: Board,
+    channel_policies: ChannelPolicies,
+    registry: AgentRegistry,
+    reconciler: Reconciler,
+    store: SqlStore,
+    clock: FakeClock,
 ) -> None:
     await registry.add_agent("coder")
-    await board.set_channel_policy("C_FAST", "U_ADMIN", lease_ttl_s=60, max_attempts=1)
+    await channel_policies.set_channel_policy("C_FAST", "U_ADMIN", lease_ttl_s=60, max_attempts=1)
     fast = await board.create_task("C_FAST", "quick one", Actor.user(ALICE))
     slow = await board.create_task("C_SLOW", "slow one", Actor.user(ALICE))
     fast = await board.assign_task(fast.ref, "coder", ALICE)
@@ -224,7 +235,9 @@ async def test_a_channels_own_ttl_and_attempts_override_the_global_policy(
     report = await reconciler.reconcile_stale_tasks()
     assert (report.blocked, report.redispatched) == ([fast.ref], [])
 
-    book = await board.set_channel_policy("C_FAST", "U_ADMIN", lease_ttl_s=None, max_attempts=3)
+    book = await channel_policies.set_channel_policy(
+        "C_FAST", "U_ADMIN", lease_ttl_s=None, max_attempts=3
+    )
     assert book.for_channel("C_FAST").max_dispatch_attempts == 3
     assert book.for_channel("C_FAST").lease_ttl.total_seconds() == 60
     assert book.for_channel("C_SLOW") == book.default

@@ -9,8 +9,9 @@ from sqlalchemy import text
 
 from bot.board import Board
 from bot.claims import Released
-from bot.delivery import Delivered, DeliveryFailed, Retry
+from bot.delivery import Delivered
 from bot.outbox import OutboxRow, OutboxState
+from bot.outbox_retries import DeliveryFailed, Retry
 from bot.registry import AgentRegistry
 from bot.root import Core
 from bot.signal import Queued

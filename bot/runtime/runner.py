@@ -10,13 +10,12 @@ to that run at its next step.
 """
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
-from mcp.server.mcpserver import MCPServer
 
 from bot.agent_work import AgentWork
 from bot.agents import Agent
@@ -40,6 +39,26 @@ logger = structlog.get_logger(__name__)
 
 #: How long cancelled runs get to end, at a shutdown or when this worker lost its claims.
 CANCEL_WAIT_S = 5.0
+
+
+class ListedTool(Protocol):
+    """One tool as a tool server lists it."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def description(self) -> str | None: ...
+
+    @property
+    def input_schema(self) -> dict[str, Any]: ...
+
+
+class ToolListing(Protocol):
+    """Lists the runtime tools with their schemas: the MCP front door's server
+    (``channels.mcp.task_server``), asked once; nothing is called through it."""
+
+    async def list_tools(self) -> Sequence[ListedTool]: ...
 
 
 @dataclass
@@ -68,7 +87,7 @@ class AgentRunner:
         store: Store,
         work: AgentWork,
         registry: AgentRegistry,
-        tool_server: MCPServer,
+        tool_server: ToolListing,
         tools_for: ToolsFor,
         models: ModelFactory,
         clock: Clock,

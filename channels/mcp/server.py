@@ -20,7 +20,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from bot.errors import DomainError, RateLimited
 from bot.limits import CallBudget
 from bot.registry import AgentRegistry, token_hash
-from bot.tools import TaskTools, ToolsFor, build_tool_server
+from bot.tools import TaskTools, ToolsFor
+from channels.mcp.task_server import build_tool_server
 
 logger = structlog.get_logger(__name__)
 

@@ -20,14 +20,15 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.agents import Agent
-from bot.board import Board
 from bot.budget import Budget, Unmetered
 from bot.clock import Clock
-from bot.delivery import Delivered, DeliveryFailed, Retry
+from bot.delivery import Delivered
 from bot.outbox import OutboxKind, OutboxRow
+from bot.outbox_retries import DeliveryFailed, Retry
 from bot.queries import DeliveryContext, TaskQueries
 from bot.session import SessionStatus, session_for
 from bot.task import LeasePolicy, Task, TaskRef, ThreadMessage
+from bot.thread_posts import ThreadPosts
 from channels.slack import render
 from channels.slack.history import HistoryPages, HistorySpent, Message, Page, Window
 from channels.slack.parsing import error_code
@@ -85,13 +86,13 @@ class SlackDeliverer:
         self,
         client: AsyncWebClient,
         queries: TaskQueries,
-        board: Board,
+        thread_posts: ThreadPosts,
         clock: Clock,
         budget: Budget | None = None,
     ) -> None:
         self._client = client
         self._queries = queries
-        self._board = board
+        self._thread_posts = thread_posts
         self._clock = clock
         self._pages = HistoryPages(client, budget or Unmetered())
         self._lookups: dict[int, Lookup] = {}
@@ -218,7 +219,7 @@ class SlackDeliverer:
         posted = ThreadMessage(
             task.id, task.channel_id, ts, f"agent:{name}", row.payload["text"], self._clock()
         )
-        await self._board.record_thread_message(posted, agent=name, renew=False)
+        await self._thread_posts.record_thread_message(posted, agent=name, renew=False)
         return Delivered(ts)
 
     async def _send(self, row: OutboxRow, task: Task, message: dict[str, Any]) -> str:

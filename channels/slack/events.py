@@ -12,11 +12,11 @@ from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.board import Board
 from bot.budget import Budget
 from bot.errors import DomainError
 from bot.inbox import ReplyInbox
 from bot.task import Actor, IncomingReply, Task
+from bot.thread_posts import ThreadPosts
 from channels.slack.parsing import MessageEvent, SessionStopped, error_code, unescape
 from channels.slack.render import inert_reply
 from channels.slack.services import SlackServices
@@ -73,9 +73,9 @@ class ThreadReplies(AsyncMiddleware):
         return BoltResponse(status=200, body="")
 
 
-async def store_replies(board: Board, replies: Sequence[IncomingReply]) -> None:
+async def store_replies(thread_posts: ThreadPosts, replies: Sequence[IncomingReply]) -> None:
     """Stores a batch of thread replies; the assignee's renew its lease."""
-    stored = await board.record_thread_replies(replies)
+    stored = await thread_posts.record_thread_replies(replies)
     if stored:
         renewed = sum(1 for reply in stored if reply.renewed)
         logger.info("thread.replies", received=len(replies), stored=len(stored), renewed=renewed)

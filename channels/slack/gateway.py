@@ -23,7 +23,7 @@ from slack_bolt.response import BoltResponse
 
 from bot.clock import Clock
 from bot.metrics import Metrics, NoMetrics
-from bot.ports import InboundEventIds
+from bot.ports.inbound import InboundEventIds
 from channels.slack.payloads import payload_problem
 
 logger = structlog.get_logger(__name__)

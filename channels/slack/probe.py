@@ -22,12 +22,12 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.agents import Agent
-from bot.board import Board
 from bot.budget import Budget
 from bot.clock import Clock
 from bot.reconcile import FoundProgress
 from bot.registry import AgentRegistry
 from bot.task import IncomingReply, Task, ThreadMessage
+from bot.thread_posts import ThreadPosts
 from channels.slack.history import HistoryPages, HistorySpent, Message, Window
 from channels.slack.parsing import error_code, unescape
 
@@ -62,13 +62,13 @@ class SlackThreadProbe:
         self,
         client: AsyncWebClient,
         registry: AgentRegistry,
-        board: Board,
+        thread_posts: ThreadPosts,
         clock: Clock,
         budget: Budget,
     ) -> None:
         self._pages = HistoryPages(client, budget)
         self._registry = registry
-        self._board = board
+        self._thread_posts = thread_posts
         self._clock = clock
         self._reads: dict[int, ThreadRead] = {}
         #: When each task's thread was last read (to its end or not), for taking turns.
@@ -167,7 +167,9 @@ class SlackThreadProbe:
             message = ThreadMessage(
                 task.id, task.channel_id, str(post["ts"]), author, text, self._clock()
             )
-            if await self._board.record_thread_message(message, agent=agent.name, renew=False):
+            if await self._thread_posts.record_thread_message(
+                message, agent=agent.name, renew=False
+            ):
                 missed.append(message.ts)
         return max(missed, key=float, default="")
 
@@ -188,7 +190,7 @@ class SlackThreadProbe:
             if m["ts"] != task.thread_ts
         ]
         if replies:
-            stored = await self._board.record_thread_replies(replies)
+            stored = await self._thread_posts.record_thread_replies(replies)
             if stored:
                 logger.info("probe.found_people_posts", task=str(task.ref), stored=len(stored))
 

@@ -238,7 +238,9 @@ async def seed(
             await core.registry.add_agent(agent)
             tokens[agent] = await core.registry.issue_token(agent)
         for channel, ttl in ttls.items():
-            await core.board.set_channel_policy(channel, ADMIN, lease_ttl_s=ttl, max_attempts=5)
+            await core.channel_policies.set_channel_policy(
+                channel, ADMIN, lease_ttl_s=ttl, max_attempts=5
+            )
     return tokens
 
 

@@ -156,7 +156,7 @@ async def test_in_wait_mode_the_lease_pauses_until_a_person_replies(
     assert (await rt.core.reconciler.reconcile_stale_tasks()).acted == 0
 
     reply = ThreadMessage(task.id, "C1", "1767600000.000100", ALICE, "eu-west-1 please", clock.now)
-    await rt.core.board.record_thread_message(reply, agent=None)
+    await rt.core.thread_posts.record_thread_message(reply, agent=None)
     resumed = await rt.task(task)
     assert (resumed.awaiting_input_since, resumed.last_progress_at) == (None, clock.now)
     rt.anthropic.script(
@@ -303,7 +303,7 @@ async def test_a_person_writing_during_a_run_reaches_it_at_the_next_step(
     note = ThreadMessage(
         task.id, "C1", "1767600000.000200", ALICE, "also log the version", clock.now
     )
-    await rt.core.board.record_thread_message(note, agent=None)
+    await rt.core.thread_posts.record_thread_message(note, agent=None)
     assert await rt.runner.run_once() == 1
     rt.anthropic.responder = None
     rt.anthropic.script(Reply([status(task, "in_review", "with version")]))

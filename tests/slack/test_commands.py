@@ -669,7 +669,7 @@ async def test_agent_key_opens_a_modal_and_the_reply_holds_no_key(service: Harne
 
 
 async def policies(service: Harness) -> dict[str, ChannelPolicy]:
-    return (await service.core.board.policies()).channels
+    return (await service.core.channel_policies.policies()).channels
 
 
 async def test_policy_shows_the_global_defaults_until_the_channel_overrides_them(
@@ -966,12 +966,12 @@ async def test_an_mcp_token_is_shown_once_works_and_can_be_revoked(service: Harn
 async def test_a_channel_can_let_agents_close_their_own_tasks(service: Harness) -> None:
     reply = await task_admin(service, "policy agents-close on")
     assert reply.endswith("agents may mark tasks done.")
-    assert (await service.core.board.policies()).agents_may_close("C1")
-    assert not (await service.core.board.policies()).agents_may_close("C2")
+    assert (await service.core.channel_policies.policies()).agents_may_close("C1")
+    assert not (await service.core.channel_policies.policies()).agents_may_close("C2")
     refused = await task_admin(service, "policy agents-close maybe")
     assert refused.startswith(":warning: `policy agents-close` takes `on` or `off`.")
     await task_admin(service, "policy agents-close off")
-    assert not (await service.core.board.policies()).agents_may_close("C1")
+    assert not (await service.core.channel_policies.policies()).agents_may_close("C1")
 
 
 async def test_a_command_that_says_payload_is_still_a_command(service: Harness) -> None:

@@ -128,7 +128,7 @@ async def test_a_crash_between_slacks_answer_and_our_record_does_not_post_twice(
     now = service.clock.now
     [row] = await service.core.store.claim_outbox("crashed-worker", now, 1)
     deliverer = SlackDeliverer(
-        service.slack.client, service.core.queries, service.core.board, service.clock
+        service.slack.client, service.core.queries, service.core.thread_posts, service.clock
     )
     await deliverer.deliver(row)  # Slack posted the card; the worker died before recording it.
     assert len(posted(service.standin, CARD)) == 1

@@ -17,7 +17,7 @@ def card_updates(service: Harness) -> list[str]:
 
 def deliverer_of(service: Harness) -> SlackDeliverer:
     core = service.core
-    return SlackDeliverer(service.slack.client, core.queries, core.board, service.clock)
+    return SlackDeliverer(service.slack.client, core.queries, core.thread_posts, service.clock)
 
 
 async def test_status_changes_pending_together_update_the_card_once_with_the_last_state(
