@@ -197,14 +197,20 @@ class OutboxReads:
         query = select(outbox).where(dead).order_by(outbox.c.id).limit(limit)
         return [outbox_from_row(row) for row in await self._db.execute(query)]
 
-    async def list_open_outbox(self, limit: int) -> list[OutboxRow]:
-        """Rows still to be sent (pending or in flight), oldest first."""
+    async def list_open_outbox(
+        self, limit: int, task_ids: Collection[int] | None = None
+    ) -> list[OutboxRow]:
+        """Rows still to be sent (pending or in flight), oldest first; only those of
+        ``task_ids`` when given."""
         query = select(outbox).where(is_open(outbox)).order_by(outbox.c.id).limit(limit)
+        if task_ids is not None:
+            query = query.where(outbox.c.task_id.in_(list(task_ids)))
         return [outbox_from_row(row) for row in await self._db.execute(query)]
 
-    async def count_outbox(self) -> dict[OutboxState, int]:
-        """How many rows are open and how many dead; settled rows are not counted. (One query
-        per partial index, so the count follows the rows counted, not the table.)"""
+    async def count_outbox(self, task_ids: Collection[int] | None = None) -> dict[OutboxState, int]:
+        """How many rows are open and how many dead, of ``task_ids`` when given; settled rows
+        are not counted. (One query per partial index, so the count follows the rows counted,
+        not the table.)"""
         found: dict[OutboxState, int] = {}
         for states in (OPEN_STATES, [OutboxState.DEAD]):
             query = (
@@ -212,6 +218,8 @@ class OutboxReads:
                 .where(in_states(outbox, states))
                 .group_by(outbox.c.state)
             )
+            if task_ids is not None:
+                query = query.where(outbox.c.task_id.in_(list(task_ids)))
             found |= {OutboxState(state): int(n) for state, n in await self._db.execute(query)}
         return {state: found.get(state, 0) for state in (*OPEN_STATES, OutboxState.DEAD)}
 

@@ -257,6 +257,18 @@ async def test_the_backlog_counts_rows_still_to_be_sent_and_dead_rows_apart(
     assert counts == {OutboxState.PENDING: 4, OutboxState.IN_FLIGHT: 0, OutboxState.DEAD: 1}
     assert [r.id for r in dead] == [first[0].id]
     assert [r.kind for r in waiting] == [OutboxKind.DIRECTIVE, OutboxKind.CARD_UPDATE] * 2
+    # Counted and listed for some tasks only (what one viewer may see): the others' rows left out.
+    dead_task = first[0].task_id
+    other = next(r.task_id for r in waiting if r.task_id != dead_task)
+    async with store.read() as reader:
+        mine = await reader.count_outbox({dead_task})
+        theirs = await reader.list_open_outbox(limit=10, task_ids={other})
+        none = await reader.count_outbox(set())
+    assert sum(mine.values()) == 1 + sum(r.task_id == dead_task for r in waiting)
+    assert mine[OutboxState.DEAD] == 1
+    assert {r.task_id for r in theirs} == {other}
+    assert len(theirs) == sum(r.task_id == other for r in waiting)
+    assert set(none.values()) == {0}
 
 
 async def test_a_retried_dead_row_is_due_at_once_and_holds_its_thread_in_order_again(

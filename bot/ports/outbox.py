@@ -21,12 +21,16 @@ class OutboxReads(Protocol):
         """Dead rows, oldest first."""
         ...
 
-    async def list_open_outbox(self, limit: int) -> list[OutboxRow]:
-        """Rows still to be sent (pending or in flight), oldest first."""
+    async def list_open_outbox(
+        self, limit: int, task_ids: Collection[int] | None = None
+    ) -> list[OutboxRow]:
+        """Rows still to be sent (pending or in flight), oldest first; only those of
+        ``task_ids`` when given."""
         ...
 
-    async def count_outbox(self) -> dict[OutboxState, int]:
-        """How many rows are pending, in flight and dead."""
+    async def count_outbox(self, task_ids: Collection[int] | None = None) -> dict[OutboxState, int]:
+        """How many rows are pending, in flight and dead; only those of ``task_ids`` when
+        given."""
         ...
 
 

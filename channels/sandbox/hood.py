@@ -41,15 +41,14 @@ class Hood:
 
     async def read(self, channel_ids: Collection[str]) -> Json:
         """The panel for a person who sees ``channel_ids``: only those channels' tasks, their
-        events and their outbox rows (the outbox counts are the whole service's)."""
+        events, and their outbox rows and counts."""
         async with self.store.read() as reader:
             tasks = [t for t in await reader.list_tasks() if t.channel_id in channel_ids]
             recent = sorted(tasks, key=lambda t: t.updated_at, reverse=True)[:TASKS_READ]
             events = await _events(reader, recent)
-            open_rows = await reader.list_open_outbox(OUTBOX_SHOWN)
-            counts = await reader.count_outbox()
-        refs = {t.id: str(t.ref) for t in tasks}
-        open_rows = [r for r in open_rows if r.task_id in refs]
+            refs = {t.id: str(t.ref) for t in tasks}
+            open_rows = await reader.list_open_outbox(OUTBOX_SHOWN, refs)
+            counts = await reader.count_outbox(refs)
         return {
             "now": _iso(self.clock()),
             "lease_ttl_s": self.policy.lease_ttl.total_seconds(),
