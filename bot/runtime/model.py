@@ -4,6 +4,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from bot.agents import Agent
 from bot.work import Usage
 
 #: Messages in Anthropic's shape: {"role": "user"|"assistant", "content": str | list[block]}.
@@ -56,4 +57,13 @@ class AgentModel(Protocol):
         ``on_text`` with each piece of the turn's text as it is generated (a provider that does
         not stream passes the whole text once). The pieces, joined, are the turn's ``text``
         before it is stripped."""
+        ...
+
+
+class AgentModels(Protocol):
+    """Gives each built-in agent its model (``channels.models.factory``, in production)."""
+
+    async def for_agent(self, agent: Agent) -> AgentModel:
+        """The model that ``agent``'s settings and stored key name; raises ConfigurationError
+        (before anything is sent) when the agent cannot have one."""
         ...

@@ -24,8 +24,7 @@ from bot.errors import DomainError
 from bot.ports import Store
 from bot.registry import AgentRegistry
 from bot.runtime import prompt
-from bot.runtime.model import ToolSpec
-from bot.runtime.models import ModelFactory
+from bot.runtime.model import AgentModels, ToolSpec
 from bot.runtime.run import AgentRun, ServerOpener
 from bot.runtime.stream import ThreadStreams
 from bot.runtime.toolbox import ToolBox, ToolBoxSettings, ToolConnector, open_toolbox
@@ -89,7 +88,7 @@ class AgentRunner:
         registry: AgentRegistry,
         tool_server: ToolListing,
         tools_for: ToolsFor,
-        models: ModelFactory,
+        models: AgentModels,
         clock: Clock,
         supervisor: Supervisor,
         worker: str,

@@ -15,7 +15,7 @@ from bot.errors import ConfigurationError
 from bot.model_hosts import ANTHROPIC_API_URL, ModelHosts
 from bot.registry import AgentRegistry
 from bot.runtime.model import AgentModel
-from bot.runtime.openai_model import OpenAICompatibleModel
+from channels.models.openai_compatible import OpenAICompatibleModel
 
 if TYPE_CHECKING:
     import anthropic
@@ -31,7 +31,8 @@ def _endpoint(agent: Agent) -> tuple[AgentKind, str | None]:
 
 
 class ModelFactory:
-    """One model per agent; Anthropic clients are shared per key and closed at shutdown."""
+    """Implements AgentModels: one model per agent; Anthropic clients are shared per key and
+    closed at shutdown."""
 
     def __init__(
         self,
@@ -78,7 +79,7 @@ class ModelFactory:
                 f"`{agent.name}` has no API key: set one with `/task-admin agent key {agent.name}` "
                 "or set ANTHROPIC_API_KEY."
             )
-        claude = await asyncio.to_thread(importlib.import_module, "bot.runtime.anthropic_model")
+        claude = await asyncio.to_thread(importlib.import_module, "channels.models.claude")
         built: AgentModel = claude.AnthropicModel(
             self._client(key), agent.settings.model or DEFAULT_CLAUDE_MODEL, max_tokens
         )
