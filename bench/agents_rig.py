@@ -19,12 +19,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot.agents import AgentKind, AgentSettings
 from bot.logging import configure_logging
 from bot.root import Core, Overrides, Service, open_service
+from bot.runtime.models import ModelBook
 from bot.runtime.runner import AgentRunner
 from bot.settings import Settings
 from bot.signal import ChangeSignal
 from bot.supervisor import Supervisor
 from bot.task import Actor, Task
-from channels.models.factory import ModelFactory
 from store.schema import tasks
 
 AGENT = "claude-bench"
@@ -101,7 +101,7 @@ class Rig:
         return self.service.runner
 
     @property
-    def models(self) -> ModelFactory:
+    def models(self) -> ModelBook:
         return self.service.models
 
     def start_runner(self) -> None:

@@ -23,6 +23,7 @@ from bot.model_hosts import ModelHosts
 from bot.root.core import Core, Overrides, build_core, check_secrets, worker_id
 from bot.root.server import http_app, scrape_routes, start_http, start_mcp
 from bot.root.slack import Slack, wire_slack
+from bot.runtime.models import ModelBook
 from bot.runtime.runner import AgentRunner, RunnerSettings
 from bot.settings import Settings
 from bot.signal import Queued
@@ -34,7 +35,7 @@ from channels.mcp.server import MCP_PATH, build_mcp_app, build_mcp_server, trans
 from channels.mcp.task_server import build_tool_server
 from channels.mcp.tool_client import McpToolConnector
 from channels.metrics import PrometheusMetrics
-from channels.models.factory import ModelFactory
+from channels.models.clients import SdkModelClients
 from channels.slack.client import close_client, web_client
 from scheduler.jobs import build_scheduler
 from store.database import create_engine
@@ -56,7 +57,7 @@ class Service:
     supervisor: Supervisor
     slack: Slack | None
     runner: AgentRunner
-    models: ModelFactory
+    models: ModelBook
     scheduler: AsyncIOScheduler
     #: The HTTP server's base URL, e.g. ``http://127.0.0.1:3000``.
     url: str
@@ -191,12 +192,13 @@ def _port(settings: Settings, overrides: Overrides) -> int:
 
 def _wire_runner(
     core: Core, supervisor: Supervisor, worker: str, slack: Slack | None, overrides: Overrides
-) -> tuple[AgentRunner, ModelFactory]:
+) -> tuple[AgentRunner, ModelBook]:
     """The built-in agents' model clients and the runner that claims their wake-ups."""
     settings = core.settings
     fallback = settings.anthropic_api_key.get_secret_value() if settings.anthropic_api_key else None
-    models = ModelFactory(
+    models = ModelBook(
         core.registry,
+        SdkModelClients(settings.anthropic_base_url),
         fallback,
         settings.anthropic_base_url,
         model_hosts=ModelHosts(frozenset(settings.model_hosts)),

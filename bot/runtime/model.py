@@ -61,7 +61,7 @@ class AgentModel(Protocol):
 
 
 class AgentModels(Protocol):
-    """Gives each built-in agent its model (``channels.models.factory``, in production)."""
+    """Gives each built-in agent its model (``bot.runtime.models``, in production)."""
 
     async def for_agent(self, agent: Agent) -> AgentModel:
         """The model that ``agent``'s settings and stored key name; raises ConfigurationError
