@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     agent_max_steps: int = Field(20, alias="THREADWORK_AGENT_MAX_STEPS", ge=1, le=1000)
     #: The most MCP tool servers one built-in agent may have (``/task-admin agent tools``).
     agent_tool_servers: int = Field(8, alias="THREADWORK_AGENT_TOOL_SERVERS", ge=1, le=64)
+    #: Seconds a built-in agent's tool server may take to start and list its tools.
+    tool_server_start_timeout: float = Field(
+        30.0, alias="THREADWORK_TOOL_SERVER_START_TIMEOUT", gt=0, le=600
+    )
+    #: Seconds one call of a tool server's tool may take before the model is told it timed out.
+    tool_call_timeout: float = Field(60.0, alias="THREADWORK_TOOL_CALL_TIMEOUT", gt=0, le=3600)
     #: The executables a stdio tool server may run, by name or absolute path; empty: stdio off.
     tool_server_commands: Annotated[tuple[str, ...], NoDecode] = Field(
         (), alias="THREADWORK_TOOL_SERVER_COMMANDS"

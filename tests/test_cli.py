@@ -495,6 +495,9 @@ BAD_SETTINGS = [
     ("THREADWORK_SECRET_KEY", "c2hvcnQta2V5"),
     ("THREADWORK_PUBLIC_URL", "threadwork.example.com"),
     ("THREADWORK_MODEL_HOSTS", "https://api.anthropic.com"),
+    ("THREADWORK_TOOL_SERVER_START_TIMEOUT", "0"),
+    ("THREADWORK_TOOL_CALL_TIMEOUT", "nan"),
+    ("THREADWORK_TOOL_CALL_TIMEOUT", "86400"),
 ]
 
 

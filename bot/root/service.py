@@ -25,6 +25,7 @@ from bot.root.server import http_app, scrape_routes, start_http, start_mcp
 from bot.root.slack import Slack, wire_slack
 from bot.runtime.models import ModelBook
 from bot.runtime.runner import AgentRunner, RunnerSettings
+from bot.runtime.toolbox import ToolBoxSettings
 from bot.settings import Settings
 from bot.signal import Queued
 from bot.supervisor import Supervisor
@@ -214,7 +215,14 @@ def _wire_runner(
         core.clock,
         supervisor,
         worker,
-        RunnerSettings(max_steps=settings.agent_max_steps, poll=overrides.poll_s),
+        RunnerSettings(
+            max_steps=settings.agent_max_steps,
+            poll=overrides.poll_s,
+            toolbox=ToolBoxSettings(
+                start_timeout_s=settings.tool_server_start_timeout,
+                call_timeout_s=settings.tool_call_timeout,
+            ),
+        ),
         streams=slack.streams if slack else None,
         tool_servers=McpToolConnector(),
     )

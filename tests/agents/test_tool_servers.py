@@ -24,6 +24,7 @@ from tests.agents.tool_servers import (
     make_repository,
     process_gone,
     quoted,
+    toy_server,
     with_pidfile,
 )
 from tests.conftest import FakeClock
@@ -45,10 +46,12 @@ async def open_with_agent(
     anthropic: AnthropicStandIn,
     clock: FakeClock,
     commands: tuple[str, ...] = COMMANDS,
+    **more: object,
 ) -> AsyncIterator[Runtime]:
-    """The runtime with AGENT registered, the operator permitting ``commands``."""
+    """The runtime with AGENT registered, the operator permitting ``commands`` (and ``more``
+    settings, by field name)."""
     settings = runtime_settings(database_url, anthropic.url).model_copy(
-        update={"tool_server_commands": commands}
+        update={"tool_server_commands": commands, **more}
     )
     overrides = Overrides(clock=clock, port=0, worker="test-runner", run_loops=False)
     async with open_service(settings, overrides) as service:
@@ -205,6 +208,30 @@ async def test_a_server_failing_at_every_run_is_reported_once_per_task_and_renew
     assert len(await events(rt, task, EventKind.TOOLS_UNAVAILABLE)) == 1
     final = await rt.task(task)
     assert (final.status, final.attempts) == (TaskStatus.IN_REVIEW, 2)
+
+
+async def test_the_operators_timeouts_bound_a_servers_start_and_each_call(
+    agents_db: str, anthropic: AnthropicStandIn, clock: FakeClock
+) -> None:
+    """THREADWORK_TOOL_SERVER_START_TIMEOUT and THREADWORK_TOOL_CALL_TIMEOUT, as the service
+    reads them: a server that never speaks MCP is reported after the start bound, and a call
+    that hangs is answered to the model as timed out after the call bound."""
+    silent = ["/bin/sh", "-c", "exec tail -f /dev/null"]
+    bounds = {"tool_server_start_timeout": 1.0, "tool_call_timeout": 1.0}
+    async for rt in open_with_agent(agents_db, anthropic, clock, **bounds):
+        await add_server(rt, "slow", "stdio", quoted(silent))
+        await add_server(rt, "toy", "stdio", quoted(toy_server()))
+        task = await assigned(rt)
+        rt.anthropic.script(
+            Reply([ToolUse("toy__hang", {})]),
+            Reply([status(task, "in_review", "done without it")]),
+        )
+        await settle(rt)
+        [note] = await posts(rt, task)
+        assert "• `slow`: it did not start within 1 s" in note
+        [result] = tool_results(rt.anthropic.requests[1])
+        assert result["content"] == "toy__hang did not answer within 1 s."
+        assert (await rt.task(task)).status == TaskStatus.IN_REVIEW
 
 
 async def test_a_server_the_operator_no_longer_permits_is_not_started_and_reported_so(
