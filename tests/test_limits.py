@@ -2,18 +2,18 @@
 
 import pytest
 
-from bot.agent_work import (
-    MAX_ARTIFACT_CHARS,
-    MAX_ARTIFACT_NAME,
-    MAX_ARTIFACT_URI,
-    MAX_ARTIFACTS_PER_TASK,
-)
 from bot.board import MAX_DESCRIPTION_LENGTH, MAX_NOTE_LENGTH, MAX_TITLE_LENGTH, Board
 from bot.errors import InvalidInput
 from bot.registry import AgentRegistry
 from bot.root import Core
 from bot.status import TaskStatus
 from bot.task import Actor, Task
+from bot.work import (
+    MAX_ARTIFACT_CHARS,
+    MAX_ARTIFACT_NAME,
+    MAX_ARTIFACT_URI,
+    MAX_ARTIFACTS_PER_TASK,
+)
 from store.repository import SqlStore
 
 ALICE = "U_ALICE"
