@@ -14,4 +14,7 @@ def write_section(path: Path, title: str, start: str, end: str, section: str) ->
         kept = text.rstrip("\n") + "\n\n" if text.strip() else ""
         path.write_text(f"{kept}{title}\n\n{section}\n")
         return
-    path.write_text(before + section + rest.partition(end)[2])
+    _, ended, after = rest.partition(end)
+    if not ended:  # rather than lose whatever follows the start marker
+        raise ValueError(f"{path} has {start} but not {end}; mend it by hand first")
+    path.write_text(before + section + after)

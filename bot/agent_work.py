@@ -7,6 +7,7 @@ renew the lease; a heartbeat says the agent is alive but is not progress.
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from bot import outbox
@@ -47,6 +48,14 @@ HEARTBEAT_EVERY = timedelta(seconds=15)
 MAX_POST_CHARS = 3500
 #: The most of a command's output a liveness report keeps (its last lines win).
 MAX_OUTPUT_TAIL_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class Release:
+    """A released task, and whether it was dispatched again at once (else at its lapse)."""
+
+    task: Task
+    at_once: bool
 
 
 class AgentWork:
@@ -90,6 +99,8 @@ class AgentWork:
             first = await recorded_before(unit, agent, request, task.id, self._clock())
             if first is None:
                 check_claim(task, agent, epoch)
+            else:  # read again: a repeat that waited for the first call's commit sees its effect
+                task = await require_task(unit, ref)
             yield unit, task, first
         self._notify(frozenset(unit.queued))
 
@@ -211,17 +222,20 @@ class AgentWork:
         self, ref: TaskRef, agent: str, epoch: int, failures: dict[str, str], text: str
     ) -> bool:
         """Posts ``text`` in the thread, saying which of the agent's tool servers did not start
-        (``failures``: label -> why), once per task: a later run whose servers fail the same way
-        says nothing again. A notice, not progress (the lease is not renewed). False when it was
+        (``failures``: label -> why), once per task: a later run whose same servers fail says
+        nothing again. A notice, not progress (the lease is not renewed). False when it was
         said before, or the run no longer holds the task."""
         async with self._store.transaction() as unit:
             task = await require_task(unit, ref)
             if task.claimed_by != agent or task.lease_epoch != epoch:
                 return False
+            # The same servers again: said already, whatever their errors say this time (a
+            # server's stderr often holds times or paths that differ at every start).
             told = [
                 e
                 for e in await unit.list_events(task.id)
-                if e.kind == EventKind.TOOLS_UNAVAILABLE and e.data.get("failures") == failures
+                if e.kind == EventKind.TOOLS_UNAVAILABLE
+                and sorted(e.data.get("failures") or {}) == sorted(failures)
             ]
             if told:
                 return False
@@ -256,7 +270,7 @@ class AgentWork:
 
     async def release_task(
         self, ref: TaskRef, agent: str, epoch: int, idempotency_key: str | None = None
-    ) -> Task:
+    ) -> Release:
         """Hands back an attempt the agent's worker cannot finish (it is shutting down): the
         task is dispatched to the agent again at once, at a new epoch and without counting an
         attempt, so another worker takes it now rather than when the lease lapses. Whatever
@@ -272,7 +286,7 @@ class AgentWork:
         request = tool_request(idempotency_key, "release_task", task=str(ref), epoch=epoch)
         async with self._keyed(ref, agent, epoch, request) as (unit, task, first):
             if first is not None:
-                return task
+                return Release(task, bool((first.result or {}).get("at_once", True)))
             if not task.leased:
                 raise IllegalTransition(
                     f"{ref} is {task.status}; only a task under a lease can be released."
@@ -310,8 +324,8 @@ class AgentWork:
                 )
                 effects.insert(0, again)
             await unit.enqueue(effects, now)
-            await record_result(unit, agent, request, {"epoch": fresh})
-            return released
+            await record_result(unit, agent, request, {"epoch": fresh, "at_once": not at_lapse})
+            return Release(released, not at_lapse)
 
     async def await_input(self, ref: TaskRef, agent: str, epoch: int, question: str) -> Task:
         """Pauses the lease until a person answers in the thread; the card shows it waits."""
@@ -430,10 +444,17 @@ async def _first_artifact(unit: Unit, first: RecordedRequest) -> Artifact:
     return artifact
 
 
+#: The events that start an attempt: a person's dispatch (assign, reopen, unblock), the lapse's.
+_ATTEMPT_STARTS = frozenset({EventKind.DISPATCHED, EventKind.REDISPATCHED})
+
+
 async def _releases(unit: Unit, task: Task) -> int:
-    """How many times the task's current attempt was released."""
-    return sum(
-        1
-        for event in await unit.list_events(task.id)
-        if event.kind == EventKind.RELEASED and event.data.get("attempt") == task.attempts
-    )
+    """How many times the task's current attempt was released: the releases since the event
+    that started it (a dispatch numbers its attempt 1 again, so the number alone would count
+    an earlier round's releases)."""
+    released = 0
+    for event in reversed(await unit.list_events(task.id)):
+        if event.kind in _ATTEMPT_STARTS:
+            break
+        released += event.kind == EventKind.RELEASED
+    return released

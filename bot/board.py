@@ -204,8 +204,8 @@ class Board:
             task = _as_checked(await require_task(unit, ref), checked)
             if actor.kind == "agent":
                 first = await recorded_before(unit, actor.id, request, task.id, self._clock())
-                if first is not None:
-                    return task  # sent again: the first call's move was made
+                if first is not None:  # sent again: the move was made; the task as it is now
+                    return await require_task(unit, ref)
                 check_claim(task, actor.id, epoch)
                 book = await load_policy_book(unit, self._policy)
                 check_agent_may_set(status, note, book.agents_may_close(task.channel_id))

@@ -20,7 +20,7 @@ from bot.errors import InvalidInput, NotAllowed, NotFound
 from bot.ports import Store, Unit
 from bot.secrets import SecretBox
 from bot.tool_server_policy import ToolServerPolicy
-from bot.tool_servers import ToolServer, ToolServerAdd, ToolServerLaunch
+from bot.tool_servers import Stored, ToolServer, ToolServerAdd, ToolServerLaunch
 
 #: The secret a tool server's header values are stored under (JSON of name -> value).
 TOOL_HEADERS = "tool:{label}"
@@ -52,13 +52,16 @@ class ToolServerBook:
         handle, server = normalize_agent_name(name), added.server
         ciphertext = self._encrypt_headers(added)
         async with self._store.transaction() as unit:
-            existing = await self._built_in_servers(unit, handle, name)
+            await _check_built_in(unit, handle, name)
             denial = self._policy.denial(server)
             if denial is not None:
                 raise NotAllowed(denial.sentence)
-            replaced = any(s.label == server.label for s in existing)
             now = self._clock()
-            await unit.upsert_tool_server(handle, server, now)  # locks the agent: adds take turns
+            # Locks the agent first, so adds take turns and what it says holds.
+            stored = await unit.upsert_tool_server(handle, server, now)
+            if stored is None:
+                raise NotFound(f"There is no agent named `{name}`.")
+            replaced = stored == Stored.REPLACED
             count = len(await unit.list_tool_servers(handle))
             if not replaced and count > self._max:
                 raise InvalidInput(  # and the transaction, rolled back, stored nothing
@@ -133,14 +136,14 @@ class ToolServerBook:
             )
         return self._secrets.encrypt(json.dumps(dict(added.headers)))
 
-    async def _built_in_servers(self, unit: Unit, handle: str, name: str) -> list[ToolServer]:
-        """The servers of agent ``handle``, which must be built in."""
-        agent = await unit.get_agent(handle)
-        if agent is None:
-            raise NotFound(f"There is no agent named `{name}`.")
-        if not agent.built_in:
-            raise InvalidInput(
-                f"`{handle}` is an external agent: it brings its own tools. Tool servers are for "
-                "built-in agents (claude, openai)."
-            )
-        return await unit.list_tool_servers(handle)
+
+async def _check_built_in(unit: Unit, handle: str, name: str) -> None:
+    """Raises unless agent ``handle`` exists and is built in (tool servers are for those)."""
+    agent = await unit.get_agent(handle)
+    if agent is None:
+        raise NotFound(f"There is no agent named `{name}`.")
+    if not agent.built_in:
+        raise InvalidInput(
+            f"`{handle}` is an external agent: it brings its own tools. Tool servers are for "
+            "built-in agents (claude, openai)."
+        )

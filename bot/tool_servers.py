@@ -42,6 +42,14 @@ USAGE = {
 ALL_USAGE = f"{USAGE['add']}\n{USAGE['remove']}\n{USAGE['list']}"
 
 
+class Stored(StrEnum):
+    """What storing a tool server under its label did."""
+
+    ADDED = "added"
+    #: A server of that label was there, and is replaced.
+    REPLACED = "replaced"
+
+
 class Transport(StrEnum):
     """How threadwork reaches a tool server."""
 

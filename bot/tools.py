@@ -293,9 +293,11 @@ class TaskTools:
     async def release_task(
         self, task: str, epoch: int | None = None, idempotency_key: str | None = None
     ) -> dict[str, Any]:
-        """Hands the attempt back, so the task is dispatched again at once."""
+        """Hands the attempt back: the task is dispatched again at once, or, past the attempt's
+        free releases, when its lease lapses (``redispatched`` says which)."""
         ref, fence = self._ref(task), self._epoch(epoch)
-        return _summary(await self.work.release_task(ref, self.agent, fence, idempotency_key))
+        release = await self.work.release_task(ref, self.agent, fence, idempotency_key)
+        return _summary(release.task) | {"redispatched": release.at_once}
 
     @_tool
     async def wait_for_work(

@@ -6,7 +6,7 @@ from typing import Any
 from sqlalchemy import Row, delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bot.tool_servers import ToolServer, Transport
+from bot.tool_servers import Stored, ToolServer, Transport
 from store.dialect import dialect_insert
 from store.schema import agent_tool_servers, agents
 
@@ -44,15 +44,22 @@ class ToolServerWrites:
 
     _db: AsyncConnection
 
-    async def upsert_tool_server(self, agent: str, server: ToolServer, at: datetime) -> bool:
+    async def upsert_tool_server(
+        self, agent: str, server: ToolServer, at: datetime
+    ) -> Stored | None:
         """Stores ``server``, first locking the agent's row until the transaction ends
-        (``FOR UPDATE`` on PostgreSQL; on SQLite the writer's ``BEGIN IMMEDIATE`` already made
-        the transaction the only writer): adds to one agent take turns, so the book's count
-        after the add includes every add committed before it."""
-        locked = select(agents.c.id).where(agents.c.name == agent).with_for_update()
+        (``FOR NO KEY UPDATE`` on PostgreSQL, which leaves rows that only refer to the agent
+        free to be written; on SQLite the writer's ``BEGIN IMMEDIATE`` already made the
+        transaction the only writer): adds to one agent take turns, so whether the label was
+        there, and the book's count after the add, hold every add committed before it."""
+        locked = select(agents.c.id).where(agents.c.name == agent).with_for_update(key_share=True)
         agent_id = (await self._db.execute(locked)).scalar_one_or_none()
         if agent_id is None:
-            return False
+            return None
+        there = select(agent_tool_servers.c.label).where(
+            agent_tool_servers.c.agent_id == agent_id, agent_tool_servers.c.label == server.label
+        )
+        stored = Stored.REPLACED if (await self._db.execute(there)).first() else Stored.ADDED
         values: dict[str, Any] = {
             "transport": server.transport.value,
             "command": list(server.command) if server.command else None,
@@ -67,7 +74,7 @@ class ToolServerWrites:
             .on_conflict_do_update(index_elements=["agent_id", "label"], set_=values)
         )
         await self._db.execute(query)
-        return True
+        return stored
 
     async def delete_tool_server(self, agent: str, label: str) -> bool:
         agent_ids = select(agents.c.id).where(agents.c.name == agent).scalar_subquery()

@@ -3,6 +3,8 @@ hand-written notes and every other section around it."""
 
 from pathlib import Path
 
+import pytest
+
 from bench.sections import write_section
 
 START, END = "<!-- bench.x:start -->", "<!-- bench.x:end -->"
@@ -29,6 +31,17 @@ def test_a_first_run_appends_its_title_and_section(tmp_path: Path) -> None:
         doc.read_text()
         == f"# Benchmarks\n\n## Y\n\nOther results.\n\n## X\n\n{section('numbers')}\n"
     )
+
+
+def test_a_start_marker_without_its_end_is_refused_and_the_file_left_alone(
+    tmp_path: Path,
+) -> None:
+    doc = tmp_path / "benchmarks.md"
+    broken = f"# Benchmarks\n\n## X\n\n{START}\n\nold\n\n## Y\n\nOther results.\n"
+    doc.write_text(broken)
+    with pytest.raises(ValueError, match="mend it by hand"):
+        write_section(doc, "## X", START, END, section("new"))
+    assert doc.read_text() == broken
 
 
 def test_a_missing_file_is_created_with_the_section(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import structlog
 from sqlalchemy import text
 
 from bot.outbox import OutboxKind
+from bot.ports.tasks import TaskFields
 from bot.root import Core
 from bot.status import TaskStatus
 from bot.task import Actor, EventKind, Task
@@ -241,6 +242,38 @@ async def test_a_call_waiting_on_a_key_held_by_an_open_transaction_replays_it_on
 
     assert answer["task"] == str(task.ref)
     assert await posts(core, task) == []  # the holder posted nothing, and neither did the loser
+
+
+async def test_a_repeat_that_waited_for_the_first_move_answers_with_the_task_as_it_left_it(
+    core: Core, task: Task, clock: FakeClock
+) -> None:
+    """The repeat of a status move whose first call was still committing (a gateway gave up
+    on it): once that commits, the repeat answers with the task as the move left it, not as it
+    was when the repeat arrived."""
+    request = tool_request(
+        KEY,
+        "update_task_status",
+        task=str(task.ref),
+        status=TaskStatus.IN_REVIEW.value,
+        note=None,
+        epoch=task.lease_epoch,
+    )
+    assert request is not None
+    async with core.store.transaction() as holder:
+        assert await holder.record_tool_request(
+            "coder", KEY, request.tool, request.digest, task.id, clock.now
+        )
+        expect: TaskFields = {"status": task.status, "lease_epoch": task.lease_epoch}
+        moved = {"status": TaskStatus.IN_REVIEW}
+        assert await holder.compare_and_set(task.id, expect, moved, clock.now) is not None
+        repeat = asyncio.create_task(
+            tools(core).update_task_status(str(task.ref), "in_review", None, task.lease_epoch, KEY)
+        )
+        await waiting_on_a_lock(core, repeat)
+    async with asyncio.timeout(10):
+        answer = done(await repeat)
+
+    assert answer["status"] == "in_review"
 
 
 async def waiting_on_a_lock(core: Core, call: "asyncio.Task[Any]") -> None:

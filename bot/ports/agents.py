@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Protocol
 
 from bot.agents import Agent, AgentKind, AgentSettings
-from bot.tool_servers import ToolServer
+from bot.tool_servers import Stored, ToolServer
 
 
 @dataclass(frozen=True)
@@ -92,10 +92,13 @@ class ToolServerReads(Protocol):
 class ToolServerWrites(Protocol):
     """Adding and removing built-in agents' tool servers."""
 
-    async def upsert_tool_server(self, agent: str, server: ToolServer, at: datetime) -> bool:
-        """Stores ``server`` under its label (replacing one of the same label); False when
-        there is no agent ``agent``. Locks the agent until the transaction ends, so adds to one
-        agent take turns and the book's count after the add holds its limit."""
+    async def upsert_tool_server(
+        self, agent: str, server: ToolServer, at: datetime
+    ) -> Stored | None:
+        """Stores ``server`` under its label (replacing one of the same label), and says which
+        it did; None when there is no agent ``agent``. Locks the agent first, until the
+        transaction ends, so adds to one agent take turns: what it says, and the book's count
+        after it, hold every add committed before."""
         ...
 
     async def delete_tool_server(self, agent: str, label: str) -> bool:

@@ -10,9 +10,10 @@ to that run at its next step.
 """
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import structlog
@@ -258,11 +259,13 @@ class AgentRunner:
 
     async def _tool_specs(self) -> list[ToolSpec]:
         """The runtime tools' names, descriptions and input schemas, as the tool server lists
-        them (a run calls its TaskTools directly)."""
+        them (a run calls its TaskTools directly), without ``idempotency_key``: a call made in
+        this process never loses its answer, and a key the model made up could collide with
+        another call's."""
         if not self._specs:
             listed = await self._server.list_tools()
             self._specs = [
-                ToolSpec(t.name, t.description or "", dict(t.input_schema))
+                _in_process(ToolSpec(t.name, t.description or "", dict(t.input_schema)))
                 for t in listed
                 if t.name in RUNTIME_TOOLS
             ]
@@ -302,3 +305,20 @@ class AgentRunner:
                 logger.warning("runner.cancel_timed_out", runs=len(stuck))
         self._runs.clear()
         return handles
+
+
+_SENT_AGAIN = re.compile(r"\s*Safe to send again with the same\s+idempotency_key\.")
+
+
+def _in_process(spec: ToolSpec) -> ToolSpec:
+    """The tool as a built-in agent's run sees it: without the idempotency key a remote client
+    sends with a call it may have to send again."""
+    schema = dict(spec.input_schema)
+    properties = dict(schema.get("properties") or {})
+    if "idempotency_key" not in properties:
+        return spec
+    del properties["idempotency_key"]
+    schema["properties"] = properties
+    if "required" in schema:
+        schema["required"] = [n for n in schema["required"] if n != "idempotency_key"]
+    return replace(spec, description=_SENT_AGAIN.sub("", spec.description), input_schema=schema)

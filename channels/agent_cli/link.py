@@ -13,8 +13,12 @@ the call, the retry gets the first call's answer instead of posting (or attachin
 task) a second time.
 
 A gateway in front of the service (a load balancer, a reverse proxy) that answers 502, 503 or
-504 with a page of its own, not the service's JSON-RPC, is taken for the service being away, as
-a dropped connection is: the call is sent again, with its key, once the service is back.
+504 with a body of its own (an HTML page, or JSON such as ``{"message": "no healthy upstream"}``),
+not the service's JSON-RPC, is taken for the service being away, as a dropped connection is: the
+call is sent again, with its key, once the service is back. The check is a response hook, not a
+transport of the link's own, so the HTTP client keeps the environment's proxies
+(``HTTP_PROXY``, ``HTTPS_PROXY``, ``NO_PROXY``), which httpx honours only for a client built
+without a transport.
 
 Tool results become ``bot.tools`` values here: ``Done`` with the structured data, or
 ``Refused`` with the refusal its text starts with. A JSON-RPC error the service answers with
@@ -24,6 +28,7 @@ reached the service, and sending it again would only repeat it.
 
 import asyncio
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import Mapping
@@ -66,28 +71,6 @@ def keyed(tool: str, arguments: Mapping[str, Any]) -> dict[str, Any]:
 
 class ServiceAway(httpx2.TransportError):
     """A gateway answered for the service: it is away, as if the connection had dropped."""
-
-
-class _GatewayAware(httpx2.AsyncBaseTransport):
-    """The network, where a gateway's answer that the service is away (``GATEWAY_AWAY``, with a
-    body that is not JSON) fails the request like a broken connection, so the call is sent again
-    rather than taken for the service's refusal. Closes the network only if it opened it."""
-
-    def __init__(self, network: httpx2.AsyncBaseTransport | None) -> None:
-        self._owned = network is None
-        self._network = network or httpx2.AsyncHTTPTransport()
-
-    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        response = await self._network.handle_async_request(request)
-        kind = response.headers.get("content-type", "").lower()
-        if response.status_code in GATEWAY_AWAY and not kind.startswith("application/json"):
-            await response.aclose()
-            raise ServiceAway(f"a gateway answered {response.status_code}", request=request)
-        return response
-
-    async def aclose(self) -> None:
-        if self._owned:
-            await self._network.aclose()
 
 
 class TokenRefused(Exception):
@@ -189,7 +172,10 @@ class Link:
         try:
             async with (
                 httpx2.AsyncClient(
-                    headers=self._headers, timeout=timeout, transport=_GatewayAware(self._transport)
+                    headers=self._headers,
+                    timeout=timeout,
+                    transport=self._transport,
+                    event_hooks={"response": [_fail_gateway_away]},
                 ) as http,
                 Client(streamable_http_client(self._url, http_client=http)) as client,
             ):
@@ -234,6 +220,28 @@ async def _end(session: _Session) -> None:
         session.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await session.task
+
+
+async def _fail_gateway_away(response: httpx2.Response) -> None:
+    """Raises ServiceAway when a gateway answered ``response`` for a service it cannot reach
+    (``GATEWAY_AWAY``, with a body that is not a JSON-RPC message). Raised in a response hook,
+    it closes the response and fails the request as a broken connection does, so the session
+    ends and the call is sent again."""
+    if response.status_code in GATEWAY_AWAY and not await _from_service(response):
+        status = response.status_code
+        raise ServiceAway(f"a gateway answered {status}", request=response.request)
+
+
+async def _from_service(response: httpx2.Response) -> bool:
+    """Whether ``response``'s body is a JSON-RPC message: the service answered, and the SDK
+    passes its error on (it reads the body again from the response's cache)."""
+    if not response.headers.get("content-type", "").lower().startswith("application/json"):
+        return False
+    try:
+        message = json.loads(await response.aread())  # an error's body: a few hundred bytes
+    except ValueError:
+        return False
+    return isinstance(message, dict) and "jsonrpc" in message
 
 
 def _first(error: BaseException) -> str:

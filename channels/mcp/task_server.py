@@ -129,9 +129,10 @@ def build_tool_server(resolve: Resolver) -> MCPServer:
     ) -> dict[str, Any]:
         """Hands back a task you hold but cannot finish now (you are shutting down): it is
         dispatched to you again at once at a new epoch, without counting an attempt, for
-        whichever of your workers waits for work. Only a task in todo or in_progress. Pass the
-        epoch from your directive; calls at the old epoch are refused afterwards. Safe to send
-        again with the same idempotency_key."""
+        whichever of your workers waits for work; after three releases of one attempt, only
+        when its lease lapses (``redispatched`` in the answer says which). Only a task in todo
+        or in_progress. Pass the epoch from your directive; calls at the old epoch are refused
+        afterwards. Safe to send again with the same idempotency_key."""
         return await render((await caller(ctx)).release_task(task, epoch, idempotency_key))
 
     @server.tool()

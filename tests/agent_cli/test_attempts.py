@@ -229,6 +229,29 @@ async def test_releases_past_the_free_ones_leave_the_attempt_to_its_lapse_which_
     )
 
 
+async def test_a_persons_new_dispatch_starts_the_free_releases_again(
+    core: Core, task: Task, clock: FakeClock
+) -> None:
+    """A dispatch numbers its attempt 1 again: the releases of an earlier round do not count
+    against the next one, so its first release is dispatched at once, and says so."""
+    await release_n(core, task, MAX_RELEASES_PER_ATTEMPT)
+    held = await current(core, task)
+    last = done(await tools(core).release_task(str(task.ref), held.lease_epoch))
+    assert last["redispatched"] is False  # the fourth of the round: at the lapse
+    await core.board.update_task_status(task.ref, TaskStatus.BLOCKED, Actor.user(ALICE), "stuck")
+    again = await core.board.assign_task(task.ref, "coder", ALICE)  # a person's new dispatch
+    assert again.attempts == 1
+    async with core.store.transaction() as unit:
+        await unit.consume_wakeups("coder", clock.now)
+
+    first = done(await tools(core).release_task(str(task.ref), again.lease_epoch))
+
+    assert first["redispatched"] is True
+    async with core.store.transaction() as unit:
+        [wakeup] = await unit.consume_wakeups("coder", clock.now)
+    assert (wakeup.reason, wakeup.epoch) == (WakeReason.REDISPATCH, first["epoch"])
+
+
 async def test_after_a_release_the_old_attempts_calls_are_refused_as_superseded(
     core: Core, task: Task
 ) -> None:

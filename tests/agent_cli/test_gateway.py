@@ -1,12 +1,16 @@
 """The worker behind a gateway: a reverse proxy on 127.0.0.1 in front of the real service (its
-MCP endpoint over HTTP, on both backends). While the service is away the proxy answers 502 or
-503 with a page of its own; the link takes that for the service being away, as a dropped
-connection, and sends the call again with its key, so the post is made once and the call
-succeeds. A gateway's other refusals (403) stay refusals: sending them again would not help."""
+MCP endpoint over HTTP, on both backends). When the proxy answers 502, 503 or 504 for the
+service, with a page or JSON of its own, the link takes that for the service being away, as a
+dropped connection, and sends the call again with its key: a call the service made before the
+proxy lost its answer is made once, and the call succeeds. The service's own JSON-RPC error,
+and a gateway's other refusals (403), stay refusals: sending them again would not help. The
+same proxy, as the egress proxy the environment names, carries the link's requests."""
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -24,52 +28,93 @@ from tests.conftest import TEST_SECRET_KEY, FakeClock, SequentialKeys
 ALICE = "U_ALICE"
 #: Headers the proxy does not pass on (hop-by-hop, or recomputed by aiohttp).
 HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "host"})
+#: What a gateway shows for a service it cannot reach.
+PAGE = "<html><body><h1>Bad gateway</h1>upstream unavailable</body></html>"
+#: A name that resolves nowhere (RFC 2606): only the egress proxy knows where it is.
+BEHIND_PROXY = "http://threadwork.test/mcp"
+#: The environment's proxy settings, cleared so that the test's own are the only ones.
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What the gateway answers for one call of its tool, in place of the service's answer."""
+
+    status: int
+    body: str = PAGE
+    content_type: str = "text/html"
+    #: Whether the call reaches the service first (which makes it; its answer is dropped).
+    forwarded: bool = False
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A JSON-RPC tool call, as the proxy saw it go by."""
+
+    tool: str
+    key: str | None
 
 
 class Gateway:
-    """A reverse proxy to ``upstream`` that answers the next ``failures`` calls of ``tool``
-    itself, with ``status`` and an HTML page, without passing them on."""
+    """A proxy to ``upstream`` that answers the next calls of ``tool`` with ``faults``, one a
+    call, and passes everything else on. It takes requests in origin form (a reverse proxy,
+    at ``url``) and in absolute form (an egress proxy, at ``origin``) alike."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
         self.tool = ""
-        self.status = 502
-        self.failures = 0
-        #: (status, tool) of every tool call the proxy saw.
+        self.faults: list[Fault] = []
+        #: (status, tool) of every tool call, as the link was answered.
         self.seen: list[tuple[int, str]] = []
+        #: (status, idempotency key) of every call of ``tool`` that reached the service.
+        self.reached: list[tuple[int, str | None]] = []
+        #: The request target of every request, as the link sent it.
+        self.targets: list[str] = []
         self._http = aiohttp.ClientSession(auto_decompress=False)
         self._runner: web.AppRunner | None = None
-        self.url = ""
+        self.origin = ""
+
+    @property
+    def url(self) -> str:
+        return f"{self.origin}/mcp"
 
     async def start(self) -> None:
         app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._forward)
+        app.router.add_route("*", "/{tail:.*}", self._answer)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         port = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}/mcp"
+        self.origin = f"http://127.0.0.1:{port}"
 
     async def close(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
         await self._http.close()
 
-    async def _forward(self, request: web.Request) -> web.StreamResponse:
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
+        self.targets.append(request.raw_path)
         body = await request.read()
-        tool = _tool(body)
-        if tool is not None and tool == self.tool and self.failures > 0:
-            self.failures -= 1
-            self.seen.append((self.status, tool))
-            page = f"<html><body><h1>{self.status}</h1>upstream unavailable</body></html>"
-            return web.Response(status=self.status, text=page, content_type="text/html")
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP}
-        async with self._http.request(
-            request.method, self.upstream, data=body or None, headers=headers
-        ) as upstream:
-            if tool is not None:
-                self.seen.append((upstream.status, tool))
+        call = _tool_call(body)
+        if call is None or call.tool != self.tool or not self.faults:
+            return await self._relay(request, body, call)
+        fault = self.faults.pop(0)
+        if fault.forwarded:
+            async with self._send(request, body) as upstream:
+                await upstream.read()  # the service answered: the call was made
+                self.reached.append((upstream.status, call.key))
+        self.seen.append((fault.status, call.tool))
+        return web.Response(status=fault.status, text=fault.body, content_type=fault.content_type)
+
+    async def _relay(
+        self, request: web.Request, body: bytes, call: ToolCall | None
+    ) -> web.StreamResponse:
+        async with self._send(request, body) as upstream:
+            if call is not None:
+                self.seen.append((upstream.status, call.tool))
+            if call is not None and call.tool == self.tool:
+                self.reached.append((upstream.status, call.key))
             response = web.StreamResponse(status=upstream.status)
             for name, value in upstream.headers.items():
                 if name.lower() not in HOP:
@@ -80,15 +125,29 @@ class Gateway:
             await response.write_eof()
             return response
 
+    @contextlib.asynccontextmanager
+    async def _send(
+        self, request: web.Request, body: bytes
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP}
+        data = body or None
+        async with self._http.request(
+            request.method, self.upstream, data=data, headers=headers
+        ) as upstream:
+            yield upstream
 
-def _tool(body: bytes) -> str | None:
+
+def _tool_call(body: bytes) -> ToolCall | None:
+    """The call, when ``body`` is a JSON-RPC tool call."""
     try:
         message = json.loads(body) if body else None
     except ValueError:
         return None
-    if isinstance(message, dict) and message.get("method") == "tools/call":
-        return str((message.get("params") or {}).get("name"))
-    return None
+    if not isinstance(message, dict) or message.get("method") != "tools/call":
+        return None
+    params = message.get("params") or {}
+    key = (params.get("arguments") or {}).get("idempotency_key")
+    return ToolCall(str(params.get("name")), None if key is None else str(key))
 
 
 @pytest.fixture
@@ -118,13 +177,17 @@ async def assigned(service: Service) -> tuple[str, Task]:
     return token, await core.board.assign_task(created.ref, "coder", ALICE)
 
 
-async def call(gateway: Gateway, token: str, tool: str, arguments: dict[str, Any]) -> Any:
-    link = Link(gateway.url, token)
+async def call(url: str, token: str, tool: str, arguments: dict[str, Any]) -> Any:
+    link = Link(url, token)
     try:
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(20):
             return await link.call(tool, arguments)
     finally:
         await link.close()
+
+
+def post(task: Task) -> dict[str, Any]:
+    return {"task": str(task.ref), "text": "Tests pass", "epoch": task.lease_epoch}
 
 
 async def agent_posts(service: Service, task: Task) -> list[str]:
@@ -133,29 +196,98 @@ async def agent_posts(service: Service, task: Task) -> list[str]:
 
 
 @pytest.mark.parametrize("status", [502, 503, 504])
-async def test_a_gateways_answer_that_the_service_is_away_is_sent_again_and_posts_once(
+async def test_a_gateways_page_saying_the_service_is_away_is_sent_again_and_posts_once(
     service: Service, gateway: Gateway, status: int
 ) -> None:
     token, task = await assigned(service)
-    gateway.tool, gateway.status, gateway.failures = "post_update", status, 2
-    arguments = {"task": str(task.ref), "text": "Tests pass", "epoch": task.lease_epoch}
+    gateway.tool, gateway.faults = "post_update", [Fault(status), Fault(status)]
 
-    result = await call(gateway, token, "post_update", arguments)
+    result = await call(gateway.url, token, "post_update", post(task))
 
     assert isinstance(result, Done), result
     assert [s for s, tool in gateway.seen if tool == "post_update"] == [status, status, 200]
     assert await agent_posts(service, task) == ["Tests pass"]
 
 
+async def test_a_call_the_service_made_before_the_gateway_lost_its_answer_is_made_once(
+    service: Service, gateway: Gateway
+) -> None:
+    token, task = await assigned(service)
+    gateway.tool, gateway.faults = "post_update", [Fault(504, forwarded=True)]
+
+    result = await call(gateway.url, token, "post_update", post(task))
+
+    assert isinstance(result, Done), result
+    assert gateway.seen == [(504, "post_update"), (200, "post_update")]
+    assert await agent_posts(service, task) == ["Tests pass"]  # made once
+    [(first, key), (again, key_again)] = gateway.reached  # though the service had it twice
+    assert (first, again) == (200, 200)
+    assert key is not None
+    assert key == key_again
+
+
+async def test_a_gateways_own_json_saying_the_service_is_away_is_sent_again(
+    service: Service, gateway: Gateway
+) -> None:
+    token, task = await assigned(service)
+    away = Fault(503, '{"message": "no healthy upstream"}', "application/json")
+    gateway.tool, gateway.faults = "post_update", [away]
+
+    result = await call(gateway.url, token, "post_update", post(task))
+
+    assert isinstance(result, Done), result
+    assert gateway.seen == [(503, "post_update"), (200, "post_update")]
+    assert await agent_posts(service, task) == ["Tests pass"]
+
+
+async def test_a_json_rpc_error_at_a_gateway_status_is_the_services_refusal(
+    service: Service, gateway: Gateway
+) -> None:
+    token, task = await assigned(service)
+    error = {"jsonrpc": "2.0", "id": None, "error": {"code": -32603, "message": "overloaded"}}
+    gateway.tool, gateway.faults = (
+        "post_update",
+        [Fault(503, json.dumps(error), "application/json")],
+    )
+
+    result = await call(gateway.url, token, "post_update", post(task))
+
+    assert isinstance(result, Refused), result
+    assert result.message == "post_update: overloaded"  # the SDK read the body the hook read
+    assert gateway.seen == [(503, "post_update")]
+    assert await agent_posts(service, task) == []
+
+
 async def test_a_gateways_other_refusal_stays_a_refusal_and_is_not_sent_again(
     service: Service, gateway: Gateway
 ) -> None:
     token, task = await assigned(service)
-    gateway.tool, gateway.status, gateway.failures = "post_update", 403, 1
-    arguments = {"task": str(task.ref), "text": "Tests pass", "epoch": task.lease_epoch}
+    gateway.tool, gateway.faults = "post_update", [Fault(403)]
 
-    result = await call(gateway, token, "post_update", arguments)
+    result = await call(gateway.url, token, "post_update", post(task))
 
     assert isinstance(result, Refused), result
     assert gateway.seen == [(403, "post_update")]
     assert await agent_posts(service, task) == []
+
+
+async def test_the_link_reaches_the_service_through_the_environments_proxy(
+    service: Service, gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway stands in for an egress proxy: ``HTTP_PROXY`` names it, and the link is
+    pointed at ``threadwork.test``, a name that resolves nowhere, so a link that ignored the
+    proxy could not connect at all (it would retry until the test's timeout). The service's
+    own address, 127.0.0.1, is not used as the link's URL: whether a loopback address bypasses
+    a proxy is up to ``NO_PROXY``, which the test clears with every other proxy setting."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.setenv("HTTP_PROXY", gateway.origin)
+    token, task = await assigned(service)
+
+    result = await call(BEHIND_PROXY, token, "post_update", post(task))
+
+    assert isinstance(result, Done), result
+    assert gateway.seen == [(200, "post_update")]
+    assert set(gateway.targets) == {BEHIND_PROXY}  # absolute form: sent to it as a proxy
+    assert await agent_posts(service, task) == ["Tests pass"]

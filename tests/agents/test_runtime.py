@@ -104,6 +104,11 @@ async def test_an_assigned_claude_agent_works_the_task_to_review_with_no_human_p
         "update_task_status",
         "add_artifact",
     }
+    # A built-in run's calls are made in process: no idempotency key to offer the model.
+    offered = json.dumps(first.body["tools"])
+    assert "idempotency_key" not in offered
+    post = next(t for t in first.body["tools"] if t["name"] == "post_update")
+    assert {"task", "text", "epoch"} <= set(post["input_schema"]["properties"])
     assert "Directive: work on task C1#1" in json.dumps(first.body["messages"][0])
 
 
