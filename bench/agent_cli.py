@@ -29,7 +29,6 @@ Percentiles are nearest-rank: with 20 trials of a kind the p99 is the slowest.
 import argparse
 import asyncio
 import math
-import os
 import random
 import shlex
 import sys
@@ -39,7 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.machine import Machine
+from bench.machine import Machine, load_average
 from bench.sections import write_section
 from bot.logging import configure_logging
 from bot.task import EventKind, TaskRef
@@ -158,12 +157,7 @@ def spread(values: Sequence[float]) -> str:
 
 
 def machine_line(run: Run) -> str:
-    m = run.machine
-    return (
-        f"{m.cpu}, nproc {m.nproc}, {m.ram_gib:.1f} GiB RAM, {m.os}; load average (1, 5, 15 "
-        f"min) at start {m.load_average}, at end {run.load_after}. Python {m.python}; "
-        f"{m.libraries}."
-    )
+    return run.machine.line(run.load_after)
 
 
 def section(run: Run) -> str:
@@ -214,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     asyncio.run(bench(run))
     run.seconds = time.perf_counter() - began
-    run.load_after = " ".join(f"{n:.2f}" for n in os.getloadavg())
+    run.load_after = load_average()
     text = section(run)
     if args.write is not None:
         write_section(args.write, TITLE, START, END, text)

@@ -28,7 +28,7 @@ from bench.agents_report import Report, render, write
 from bench.agents_rig import log_to
 from bench.agents_throughput import ThroughputResult, Variant, measure_throughput
 from bench.agents_wake import measure_wake
-from bench.machine import Machine
+from bench.machine import Machine, load_average
 
 RESULTS = Path(__file__).parent / "results" / "agents_runtime.md"
 LIBRARIES = ("anthropic", "httpx2", "aiohttp", "sqlalchemy", "aiosqlite", "mcp", "structlog")
@@ -73,7 +73,7 @@ async def measure(args: argparse.Namespace, command: str) -> Report:
         seconds=time.perf_counter() - started,
         process_seconds=process_age(),
         machine=machine,
-        load_at_end=" ".join(f"{n:.2f}" for n in os.getloadavg()),
+        load_at_end=load_average(),
         versions=", ".join(f"{name} {version(name)}" for name in LIBRARIES),
         rounds=rounds,
         wake=wake,

@@ -21,7 +21,6 @@ Percentiles are nearest-rank: with 5 trials the p90 is the slowest.
 
 import argparse
 import math
-import os
 import shlex
 import sys
 import tempfile
@@ -31,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.machine import Machine
+from bench.machine import Machine, load_average
 from bench.sections import write_section
 from tests.sandbox.process import SandboxProcess
 
@@ -128,12 +127,7 @@ def review(page: Any, n: int) -> float:
 
 
 def machine_line(run: Run) -> str:
-    m = run.machine
-    return (
-        f"{m.cpu}, nproc {m.nproc}, {m.ram_gib:.1f} GiB RAM, {m.os}; load average (1, 5, 15 "
-        f"min) at start {m.load_average}, at end {run.load_after}. Python {m.python}; "
-        f"{m.libraries}; chromium {chromium_version()}."
-    )
+    return run.machine.line(run.load_after, f"; chromium {chromium_version()}")
 
 
 def chromium_version() -> str:
@@ -182,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     time_starts(run, args.starts)
     time_reviews(run.paced, args.trials, "0.04")
     time_reviews(run.unpaced, args.trials, "0")
-    run.load_after = " ".join(f"{n:.2f}" for n in os.getloadavg())
+    run.load_after = load_average()
     text = section(run)
     if args.write is not None:
         write_section(args.write, TITLE, START, END, text)

@@ -35,7 +35,6 @@ Percentiles are nearest-rank: with 30 trials the p99 is the slowest trial.
 import argparse
 import asyncio
 import math
-import os
 import shlex
 import sys
 import tempfile
@@ -46,7 +45,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
-from bench.machine import Machine
+from bench.machine import Machine, load_average
 from bench.sections import write_section
 from bench.session_rig import (
     BUILT_IN,
@@ -176,13 +175,8 @@ def verdict(passed: bool) -> str:
 
 
 def machine_line(run: Run) -> str:
-    m = run.machine
     sdks = ", ".join(f"{n} {version(n)}" for n in ("slack_sdk", "slack_bolt", "anthropic", "mcp"))
-    return (
-        f"{m.cpu}, nproc {m.nproc}, {m.ram_gib:.1f} GiB RAM, {m.os}; load average (1, 5, 15 "
-        f"min) at start {m.load_average}, at end {run.load_after}. Python {m.python}; "
-        f"{m.libraries}, {sdks}."
-    )
+    return run.machine.line(run.load_after, f", {sdks}")
 
 
 def results(run: Run) -> str:
@@ -299,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     asyncio.run(bench(run))
     run.seconds = time.perf_counter() - started
-    run.load_after = " ".join(f"{n:.2f}" for n in os.getloadavg())
+    run.load_after = load_average()
     text = results(run)
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(text)

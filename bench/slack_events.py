@@ -24,7 +24,6 @@ go to ``bench/results/slack_events.md`` and stdout.
 import argparse
 import asyncio
 import dataclasses
-import os
 import shlex
 import sqlite3
 import sys
@@ -37,7 +36,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 
-from bench.machine import Machine
+from bench.machine import Machine, load_average
 from bench.slack_load import (
     PHASE_TIMEOUT,
     EventSource,
@@ -322,7 +321,7 @@ async def bench(w: Workload, command_line: str) -> Run:
     finally:
         await standin.close()
     run.seconds = time.perf_counter() - started
-    run.load_after = " ".join(f"{n:.2f}" for n in os.getloadavg())
+    run.load_after = load_average()
     return run
 
 

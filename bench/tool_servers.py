@@ -40,7 +40,7 @@ from typing import Any
 
 from bench.agents_rig import AGENT, CHANNEL, MODEL, PERSON, Rig, open_rig
 from bench.agents_turns import steps_done, task_ref
-from bench.machine import Machine
+from bench.machine import Machine, load_average
 from bench.sections import write_section
 from bot.agents import AgentKind, AgentSettings
 from bot.logging import configure_logging
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["THREADWORK_TOOL_SERVER_COMMANDS"] = sys.executable
     with tempfile.TemporaryDirectory(prefix="threadwork_bench_tools_") as workdir:
         configs = asyncio.run(measure(args, Path(workdir)))
-    load = " ".join(f"{n:.2f}" for n in os.getloadavg())
+    load = load_average()
     text = section(configs, machine, command, date, load)
     if args.write is not None:
         write_section(args.write, TITLE, START, END, text)
