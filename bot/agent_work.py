@@ -55,7 +55,7 @@ class Release:
     """A released task, and whether it was dispatched again at once (else at its lapse)."""
 
     task: Task
-    at_once: bool
+    redispatched: bool
 
 
 class AgentWork:
@@ -286,7 +286,7 @@ class AgentWork:
         request = tool_request(idempotency_key, "release_task", task=str(ref), epoch=epoch)
         async with self._keyed(ref, agent, epoch, request) as (unit, task, first):
             if first is not None:
-                return Release(task, bool((first.result or {}).get("at_once", True)))
+                return Release(task, bool((first.result or {}).get("redispatched", True)))
             if not task.leased:
                 raise IllegalTransition(
                     f"{ref} is {task.status}; only a task under a lease can be released."
@@ -324,7 +324,9 @@ class AgentWork:
                 )
                 effects.insert(0, again)
             await unit.enqueue(effects, now)
-            await record_result(unit, agent, request, {"epoch": fresh, "at_once": not at_lapse})
+            await record_result(
+                unit, agent, request, {"epoch": fresh, "redispatched": not at_lapse}
+            )
             return Release(released, not at_lapse)
 
     async def await_input(self, ref: TaskRef, agent: str, epoch: int, question: str) -> Task:

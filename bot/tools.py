@@ -297,7 +297,7 @@ class TaskTools:
         free releases, when its lease lapses (``redispatched`` says which)."""
         ref, fence = self._ref(task), self._epoch(epoch)
         release = await self.work.release_task(ref, self.agent, fence, idempotency_key)
-        return _summary(release.task) | {"redispatched": release.at_once}
+        return _summary(release.task) | {"redispatched": release.redispatched}
 
     @_tool
     async def wait_for_work(

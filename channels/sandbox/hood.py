@@ -47,8 +47,8 @@ class Hood:
             recent = sorted(tasks, key=lambda t: t.updated_at, reverse=True)[:TASKS_READ]
             events = await _events(reader, recent)
             refs = {t.id: str(t.ref) for t in tasks}
-            open_rows = await reader.list_open_outbox(OUTBOX_SHOWN, refs)
-            counts = await reader.count_outbox(refs)
+            open_rows = await reader.list_open_outbox(OUTBOX_SHOWN, refs.keys())
+            counts = await reader.count_outbox(refs.keys())
         return {
             "now": _iso(self.clock()),
             "lease_ttl_s": self.policy.lease_ttl.total_seconds(),
