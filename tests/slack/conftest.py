@@ -12,14 +12,17 @@ import json
 import shutil
 import time
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
+import httpx2
 import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 from pydantic import SecretStr
 
 from bot.delivery import DeliverySettings
@@ -93,6 +96,18 @@ class Harness:
     async def close(self) -> None:
         """Shuts the service down as SIGTERM would (the fixture's own exit is then a no-op)."""
         await self.stack.aclose()
+
+    @asynccontextmanager
+    async def mcp_as(self, agent: str) -> AsyncIterator[Client]:
+        """The real MCP client on the service's endpoint, with a fresh token of ``agent``'s."""
+        token = await self.core.registry.issue_token(agent)
+        assert self.service.mcp_url is not None
+        headers = {"Authorization": f"Bearer {token}"}
+        async with (
+            httpx2.AsyncClient(headers=headers) as http,
+            Client(streamable_http_client(self.service.mcp_url, http_client=http)) as client,
+        ):
+            yield client
 
     _events = itertools.count(1)
     _requests = itertools.count(1)

@@ -1,33 +1,16 @@
 """An external agent sends a call again with its idempotency key, through the SDK's MCP client
 against the service's own endpoint: Slack's stand-in gets one post, and the key names one call."""
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
-import httpx2
 import structlog
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 
 from bot.tool_requests import KEPT_FOR, KEYED_TOOLS
 from scheduler.jobs import PRUNE_TOOL_REQUESTS_JOB_ID
 from tests.slack.conftest import CHANNEL, Harness
 
 KEY = "9b7e1d0c-retry-of-one-post"
-
-
-@asynccontextmanager
-async def mcp_as(service: Harness, agent: str) -> AsyncIterator[Client]:
-    token = await service.core.registry.issue_token(agent)
-    assert service.service.mcp_url is not None
-    headers = {"Authorization": f"Bearer {token}"}
-    async with (
-        httpx2.AsyncClient(headers=headers) as http,
-        Client(streamable_http_client(service.service.mcp_url, http_client=http)) as client,
-    ):
-        yield client
 
 
 async def epoch_of_task_1(service: Harness) -> int:
@@ -50,7 +33,7 @@ def agent_posts(service: Harness, text: str) -> list[str]:
 async def test_a_post_sent_again_with_its_key_reaches_the_thread_once(service: Harness) -> None:
     epoch = await epoch_of_task_1(service)
     arguments = {"task": "C1#1", "text": "Tests pass", "epoch": epoch, "idempotency_key": KEY}
-    async with mcp_as(service, "coder") as client:
+    async with service.mcp_as("coder") as client:
         first = await client.call_tool("post_update", arguments)
         again = await client.call_tool("post_update", arguments)
     await service.deliver()
@@ -63,7 +46,7 @@ async def test_a_post_sent_again_with_its_key_reaches_the_thread_once(service: H
 
 async def test_a_key_used_for_a_post_is_refused_for_a_status_change(service: Harness) -> None:
     epoch = await epoch_of_task_1(service)
-    async with mcp_as(service, "coder") as client:
+    async with service.mcp_as("coder") as client:
         await client.call_tool(
             "post_update",
             {"task": "C1#1", "text": "Tests pass", "epoch": epoch, "idempotency_key": KEY},
@@ -81,7 +64,7 @@ async def test_a_key_used_for_a_post_is_refused_for_a_status_change(service: Har
 
 async def test_a_key_too_long_is_refused_and_nothing_is_posted(service: Harness) -> None:
     epoch = await epoch_of_task_1(service)
-    async with mcp_as(service, "coder") as client:
+    async with service.mcp_as("coder") as client:
         refused = await client.call_tool(
             "post_update",
             {"task": "C1#1", "text": "Tests pass", "epoch": epoch, "idempotency_key": "k" * 201},
@@ -95,7 +78,7 @@ async def test_a_key_too_long_is_refused_and_nothing_is_posted(service: Harness)
 
 
 async def test_the_tools_that_change_things_describe_the_key_to_clients(service: Harness) -> None:
-    async with mcp_as(service, "coder") as client:
+    async with service.mcp_as("coder") as client:
         listed = {t.name: t.input_schema for t in (await client.list_tools()).tools}
     takes_a_key = {
         name for name, schema in listed.items() if "idempotency_key" in schema["properties"]
@@ -110,7 +93,7 @@ async def test_the_service_forgets_keys_a_day_old_in_its_hourly_housekeeping(
     service: Harness,
 ) -> None:
     epoch = await epoch_of_task_1(service)
-    async with mcp_as(service, "coder") as client:
+    async with service.mcp_as("coder") as client:
         await client.call_tool(
             "post_update",
             {"task": "C1#1", "text": "Tests pass", "epoch": epoch, "idempotency_key": KEY},

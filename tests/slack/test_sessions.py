@@ -7,13 +7,9 @@ external agent through the real MCP client.
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx2
 import pytest
-from mcp.client import Client
-from mcp.client.streamable_http import streamable_http_client
 
 from bot.agents import AgentKind, AgentSettings, Autonomy
 from bot.status import TaskStatus
@@ -258,23 +254,11 @@ def card_click(action_id: str, value: str, user: str = ALICE) -> dict[str, Any]:
     }
 
 
-@asynccontextmanager
-async def mcp_as(service: Harness, agent: str) -> AsyncIterator[Client]:
-    token = await service.core.registry.issue_token(agent)
-    assert service.service.mcp_url is not None
-    headers = {"Authorization": f"Bearer {token}"}
-    async with (
-        httpx2.AsyncClient(headers=headers) as http,
-        Client(streamable_http_client(service.service.mcp_url, http_client=http)) as client,
-    ):
-        yield client
-
-
 async def test_stop_reaches_an_external_agent_at_once_and_refuses_its_next_status_change(
     service: Harness,
 ) -> None:
     task = await assigned(service, "coder")
-    async with mcp_as(service, "coder") as client:
+    async with service.mcp_as("coder") as client:
         first = await client.call_tool("wait_for_work", {"timeout_s": 5})
         assert first.structured_content is not None
         [directive] = first.structured_content["work"]
