@@ -23,6 +23,7 @@ from bot.settings import Settings
 from bot.task import Actor, Task
 from bot.tools import Done, Refused
 from channels.agent_cli.link import Link
+from tests.agent_cli.tool_calls import ToolCall, tool_call
 from tests.conftest import TEST_SECRET_KEY, FakeClock, SequentialKeys
 
 ALICE = "U_ALICE"
@@ -45,14 +46,6 @@ class Fault:
     content_type: str = "text/html"
     #: Whether the call reaches the service first (which makes it; its answer is dropped).
     forwarded: bool = False
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    """A JSON-RPC tool call, as the proxy saw it go by."""
-
-    tool: str
-    key: str | None
 
 
 class Gateway:
@@ -96,7 +89,7 @@ class Gateway:
     async def _answer(self, request: web.Request) -> web.StreamResponse:
         self.targets.append(request.raw_path)
         body = await request.read()
-        call = _tool_call(body)
+        call = tool_call(body)
         if call is None or call.tool != self.tool or not self.faults:
             return await self._relay(request, body, call)
         fault = self.faults.pop(0)
@@ -135,19 +128,6 @@ class Gateway:
             request.method, self.upstream, data=data, headers=headers
         ) as upstream:
             yield upstream
-
-
-def _tool_call(body: bytes) -> ToolCall | None:
-    """The call, when ``body`` is a JSON-RPC tool call."""
-    try:
-        message = json.loads(body) if body else None
-    except ValueError:
-        return None
-    if not isinstance(message, dict) or message.get("method") != "tools/call":
-        return None
-    params = message.get("params") or {}
-    key = (params.get("arguments") or {}).get("idempotency_key")
-    return ToolCall(str(params.get("name")), None if key is None else str(key))
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ against the real service (its MCP endpoint over HTTP, on both backends), an answ
 service made the call does not make it twice."""
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +16,7 @@ from bot.settings import Settings
 from bot.task import Actor, Task
 from bot.tools import Done
 from channels.agent_cli.link import Link, keyed
+from tests.agent_cli.tool_calls import tool_call
 from tests.conftest import TEST_SECRET_KEY, FakeClock, SequentialKeys
 
 ALICE = "U_ALICE"
@@ -33,7 +33,8 @@ class LosesAnswers(httpx2.AsyncBaseTransport):
         self.calls: list[dict[str, Any]] = []
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        arguments = _call_arguments(await request.aread(), self._tool)
+        call = tool_call(await request.aread())
+        arguments = call.arguments if call is not None and call.tool == self._tool else None
         response = await self._network.handle_async_request(request)
         if arguments is None:
             return response
@@ -49,18 +50,6 @@ class LosesAnswers(httpx2.AsyncBaseTransport):
 
     async def close(self) -> None:
         await self._network.aclose()
-
-
-def _call_arguments(body: bytes, tool: str) -> dict[str, Any] | None:
-    """The arguments, when ``body`` is a JSON-RPC call of ``tool``."""
-    try:
-        message = json.loads(body) if body else None
-    except ValueError:
-        return None
-    if not isinstance(message, dict) or message.get("method") != "tools/call":
-        return None
-    params = message.get("params") or {}
-    return dict(params.get("arguments") or {}) if params.get("name") == tool else None
 
 
 @dataclass
