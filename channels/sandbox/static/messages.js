@@ -57,19 +57,8 @@ function messageNode(m, ws, replies, session) {
   const el = document.createElement("article");
   el.className = "message" + (m.streaming ? " streaming" : "");
   el.setAttribute("aria-label", `${who.name} at ${clock(m.ts)}`);
-  const avatar = document.createElement("div");
-  avatar.className = "avatar" + (who.app ? " app" : "");
-  avatar.setAttribute("aria-hidden", "true");
-  avatar.textContent = who.app ? (m.username ? "🤖" : "tw") : who.name[0];
-  const body = document.createElement("div");
-  body.className = "body";
-  const meta = document.createElement("div");
-  meta.className = "meta";
-  const name = document.createElement("span");
-  name.className = "author";
-  name.textContent = who.name;
-  meta.append(name);
-  if (who.app) meta.append(badge("APP"));
+  const mark = who.app ? (m.username ? "🤖" : "tw") : who.name[0];
+  const { avatar, body, meta } = frame(who.name, mark, who.app);
   const time = document.createElement("time");
   time.textContent = clock(m.ts);
   meta.append(time);
@@ -79,6 +68,24 @@ function messageNode(m, ws, replies, session) {
   if (replies.length) body.append(repliesButton(m, replies));
   el.append(avatar, body, messageActions(m, replies.length));
   return el;
+}
+
+// A message's avatar, and its body with the author's line (name, and APP for the app's).
+function frame(author, mark, app) {
+  const avatar = document.createElement("div");
+  avatar.className = "avatar" + (app ? " app" : "");
+  avatar.setAttribute("aria-hidden", "true");
+  avatar.textContent = mark;
+  const body = document.createElement("div");
+  body.className = "body";
+  const meta = document.createElement("div");
+  meta.className = "meta";
+  const name = document.createElement("span");
+  name.className = "author";
+  name.textContent = author;
+  meta.append(name);
+  if (app) meta.append(badge("APP"));
+  return { avatar, body, meta };
 }
 
 function content(m) {
@@ -179,18 +186,8 @@ function ephemeralNode(e) {
   const el = document.createElement("article");
   el.className = "message ephemeral";
   el.setAttribute("aria-label", "threadwork, only visible to you");
-  const avatar = document.createElement("div");
-  avatar.className = "avatar app";
-  avatar.setAttribute("aria-hidden", "true");
-  avatar.textContent = "tw";
-  const body = document.createElement("div");
-  body.className = "body";
-  const meta = document.createElement("div");
-  meta.className = "meta";
-  const name = document.createElement("span");
-  name.className = "author";
-  name.textContent = "threadwork";
-  meta.append(name, badge("APP"), badge("Only visible to you", "private"));
+  const { avatar, body, meta } = frame("threadwork", "tw", true);
+  meta.append(badge("Only visible to you", "private"));
   if (e.command) {
     const typed = document.createElement("code");
     typed.className = "typed";
