@@ -201,7 +201,6 @@ def _wire_runner(
         core.registry,
         SdkModelClients(settings.anthropic_base_url),
         fallback,
-        settings.anthropic_base_url,
         model_hosts=ModelHosts(frozenset(settings.model_hosts)),
         scripts=overrides.scripts,
     )

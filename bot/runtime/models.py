@@ -13,7 +13,7 @@ from typing import Protocol
 
 from bot.agents import Agent, AgentKind
 from bot.errors import ConfigurationError
-from bot.model_hosts import ANTHROPIC_API_URL, ModelHosts
+from bot.model_hosts import ModelHosts
 from bot.registry import AgentRegistry
 from bot.runtime.model import AgentModel
 
@@ -23,6 +23,11 @@ DEFAULT_MAX_TOKENS = 4096
 
 class ModelClients(Protocol):
     """Builds the model the core chose: the SDK and HTTP side (``channels.models``)."""
+
+    @property
+    def claude_url(self) -> str:
+        """Where Claude's requests, and so its key, go."""
+        ...
 
     async def claude(self, key: str, model: str, max_tokens: int) -> AgentModel:
         """Claude at the service's Anthropic endpoint, with ``key``."""
@@ -52,7 +57,6 @@ class ModelBook:
         registry: AgentRegistry,
         clients: ModelClients,
         anthropic_api_key: str | None,
-        anthropic_base_url: str | None,
         model_hosts: ModelHosts | None = None,
         scripts: Mapping[str, AgentModel] | None = None,
     ) -> None:
@@ -61,7 +65,6 @@ class ModelBook:
         #: The models of ``scripted`` agents, by name (``threadwork sandbox``'s demo).
         self._scripts = dict(scripts or {})
         self._fallback_key = anthropic_api_key
-        self._base_url = anthropic_base_url
         self._hosts = model_hosts or ModelHosts()
 
     async def for_agent(self, agent: Agent) -> AgentModel:
@@ -83,7 +86,7 @@ class ModelBook:
             self._check_host(agent.name, agent.settings.base_url)
             model = agent.settings.model or "default"
             return self._clients.openai_compatible(agent.settings.base_url, key, model, max_tokens)
-        self._check_host(agent.name, self._base_url or ANTHROPIC_API_URL)
+        self._check_host(agent.name, self._clients.claude_url)
         key = key or self._fallback_key
         if not key:
             raise ConfigurationError(

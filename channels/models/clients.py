@@ -10,6 +10,7 @@ import asyncio
 import importlib
 from typing import TYPE_CHECKING
 
+from bot.model_hosts import ANTHROPIC_API_URL
 from bot.runtime.model import AgentModel
 from channels.models.openai_compatible import OpenAICompatibleModel
 
@@ -26,6 +27,10 @@ class SdkModelClients:
         self._base_url = anthropic_base_url
         self._max_retries = max_retries
         self._clients: dict[str, anthropic.AsyncAnthropic] = {}
+
+    @property
+    def claude_url(self) -> str:
+        return self._base_url or ANTHROPIC_API_URL
 
     async def claude(self, key: str, model: str, max_tokens: int) -> AgentModel:
         claude = await asyncio.to_thread(importlib.import_module, "channels.models.claude")
